@@ -1,0 +1,5 @@
+import sys
+
+from navi_actor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,375 @@
+"""The actor process: one session's agent, its replay buffer and its stop event.
+
+An actor is forked by the supervisor with one end of a socketpair; the front
+holds the other end. It runs on uvloop and serves one turn at a time:
+
+front → actor: ``turn``, ``stop``, ``replay``, ``persisted``, ``shutdown``
+actor → front: ``hello``, events (``E`` frames), ``turn_done``, ``replay``,
+``fatal`` (the agent could not start), ``rejected``.
+
+A turn's events are encoded to JSON once, here; the front forwards those bytes.
+The final event (``stream_end``/``stream_stopped``/``error``) travels inside
+``turn_done`` with the result, so the front can make the result durable before
+any viewer sees the end. The replay buffer is kept until the front says
+``persisted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from typing import Any, AsyncIterator, Callable
+
+import orjson
+
+from navi_actor import framing, logs, protocol
+from navi_actor.agent_loader import AgentSpec
+from navi_actor.config import Config
+from navi_actor.events import StreamEnd, event_to_wire
+from navi_actor.replay import ReplayBuffer
+from navi_actor.turn import Turn, current_stop_event
+
+EXIT_OK = 0
+EXIT_AGENT_FAILED = 3  # the agent factory raised: the supervisor must not respawn in a loop
+EXIT_CHANNEL_LOST = 4  # the front went away
+
+_FLUSH_BYTES = 64 * 1024
+_HIGH_WATER = 1024 * 1024
+_JSON_OPTS = orjson.OPT_NON_STR_KEYS
+
+log = logs.get("navi.actor")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON for the wire; objects JSON cannot hold become their ``str``."""
+    return orjson.dumps(obj, default=_json_default, option=_JSON_OPTS)
+
+
+class _Run:
+    __slots__ = (
+        "run_id", "seq", "start", "buffer", "stop_event", "task", "text", "thinking",
+        "tool_calls", "end", "t0", "cancelled", "grace_timer", "done",
+    )
+
+    def __init__(self, run_id: str, start: dict[str, Any], max_bytes: int) -> None:
+        self.run_id = run_id
+        self.start = start
+        self.seq: int = start["seq"]
+        self.buffer = ReplayBuffer(max_bytes)
+        self.stop_event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.text: list[str] = []
+        self.thinking: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.end: StreamEnd | None = None
+        self.t0 = time.monotonic()
+        self.cancelled = False
+        self.grace_timer: asyncio.TimerHandle | None = None
+        self.done = False
+
+
+class _Channel(asyncio.Protocol):
+    def __init__(self, actor: Actor) -> None:
+        self.actor = actor
+        self.decoder = framing.FrameDecoder(framing.MAX_FRONT_FRAME)
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        for body in self.decoder.feed(data):
+            self.actor.on_message(orjson.loads(body))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writable.set()
+        self.actor.on_channel_lost()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+
+class Actor:
+    """Serve turns for one session until told to shut down or the front goes."""
+
+    def __init__(self, spec: AgentSpec, config: Config, actor_id: str, sock: socket.socket) -> None:
+        self.spec = spec
+        self.config = config
+        self.actor_id = actor_id
+        self.sock = sock
+        self.run: _Run | None = None
+        self.runner: Callable[[Turn], AsyncIterator[Any]] | None = None
+        self.exit_code = EXIT_OK
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._closing = False
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.finished = loop.create_future()
+        self.transport, self.channel = await loop.create_unix_connection(
+            lambda: _Channel(self), sock=self.sock
+        )
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        try:
+            self.runner = self.spec.make_runner()
+        except Exception as exc:
+            log.error("actor.agent_failed_to_start", agent=self.spec.target, error=repr(exc))
+            self._send(
+                framing.control(
+                    {
+                        "op": "fatal",
+                        "code": protocol.AGENT_FAILED_TO_START,
+                        "message": f"agent {self.spec.name} failed to start: {type(exc).__name__}: {exc}",
+                    }
+                )
+            )
+            self._flush()
+            await self._drain()
+            return EXIT_AGENT_FAILED
+        self._send(framing.control({"op": "hello", "pid": os.getpid(), "actor_id": self.actor_id}))
+        self._flush()
+        return await self.finished
+
+    # ── output ────────────────────────────────────────────────────────────
+    def _send(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= _FLUSH_BYTES:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and not self.transport.is_closing():
+            self.transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+        self._out.clear()
+        self._out_bytes = 0
+
+    async def _drain(self) -> None:
+        while self.transport.get_write_buffer_size() and not self.transport.is_closing():
+            self.channel.writable.clear()
+            await self.channel.writable.wait()
+
+    # ── input ─────────────────────────────────────────────────────────────
+    def on_message(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "turn":
+            self._start_turn(msg)
+        elif op == "stop":
+            self._stop(msg.get("run_id"))
+        elif op == "replay":
+            self._replay(msg["viewer"], msg.get("after"))
+        elif op == "persisted":
+            if self.run is not None and self.run.run_id == msg.get("run_id") and self.run.done:
+                self.run = None
+                if self._closing:
+                    self._finish(EXIT_OK)
+        elif op == "shutdown":
+            self._closing = True
+            if self.run is None:
+                self._finish(EXIT_OK)
+            else:
+                self._stop(self.run.run_id)
+        else:
+            log.warning("actor.unknown_op", op=op)
+
+    def on_channel_lost(self) -> None:
+        if self.run is not None and not self.run.done:
+            log.warning("actor.front_lost", run_id=self.run.run_id)
+            self._stop(self.run.run_id)
+        self._finish(EXIT_CHANNEL_LOST if self.run is not None else EXIT_OK)
+
+    def _finish(self, code: int) -> None:
+        if not self.finished.done():
+            self.finished.set_result(code)
+
+    # ── turns ─────────────────────────────────────────────────────────────
+    def _start_turn(self, msg: dict[str, Any]) -> None:
+        run_id = msg["run_id"]
+        if self.run is not None:
+            self._send(framing.control({"op": "rejected", "run_id": run_id, "code": protocol.ALREADY_RUNNING}))
+            return
+        t = msg["turn"]
+        run = _Run(run_id, msg["start"], self.config.replay_max_bytes)
+        turn = Turn(
+            session_id=t["session_id"],
+            run_id=run_id,
+            content=t["content"],
+            display_content=t["display_content"],
+            images=t.get("images") or [],
+            files=t.get("files") or [],
+            history=t.get("history") or [],
+            stop_event=run.stop_event,
+        )
+        self.run = run
+        run.task = self.loop.create_task(self._drive(run, turn))
+
+    async def _drive(self, run: _Run, turn: Turn) -> None:
+        assert self.runner is not None
+        current_stop_event.set(run.stop_event)
+        structlog_ctx = {"session_id": turn.session_id, "run_id": run.run_id}
+        log.info("actor.turn_start", **structlog_ctx)
+        error: BaseException | None = None
+        agen = self.runner(turn)
+        try:
+            async for ev in agen:
+                if type(ev) is StreamEnd:
+                    run.end = ev
+                    continue
+                self._emit(run, event_to_wire(ev))
+                if not self.channel.writable.is_set():
+                    await self.channel.writable.wait()
+        except asyncio.CancelledError:
+            if not run.cancelled:
+                raise
+        except Exception as exc:
+            error = exc
+            log.exception("actor.agent_error", **structlog_ctx)
+        finally:
+            if run.cancelled or error is not None:
+                try:
+                    await asyncio.wait_for(agen.aclose(), 1.0)
+                except BaseException:
+                    pass
+        self._end_turn(run, error)
+
+    def _emit(self, run: _Run, wire: dict[str, Any]) -> None:
+        run.seq += 1
+        seq = wire["seq"] = run.seq
+        kind = wire["type"]
+        if kind == "stream_delta":
+            delta = wire.get("delta")
+            if type(delta) is str:
+                run.text.append(delta)
+        elif kind == "thinking_delta":
+            delta = wire.get("delta")
+            if type(delta) is str:
+                run.thinking.append(delta)
+        elif kind == "tool_call":
+            run.tool_calls.append(
+                {
+                    "tool": wire.get("tool"),
+                    "args": wire.get("args"),
+                    "result": wire.get("result"),
+                    "success": wire.get("success"),
+                    "is_subagent": wire.get("is_subagent", False),
+                }
+            )
+        data = dumps(wire)
+        if ReplayBuffer.is_plain_delta(wire):
+            run.buffer.append_delta(kind, seq, wire["delta"])
+        else:
+            run.buffer.append(seq, data)
+        self._send(framing.event_frame(data))
+
+    def _end_turn(self, run: _Run, error: BaseException | None) -> None:
+        if run.grace_timer is not None:
+            run.grace_timer.cancel()
+        end = run.end or StreamEnd()
+        content = end.full_content if end.full_content is not None else "".join(run.text)
+        elapsed = round(time.monotonic() - run.t0, 3)
+        tool_count = end.tool_call_count if end.tool_call_count is not None else len(run.tool_calls)
+        token_count = end.token_count if end.token_count is not None else len(run.text)
+        stats = {
+            "elapsed_seconds": end.elapsed_seconds if end.elapsed_seconds is not None else elapsed,
+            "tool_call_count": tool_count,
+            "token_count": token_count,
+            "context_tokens": end.context_tokens,
+            "max_context_tokens": end.max_context_tokens,
+        }
+        run.seq += 1
+        err_text = err_code = None
+        if error is not None:
+            status = "failed"
+            err_text = f"Internal error: {error}"
+            err_code = protocol.AGENT_ERROR
+            final = protocol.error_event(err_text, err_code, run.seq, run_id=run.run_id)
+        elif run.stop_event.is_set():
+            status = "stopped"
+            final = protocol.stream_stopped(run.seq, run.run_id, "cancel" if run.cancelled else "event", content)
+        else:
+            status = "done"
+            final = {"type": "stream_end", "seq": run.seq, "run_id": run.run_id, "content": content, **stats}
+        result = {
+            "status": status,
+            "content": content,
+            "thinking": "".join(run.thinking),
+            "tool_calls": run.tool_calls,
+            "last_seq": run.seq,
+            "stats": stats,
+            "error": err_text,
+            "error_code": err_code,
+        }
+        run.done = True
+        log.info(
+            "actor.turn_end", run_id=run.run_id, status=status, events=len(run.buffer),
+            elapsed=elapsed,
+        )
+        msg = {"op": "turn_done", "run_id": run.run_id, "final": final, "result": result}
+        self._send(framing.frame(dumps(msg)))
+        self._flush()
+
+    def _stop(self, run_id: Any) -> None:
+        run = self.run
+        if run is None or run.run_id != run_id or run.done:
+            return
+        if not run.stop_event.is_set():
+            log.info("actor.stop", run_id=run_id)
+            run.stop_event.set()
+            run.grace_timer = self.loop.call_later(self.config.stop_grace, self._cancel, run)
+
+    def _cancel(self, run: _Run) -> None:
+        if run.task is not None and not run.task.done() and not run.done:
+            log.info("actor.stop_cancel", run_id=run.run_id)
+            run.cancelled = True
+            run.task.cancel()
+
+    def _replay(self, viewer: int, after: Any) -> None:
+        run = self.run
+        after_seq = after if type(after) is int else None
+        if run is None:
+            body = dumps({"op": "replay", "viewer": viewer, "run_id": None, "events": []})
+        else:
+            part = run.buffer.after(after_seq)
+            head = dumps(
+                {
+                    "op": "replay",
+                    "viewer": viewer,
+                    "run_id": run.run_id,
+                    "done": run.done,
+                    "truncated": part.truncated,
+                    "first_seq": part.first_seq,
+                    "start": run.start,
+                }
+            )
+            body = head[:-1] + b',"events":[' + b",".join(part.events) + b"]}"
+        self._send(framing.frame(body))
+
+
+def actor_main(spec: AgentSpec, config: Config, actor_id: str, fd: int) -> int:
+    """Entry point in the forked actor process; returns its exit code."""
+    import uvloop
+
+    logs.configure("actor", config.log_format)
+    logs.get().info("actor.spawned", actor_id=actor_id)
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    actor = Actor(spec, config, actor_id, sock)
+    return uvloop.run(actor.serve())

@@ -1,0 +1,102 @@
+"""``navi-actor``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+from pathlib import Path
+
+from navi_actor import __version__, config as config_mod, logs
+
+DESCRIPTION = """\
+navi-actor hosts streaming AI-agent sessions, each active session's agent in
+its own OS process, behind one WebSocket/HTTP server."""
+
+SERVE_DESCRIPTION = """\
+Run the server: a supervisor process that starts the web front and one actor
+process per active session. Sessions are stored in SQLite under --data-dir.
+Every option can also be set by the environment variable shown with it.
+SIGTERM or Ctrl-C shuts down gracefully (running turns get --drain-timeout to
+finish); a second Ctrl-C skips the drain."""
+
+
+def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="navi-actor", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"navi-actor {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the server (supervisor, front, actors)",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    config_mod.add_arguments(serve, environ)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(config_mod.from_namespace(args))
+    parser.print_help()
+    return 2
+
+
+def serve(cfg: config_mod.Config) -> int:
+    """Start the supervisor in this process; returns the exit code."""
+    from navi_actor import agent_loader
+    from navi_actor.store import StoreError, open_store
+    from supervisor.causes import EXIT_CANNOT_START
+    from supervisor.supervisor import Hooks, Supervisor
+
+    logs.configure("supervisor", cfg.log_format)
+    log = logs.get("navi.serve")
+    try:
+        spec = agent_loader.load(cfg.agent)
+    except agent_loader.AgentLoadError as exc:
+        log.error("serve.agent_unusable", agent=cfg.agent, error=str(exc))
+        print(f"navi-actor: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    data = cfg.data_path
+
+    def recover(reason: str) -> None:
+        store = open_store(data)
+        try:
+            runs = store.recover_interrupted(reason)
+        finally:
+            store.close()
+        if runs:
+            log.warning("serve.turns_interrupted", count=len(runs), reason=reason)
+
+    try:
+        recover("server stopped during this turn")
+    except (StoreError, OSError) as exc:
+        print(f"navi-actor: cannot use data dir {data}: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+
+    # Everything an actor needs is imported now; freeze it so forked actors
+    # share these pages instead of copying them when the GC touches them.
+    import uvloop  # noqa: F401
+
+    from navi_actor import actor as actor_mod
+    from navi_actor.front import app as front_app
+
+    gc.collect()
+    gc.freeze()
+
+    hooks = Hooks(
+        front_main=lambda fd: front_app.front_main(cfg, fd),
+        actor_main=lambda actor_id, fd: actor_mod.actor_main(spec, cfg, actor_id, fd),
+        on_front_lost=lambda: recover("the server's front process died during this turn"),
+        shutdown_grace=cfg.drain_timeout + cfg.stop_term_after + cfg.stop_kill_after + 2.0,
+    )
+    log.info("serve.start", agent=spec.target, data_dir=str(data), host=cfg.host, port=cfg.port,
+             pid=os.getpid())
+    return Supervisor(hooks, Path(data) / "server.json").run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The front process: aiohttp serving WebSocket and HTTP, talking to actors over pipes."""

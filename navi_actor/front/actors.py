@@ -1,0 +1,141 @@
+"""The front's handle on one actor process: its pipe, its state, how it ended.
+
+Frames from the actor are parsed and checked here (:mod:`navi_actor.framing`)
+before the runtime sees them; a frame that breaks the protocol marks the actor
+as violating and nothing more it sends is read. Death is known from two
+sources — end of file on the pipe and the supervisor's exit notice (with the
+cause) — and :meth:`ActorHandle.wait_gone` waits for both, briefly, so that no
+event already in the pipe is lost and the cause is known before the runtime
+explains the death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from navi_actor import framing, logs
+
+if TYPE_CHECKING:
+    from navi_actor.front.runtime import Run
+
+log = logs.get("navi.front.actors")
+
+GONE_WAIT = 1.0  # seconds to wait for the second sign of death after the first
+
+
+class ActorEvents(Protocol):
+    def on_actor_event(self, actor: ActorHandle, event: dict[str, Any], payload: bytes) -> None: ...
+    def on_actor_control(self, actor: ActorHandle, msg: dict[str, Any]) -> None: ...
+    def on_actor_violation(self, actor: ActorHandle, reason: str) -> None: ...
+    def on_actor_eof(self, actor: ActorHandle) -> None: ...
+
+
+class ActorHandle(asyncio.Protocol):
+    def __init__(self, actor_id: str, session_id: str, owner: ActorEvents) -> None:
+        self.actor_id = actor_id
+        self.session_id = session_id
+        self.owner = owner
+        self.pid: int | None = None
+        self.run: Run | None = None
+        self.idle_since = time.monotonic()
+        self.retiring = False  # told to shut down; takes no new turn
+        self.fatal: dict[str, Any] | None = None  # the actor's own last word
+        self.violation: str | None = None
+        self.exit: dict[str, Any] | None = None  # the supervisor's exit notice
+        self.eof = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.gone_handled = False
+        self.transport: asyncio.Transport | None = None
+        self._outbox: list[bytes] = []
+        self._decoder = framing.FrameDecoder(framing.MAX_ACTOR_FRAME)
+
+    def __repr__(self) -> str:
+        return f"<ActorHandle {self.actor_id} pid={self.pid} session={self.session_id}>"
+
+    @property
+    def alive(self) -> bool:
+        return not (self.eof.is_set() or self.exited.is_set() or self.violation)
+
+    async def connect(self, fd: int, pid: int) -> None:
+        """Take over the front's end of the actor's socketpair."""
+        self.pid = pid
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.create_unix_connection(lambda: self, sock=sock)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        if self._outbox:
+            transport.write(b"".join(self._outbox))
+            self._outbox.clear()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        data = framing.control(msg)
+        if self.transport is None:
+            self._outbox.append(data)
+        elif not self.transport.is_closing():
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.violation:
+            return
+        try:
+            bodies = self._decoder.feed(data)
+            for body in bodies:
+                msg, is_event = framing.parse_actor_body(body)
+                if is_event:
+                    self.owner.on_actor_event(self, msg, body[1:])
+                else:
+                    self.owner.on_actor_control(self, msg)
+                if self.violation:
+                    return
+        except framing.FrameError as exc:
+            self.owner.on_actor_violation(self, str(exc))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof.set()
+        self.owner.on_actor_eof(self)
+
+    def note_exit(self, notice: dict[str, Any]) -> None:
+        self.exit = notice
+        self.exited.set()
+        if self.transport is None:
+            self.eof.set()  # it never connected: nothing can be left in a pipe
+
+    async def wait_gone(self) -> None:
+        """Wait for end of file and the exit notice, each at most GONE_WAIT after the other."""
+        waits = [asyncio.ensure_future(self.eof.wait()), asyncio.ensure_future(self.exited.wait())]
+        try:
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if pending:
+                await asyncio.wait(pending, timeout=GONE_WAIT)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    def death_message(self) -> str:
+        """Why the actor is gone, for the people watching its session."""
+        if self.violation:
+            return f"agent process broke the pipe protocol ({self.violation}) and was killed"
+        if self.fatal:
+            return str(self.fatal.get("message"))
+        if self.exit:
+            return str(self.exit.get("message"))
+        return "agent process stopped answering (its pipe closed)"
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)

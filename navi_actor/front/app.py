@@ -1,0 +1,227 @@
+"""The aiohttp application: WebSocket and HTTP routes, and the front's main."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from navi_actor import logs, protocol
+from navi_actor.config import Config
+from navi_actor.front.runtime import Runtime
+from navi_actor.front.viewer import Viewer
+from navi_actor.store import open_store, valid_session_id
+from supervisor.causes import EXIT_CANNOT_START
+
+log = logs.get("navi.front.http")
+
+RUNTIME = web.AppKey("runtime", Runtime)
+CLOSE_NOT_FOUND = 4004
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str, code: str) -> web.Response:
+    return _json({"error": message, "code": code}, status)
+
+
+def _not_found() -> web.Response:
+    return _error(404, "Session not found", "session_not_found")
+
+
+async def _read_json(request: web.Request) -> Any:
+    if not request.can_read_body:
+        return {}
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": "Invalid JSON", "code": protocol.INVALID_JSON}),
+            content_type="application/json",
+        ) from None
+
+
+# ── HTTP ────────────────────────────────────────────────────────────────────
+
+
+async def create_session(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    body = await _read_json(request)
+    title = body.get("title") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or (title is not None and not isinstance(title, str)):
+        return _error(400, "Expected {title?: string}", protocol.INVALID_MESSAGE)
+    session = await rt.store(rt.store_backend.create_session, title)
+    return _json(session, 201)
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    try:
+        limit = int(request.query.get("limit", "100"))
+        offset = int(request.query.get("offset", "0"))
+    except ValueError:
+        return _error(400, "limit and offset must be integers", "invalid_query")
+    if not (1 <= limit <= 1000 and offset >= 0):
+        return _error(400, "limit must be 1..1000 and offset >= 0", "invalid_query")
+    sessions = await rt.store(rt.store_backend.list_sessions, limit, offset)
+    for s in sessions:
+        run = rt.runs.get(s["id"])
+        s["running_run_id"] = run.run_id if run else None
+    return _json({"sessions": sessions})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    sid = request.match_info["session_id"]
+    detail = await rt.store(rt.store_backend.get_session_detail, sid)
+    if detail is None:
+        return _not_found()
+    run = rt.runs.get(sid)
+    detail["running_run_id"] = run.run_id if run else None
+    return _json(detail)
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    sid = request.match_info["session_id"]
+    if await rt.store(rt.store_backend.get_session, sid) is None:
+        return _not_found()
+    run = rt.runs.get(sid)
+    if run is not None:
+        rt.stop(sid)
+        cfg = rt.config
+        try:
+            await asyncio.wait_for(run.ended.wait(), cfg.stop_term_after + cfg.stop_kill_after + 3.0)
+        except TimeoutError:
+            return _error(409, "The running turn did not stop in time; try again.", "stop_timeout")
+    await rt.store(rt.store_backend.delete_session, sid)
+    for viewer in list(rt.viewers.get(sid, ())):
+        await viewer.flush_and_close(CLOSE_NOT_FOUND, "Session deleted")
+    actor = rt.actors.pop(sid, None)
+    if actor is not None:
+        actor.retiring = True
+        actor.send({"op": "shutdown"})
+    return _json({"ok": True, "id": sid})
+
+
+async def stop_session(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if rt.stop(request.match_info["session_id"]):
+        return _json({"ok": True})
+    return _json({"ok": False, "reason": "no active run"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return _json(
+        {
+            "ok": not rt.shutting_down,
+            "shutting_down": rt.shutting_down,
+            "actors": len(rt.actors_by_id),
+            "runs": len(rt.runs),
+            "viewers": sum(len(v) for v in rt.viewers.values()),
+        }
+    )
+
+
+# ── WebSocket ───────────────────────────────────────────────────────────────
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    sid = request.match_info["session_id"]
+    after: int | None = None
+    if "after" in request.query:
+        try:
+            after = int(request.query["after"])
+        except ValueError:
+            return _error(400, "after must be an integer seq", "invalid_query")
+        if after < 0:
+            return _error(400, "after must be >= 0", "invalid_query")
+    ws = web.WebSocketResponse(max_msg_size=protocol.MAX_WS_MESSAGE, compress=False)
+    await ws.prepare(request)
+    exists = valid_session_id(sid) and await rt.store(rt.store_backend.get_session, sid) is not None
+    if not exists:
+        await ws.close(code=CLOSE_NOT_FOUND, message=b"Session not found")
+        return ws
+    viewer = Viewer(ws, sid, rt.config.client_max_pending_bytes)
+    log.info("front.ws_connected", session_id=sid, viewer=viewer.id, after=after)
+    rt.attach(viewer, after)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await _on_client_message(rt, viewer, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                viewer.send(orjson.dumps(protocol.ClientError(protocol.INVALID_MESSAGE, protocol.EXPECTED_SHAPE).event()))
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        rt.detach(viewer)
+        log.info("front.ws_disconnected", session_id=sid, viewer=viewer.id)
+    return ws
+
+
+async def _on_client_message(rt: Runtime, viewer: Viewer, raw: str) -> None:
+    try:
+        message = protocol.parse_client_message(raw)
+        await rt.start_turn(viewer, message)
+    except protocol.ClientError as err:
+        viewer.send(orjson.dumps(err.event()))
+
+
+def make_app(runtime: Runtime) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[RUNTIME] = runtime
+    app.router.add_post("/sessions", create_session)
+    app.router.add_get("/sessions", list_sessions)
+    app.router.add_get("/sessions/{session_id}", get_session)
+    app.router.add_delete("/sessions/{session_id}", delete_session)
+    app.router.add_post("/sessions/{session_id}/stop", stop_session)
+    app.router.add_get("/ws/sessions/{session_id}", websocket)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+# ── process main ────────────────────────────────────────────────────────────
+
+
+def front_main(config: Config, fd: int) -> int:
+    """Entry point of the forked front process; returns its exit code."""
+    import uvloop
+
+    logs.configure("front", config.log_format)
+    return uvloop.run(_serve(config, fd))
+
+
+async def _serve(config: Config, fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        store = open_store(config.data_path)
+    except Exception as exc:
+        log.error("front.store_unusable", error=str(exc), data_dir=str(config.data_path))
+        return EXIT_CANNOT_START
+    runtime = Runtime(config, store, fd)
+    app = make_app(runtime)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("front.cannot_listen", host=config.host, port=config.port, error=str(exc))
+        await runner.cleanup()
+        return EXIT_CANNOT_START
+    host, port = runner.addresses[0][:2]
+    runtime.link.send({"op": "ready", "host": host, "port": port})
+    loop.add_signal_handler(signal.SIGTERM, runtime.request_shutdown, True)
+    await runtime.shutdown_requested.wait()
+    log.info("front.shutting_down", drain=runtime.drain)
+    await runtime.shutdown()
+    await runner.cleanup()
+    log.info("front.exit")
+    return 0

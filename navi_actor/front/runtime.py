@@ -1,0 +1,463 @@
+"""The front's runtime: sessions' viewers, running turns, and their actors.
+
+The front holds nothing that only it knows for good: the turn's events and
+replay buffer live in the actor, results go to the store. It routes: a
+message starts a turn in the session's actor, the actor's events go to every
+viewer of the session, a reconnecting viewer gets the actor's replay, and a
+turn's end is made durable before any viewer sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import os
+import time
+import uuid
+from typing import Any, Callable, TypeVar
+
+import orjson
+
+from navi_actor import logs, protocol
+from navi_actor.config import Config
+from navi_actor.events import RESERVED_TYPES
+from navi_actor.front.actors import ActorHandle
+from navi_actor.front.link import SupervisorLink
+from navi_actor.front.viewer import Viewer
+from navi_actor.protocol import ClientError, UserMessage
+from navi_actor.store import SessionNotFound, SessionStore, StoreError
+
+log = logs.get("navi.front")
+T = TypeVar("T")
+
+CHECKPOINT_EVERY = 1.0  # seconds between saves of running turns' partial text
+
+
+class Run:
+    """One turn as the front sees it (the actor owns the rest)."""
+
+    def __init__(self, run_id: str, session_id: str) -> None:
+        self.run_id = run_id
+        self.session_id = session_id
+        self.actor: ActorHandle | None = None
+        self.viewers: set[Viewer] = set()
+        self.pending_replays: dict[int, Viewer] = {}
+        self.start_bytes: bytes | None = None
+        self.first_seq = 0
+        self.last_seq = 0
+        self.text: list[str] = []
+        self.checkpointed_seq = 0
+        self.started_at = time.monotonic()
+        self.last_event_at = self.started_at
+        self.stop_requested_at: float | None = None
+        self.stop_step: str | None = None
+        self.ladder: list[asyncio.TimerHandle] = []
+        self.finishing = False
+        self.ended = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} session={self.session_id} seq={self.last_seq} viewers={len(self.viewers)}>"
+
+    def broadcast(self, data: bytes, seq: int = 0) -> None:
+        for viewer in self.viewers:
+            viewer.send(data, seq)
+
+
+class Runtime:
+    def __init__(self, config: Config, store: SessionStore, link_fd: int) -> None:
+        self.config = config
+        self.store_backend = store
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
+        self.loop = asyncio.get_running_loop()
+        self.link = SupervisorLink(link_fd, self._on_supervisor, self._on_supervisor_lost)
+        self.viewers: dict[str, set[Viewer]] = {}
+        self.runs: dict[str, Run] = {}
+        self.actors: dict[str, ActorHandle] = {}  # session id → its live actor
+        self.actors_by_id: dict[str, ActorHandle] = {}
+        self.shutting_down = False
+        self.shutdown_requested = asyncio.Event()
+        self.drain = True
+        self._ticker = self.loop.create_task(self._tick_forever())
+        self._last_checkpoint = time.monotonic()
+
+    async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call on the store's own thread."""
+        return await self.loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    # ── viewers ───────────────────────────────────────────────────────────
+    def attach(self, viewer: Viewer, after: int | None) -> None:
+        """A client connected: replay the running turn, or tell it to sync."""
+        self.viewers.setdefault(viewer.session_id, set()).add(viewer)
+        run = self.runs.get(viewer.session_id)
+        if run is None:
+            viewer.send(protocol.SESSION_SYNC)
+            return
+        viewer.needs_sync = True
+        viewer.run = run
+        if run.start_bytes is None:  # nothing sent yet: it sees the whole turn live
+            run.viewers.add(viewer)
+            return
+        assert run.actor is not None
+        run.pending_replays[viewer.id] = viewer
+        run.actor.send({"op": "replay", "viewer": viewer.id, "after": after})
+
+    def detach(self, viewer: Viewer) -> None:
+        viewer.detach()
+        peers = self.viewers.get(viewer.session_id)
+        if peers is not None:
+            peers.discard(viewer)
+            if not peers:
+                del self.viewers[viewer.session_id]
+        run = viewer.run
+        if run is not None:
+            run.viewers.discard(viewer)
+            run.pending_replays.pop(viewer.id, None)
+
+    def _on_replay(self, actor: ActorHandle, msg: dict[str, Any]) -> None:
+        run = actor.run
+        viewer = run.pending_replays.pop(msg["viewer"], None) if run is not None else None
+        if run is None or viewer is None or msg.get("run_id") != run.run_id:
+            return  # the viewer left, or the turn ended and it was told to sync
+        assert run.start_bytes is not None
+        viewer.send(run.start_bytes, run.first_seq)
+        events = msg["events"]
+        if events:
+            viewer.send(protocol.replay_start(len(events), bool(msg.get("truncated")), msg.get("first_seq")))
+            for ev in events:
+                viewer.send(orjson.dumps(ev), ev["seq"])
+            viewer.send(protocol.REPLAY_END)
+        run.viewers.add(viewer)
+
+    # ── turns ─────────────────────────────────────────────────────────────
+    async def start_turn(self, viewer: Viewer, message: UserMessage) -> None:
+        """Start a turn for the viewer's session; raise ClientError when refused."""
+        sid = viewer.session_id
+        if self.shutting_down:
+            raise ClientError(protocol.SHUTTING_DOWN, "Server is shutting down; try again in a moment.")
+        if sid in self.runs:
+            raise ClientError(protocol.ALREADY_RUNNING, "Agent is already running for this session.")
+        run = Run(uuid.uuid4().hex, sid)
+        self.runs[sid] = run
+        for peer in self.viewers.get(sid, ()):
+            if peer.run is not None and peer.run is not run:
+                continue
+            peer.run = run
+            peer.needs_sync = peer is not viewer
+            run.viewers.add(peer)
+        try:
+            base, history = await self.store(self._begin, sid, run.run_id, message)
+        except SessionNotFound:
+            self._drop_run(run)
+            raise ClientError("session_not_found", "Session not found") from None
+        except StoreError as exc:
+            self._drop_run(run)
+            log.error("front.store_failed", session_id=sid, error=str(exc))
+            raise ClientError(protocol.STORE_ERROR, f"Could not save your message: {exc}") from None
+        start = protocol.stream_start(base + 1, run.run_id)
+        run.first_seq = run.last_seq = run.checkpointed_seq = base + 1
+        run.start_bytes = orjson.dumps(start)
+        run.last_event_at = time.monotonic()
+        run.broadcast(run.start_bytes, run.first_seq)
+        log.info("front.turn_start", session_id=sid, run_id=run.run_id)
+        actor = self._actor_for(sid)
+        run.actor = actor
+        actor.run = run
+        actor.send(
+            {
+                "op": "turn",
+                "run_id": run.run_id,
+                "start": start,
+                "turn": {
+                    "session_id": sid,
+                    "content": message.content,
+                    "display_content": message.display_content,
+                    "images": message.images,
+                    "files": message.files,
+                    "history": history,
+                },
+            }
+        )
+        if run.stop_requested_at is not None:
+            actor.send({"op": "stop", "run_id": run.run_id})
+
+    def _begin(self, sid: str, run_id: str, message: UserMessage) -> tuple[int, list[dict[str, Any]]]:
+        history = self.store_backend.history(sid)
+        base = self.store_backend.begin_run(
+            sid,
+            run_id,
+            content=message.display_content,
+            agent_content=message.content,
+            images=len(message.images),
+            files=message.files,
+        )
+        return base, history
+
+    def _drop_run(self, run: Run) -> None:
+        if self.runs.get(run.session_id) is run:
+            del self.runs[run.session_id]
+        for timer in run.ladder:
+            timer.cancel()
+        for viewer in list(run.viewers) + list(run.pending_replays.values()):
+            if viewer.run is run:
+                viewer.run = None
+            if viewer.needs_sync:
+                viewer.send(protocol.SESSION_SYNC)
+                viewer.needs_sync = False
+        run.viewers.clear()
+        run.pending_replays.clear()
+        if run.actor is not None and run.actor.run is run:
+            run.actor.run = None
+            run.actor.idle_since = time.monotonic()
+        run.ended.set()
+
+    def stop(self, session_id: str) -> bool:
+        """Ask the running turn to stop; False when none runs. Idempotent."""
+        run = self.runs.get(session_id)
+        if run is None or run.finishing:
+            return False
+        if run.stop_requested_at is None:
+            run.stop_requested_at = time.monotonic()
+            log.info("front.stop", session_id=session_id, run_id=run.run_id)
+            if run.actor is not None:
+                run.actor.send({"op": "stop", "run_id": run.run_id})
+            cfg = self.config
+            run.ladder = [
+                self.loop.call_later(cfg.stop_term_after, self._escalate, run, "TERM"),
+                self.loop.call_later(cfg.stop_term_after + cfg.stop_kill_after, self._escalate, run, "KILL"),
+            ]
+        return True
+
+    def _escalate(self, run: Run, sig: str) -> None:
+        if run.finishing or run.ended.is_set() or run.actor is None:
+            return
+        run.stop_step = "sigterm" if sig == "TERM" else "sigkill"
+        log.warning("front.stop_escalate", session_id=run.session_id, run_id=run.run_id, step=run.stop_step)
+        self.link.send({"op": "signal", "actor_id": run.actor.actor_id, "sig": sig})
+
+    async def _finish(self, run: Run, final: dict[str, Any], result: dict[str, Any]) -> None:
+        """Make the result durable, then show every viewer the end of the turn."""
+        run.finishing = True
+        for timer in run.ladder:
+            timer.cancel()
+        try:
+            await self.store(
+                self.store_backend.finish_run,
+                run.run_id,
+                status=result["status"],
+                content=result["content"],
+                last_seq=final["seq"],
+                tool_calls=result.get("tool_calls") or [],
+                thinking=result.get("thinking") or "",
+                error=result.get("error"),
+                error_code=result.get("error_code"),
+                stats=result.get("stats"),
+            )
+        except StoreError as exc:
+            log.error("front.finish_failed", run_id=run.run_id, error=str(exc))
+            final = protocol.error_event(f"The turn could not be saved: {exc}", protocol.STORE_ERROR, final["seq"])
+        run.broadcast(orjson.dumps(final), final["seq"])
+        log.info(
+            "front.turn_end", session_id=run.session_id, run_id=run.run_id, outcome=result["status"],
+            seconds=round(time.monotonic() - run.started_at, 3), stop_step=final.get("stop_step"),
+        )
+        if run.actor is not None and run.actor.alive:
+            run.actor.send({"op": "persisted", "run_id": run.run_id})
+        self._drop_run(run)
+
+    # ── actors ────────────────────────────────────────────────────────────
+    def _actor_for(self, sid: str) -> ActorHandle:
+        actor = self.actors.get(sid)
+        if actor is not None and actor.alive and not actor.retiring:
+            return actor
+        actor = ActorHandle(uuid.uuid4().hex[:16], sid, self)
+        self.actors[sid] = actor
+        self.actors_by_id[actor.actor_id] = actor
+        self.link.send({"op": "spawn", "actor_id": actor.actor_id})
+        self.loop.create_task(self._watch(actor))
+        return actor
+
+    async def _watch(self, actor: ActorHandle) -> None:
+        """Wait for the actor's end; explain it to its turn's viewers."""
+        await actor.wait_gone()
+        self.actors_by_id.pop(actor.actor_id, None)
+        if self.actors.get(actor.session_id) is actor:
+            del self.actors[actor.session_id]
+        actor.close()
+        run = actor.run
+        if run is None or run.finishing or run.ended.is_set():
+            return
+        message = actor.death_message()
+        run.last_seq += 1
+        content = "".join(run.text)
+        if run.stop_requested_at is not None and not actor.violation:
+            step = run.stop_step or "sigterm"
+            final = protocol.stream_stopped(run.last_seq, run.run_id, step, content)
+            status, error, code = "stopped", None, None
+        else:
+            code = (
+                protocol.ACTOR_PROTOCOL_VIOLATION if actor.violation
+                else protocol.AGENT_FAILED_TO_START if actor.fatal
+                else protocol.ACTOR_DIED
+            )
+            final = protocol.error_event(message, code, run.last_seq, run_id=run.run_id)
+            status, error = "failed", message
+        log.warning("front.actor_died", session_id=run.session_id, run_id=run.run_id, cause=message)
+        await self._finish(
+            run,
+            final,
+            {"status": status, "content": content, "error": error, "error_code": code,
+             "stats": {"elapsed_seconds": round(time.monotonic() - run.started_at, 3)}},
+        )
+
+    def on_actor_event(self, actor: ActorHandle, event: dict[str, Any], payload: bytes) -> None:
+        run = actor.run
+        seq = event["seq"]
+        if run is None or run.finishing:
+            return self.on_actor_violation(actor, "event outside a turn")
+        if seq != run.last_seq + 1:
+            return self.on_actor_violation(actor, f"seq {seq} does not follow {run.last_seq}")
+        if event["type"] in RESERVED_TYPES:
+            return self.on_actor_violation(actor, f"event type {event['type']!r} is the runtime's")
+        run.last_seq = seq
+        run.last_event_at = time.monotonic()
+        if event["type"] == "stream_delta":
+            delta = event.get("delta")
+            if type(delta) is str:
+                run.text.append(delta)
+        for viewer in run.viewers:
+            viewer.send(payload, seq)
+
+    def on_actor_control(self, actor: ActorHandle, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        run = actor.run
+        if op == "turn_done":
+            if run is None or run.finishing or msg["run_id"] != run.run_id:
+                return self.on_actor_violation(actor, "turn_done for no running turn")
+            if msg["final"]["seq"] != run.last_seq + 1:
+                return self.on_actor_violation(actor, "turn_done seq does not follow the events")
+            run.last_seq = msg["final"]["seq"]
+            self.loop.create_task(self._finish(run, msg["final"], msg["result"]))
+        elif op == "replay":
+            self._on_replay(actor, msg)
+        elif op == "fatal":
+            log.error("front.actor_fatal", actor_id=actor.actor_id, message=msg["message"])
+            actor.fatal = msg
+        elif op == "hello":
+            log.info("front.actor_attached", actor_id=actor.actor_id, actor_pid=msg["pid"],
+                     session_id=actor.session_id)
+        elif op == "rejected":
+            log.error("front.turn_rejected", actor_id=actor.actor_id, code=msg["code"])
+
+    def on_actor_violation(self, actor: ActorHandle, reason: str) -> None:
+        if actor.violation:
+            return
+        actor.violation = reason
+        log.error("front.actor_protocol_violation", actor_id=actor.actor_id, session_id=actor.session_id,
+                  reason=reason)
+        self.link.send({"op": "signal", "actor_id": actor.actor_id, "sig": "KILL"})
+
+    def on_actor_eof(self, actor: ActorHandle) -> None:
+        pass  # _watch waits for the exit notice too
+
+    def _on_supervisor(self, msg: dict[str, Any], chan: Any) -> None:
+        op = msg.get("op")
+        if op == "spawned":
+            fd = chan.take_fd()
+            actor = self.actors_by_id.get(msg["actor_id"])
+            if actor is None:
+                os.close(fd)
+                return
+            self.loop.create_task(actor.connect(fd, msg["pid"]))
+        elif op == "spawn_failed":
+            actor = self.actors_by_id.get(msg["actor_id"])
+            if actor is not None:
+                actor.fatal = {"message": f"could not start the agent process: {msg.get('message')}"}
+                actor.note_exit({"message": msg.get("message")})
+        elif op == "exit":
+            actor = self.actors_by_id.get(msg["actor_id"])
+            if actor is not None:
+                actor.note_exit(msg)
+        elif op == "shutdown":
+            self.request_shutdown(bool(msg.get("drain", True)))
+
+    def _on_supervisor_lost(self) -> None:
+        self.request_shutdown(drain=False)
+
+    # ── periodic work ─────────────────────────────────────────────────────
+    async def _tick_forever(self) -> None:
+        period = min(1.0, self.config.heartbeat_interval / 2)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._tick()
+            except Exception:
+                log.exception("front.tick_failed")
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            if run.start_bytes is not None and now - run.last_event_at >= self.config.heartbeat_interval:
+                run.last_event_at = now
+                run.broadcast(protocol.HEARTBEAT)
+        for actor in list(self.actors.values()):
+            if actor.run is None and not actor.retiring and now - actor.idle_since >= self.config.idle_timeout:
+                log.info("front.actor_idle_exit", actor_id=actor.actor_id, session_id=actor.session_id)
+                actor.retiring = True
+                del self.actors[actor.session_id]
+                actor.send({"op": "shutdown"})
+        if now - self._last_checkpoint >= CHECKPOINT_EVERY:
+            self._last_checkpoint = now
+            items = []
+            for run in self.runs.values():
+                if run.last_seq > run.checkpointed_seq and not run.finishing:
+                    run.checkpointed_seq = run.last_seq
+                    text = "".join(run.text)
+                    run.text = [text]
+                    items.append((run.run_id, text, run.last_seq))
+            if items:
+                await self.store(self.store_backend.checkpoint_runs, items)
+
+    # ── shutdown ──────────────────────────────────────────────────────────
+    def request_shutdown(self, drain: bool = True) -> None:
+        if not drain:
+            self.drain = False
+        self.shutting_down = True
+        self.shutdown_requested.set()
+
+    async def shutdown(self) -> None:
+        """Refuse new turns, let running ones finish (drain), stop the rest, close."""
+        cfg = self.config
+        if self.drain and self.runs:
+            log.info("front.draining", runs=len(self.runs), timeout=cfg.drain_timeout)
+            await self._wait_runs(cfg.drain_timeout, until_no_drain=True)
+        if self.runs:
+            log.info("front.stopping_runs", runs=len(self.runs))
+            for sid in list(self.runs):
+                self.stop(sid)
+            await self._wait_runs(cfg.stop_term_after + cfg.stop_kill_after + 2.0)
+        for viewers in list(self.viewers.values()):
+            for viewer in list(viewers):
+                await viewer.flush_and_close(1001, "server shutting down")
+        for actor in list(self.actors_by_id.values()):
+            actor.send({"op": "shutdown"})
+        self._ticker.cancel()
+        self.link.close()
+        self.executor.shutdown(wait=True)
+        self.store_backend.close()
+
+    async def _wait_runs(self, timeout: float, until_no_drain: bool = False) -> None:
+        deadline = self.loop.time() + timeout
+        while self.runs and self.loop.time() < deadline:
+            if until_no_drain and not self.drain:
+                return
+            waits = [asyncio.ensure_future(r.ended.wait()) for r in self.runs.values()]
+            waits.append(asyncio.ensure_future(self._drain_cancelled()))
+            await asyncio.wait(waits, timeout=deadline - self.loop.time(), return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+
+    async def _drain_cancelled(self) -> None:
+        while self.drain:
+            self.shutdown_requested.clear()
+            await self.shutdown_requested.wait()

@@ -1,0 +1,105 @@
+"""One connected WebSocket client: an ordered, byte-bounded outbox and its writer.
+
+Everything a client receives goes through :meth:`Viewer.send`, so replay,
+live events, errors and ``session_sync`` keep their order. The outbox is
+bounded: a client that cannot keep up past ``max_pending`` bytes is closed
+with code 4008 and told the ``seq`` to resume from (``?after=``) — the runtime
+never queues without bound for a slow client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from navi_actor import logs
+
+if TYPE_CHECKING:
+    from navi_actor.front.runtime import Run
+
+log = logs.get("navi.front.viewer")
+
+CLOSE_TOO_SLOW = 4008
+_ids = itertools.count(1)
+
+
+class Viewer:
+    def __init__(self, ws: web.WebSocketResponse, session_id: str, max_pending: int) -> None:
+        self.id = next(_ids)
+        self.ws = ws
+        self.session_id = session_id
+        self.max_pending = max_pending
+        self.run: Run | None = None  # the run it receives live events of
+        self.needs_sync = False  # send session_sync when that run ends
+        self.delivered_seq = 0  # highest seq written to the socket
+        self.closed = False
+        self._pending: deque[tuple[bytes, int]] = deque()
+        self._pending_bytes = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing waits to be written
+        self._idle.set()
+        self._task = asyncio.get_running_loop().create_task(self._writer())
+
+    def __repr__(self) -> str:
+        return f"<Viewer {self.id} session={self.session_id} pending={self._pending_bytes}B>"
+
+    def send(self, data: bytes, seq: int = 0) -> None:
+        """Queue one text frame; ``seq`` (when the frame has one) tracks resume points."""
+        if self.closed:
+            return
+        self._pending.append((data, seq))
+        self._pending_bytes += len(data)
+        if self._pending_bytes > self.max_pending:
+            self._too_slow()
+            return
+        self._idle.clear()
+        self._wake.set()
+
+    async def _writer(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending:
+                    data, seq = self._pending.popleft()
+                    self._pending_bytes -= len(data)
+                    await ws.send_frame(data, WSMsgType.TEXT)
+                    if seq:
+                        self.delivered_seq = seq
+                self._idle.set()
+        except (ConnectionError, RuntimeError):
+            self.closed = True  # the client went away; its reader sees the close
+        except asyncio.CancelledError:
+            pass
+
+    def _too_slow(self) -> None:
+        self.closed = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        log.warning("front.client_too_slow", session_id=self.session_id, viewer=self.id,
+                    resume_after=self.delivered_seq)
+        self._task.cancel()
+        reason = f"too slow; resume with ?after={self.delivered_seq}"
+        asyncio.get_running_loop().create_task(
+            self.ws.close(code=CLOSE_TOO_SLOW, message=reason.encode())
+        )
+
+    async def flush_and_close(self, code: int, message: str) -> None:
+        """Let queued frames go out (briefly), then close the socket."""
+        if not self.closed:
+            self.closed = True
+            try:
+                await asyncio.wait_for(self._idle.wait(), 1.0)
+            except TimeoutError:
+                pass
+        self._task.cancel()
+        await self.ws.close(code=code, message=message.encode())
+
+    def detach(self) -> None:
+        self.closed = True
+        self._task.cancel()

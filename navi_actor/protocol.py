@@ -1,0 +1,149 @@
+"""The client protocol: what a client may send, and the runtime's own events.
+
+Behaviour and error texts are the original endpoint's (see
+``shared/reference``); extensions only add fields (``seq``, ``run_id``, a
+machine-readable ``code`` on errors). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import orjson
+
+MAX_IMAGES = 10
+MAX_IMAGE_BYTES = 5 * 1024 * 1024  # per image, base64 text after a data: prefix
+#: Largest WebSocket message admitted: 10 images at the limit plus the text.
+MAX_WS_MESSAGE = MAX_IMAGES * MAX_IMAGE_BYTES + 8 * 1024 * 1024
+
+# Error codes (the ``code`` field of ``error`` events).
+INVALID_JSON = "invalid_json"
+INVALID_MESSAGE = "invalid_message"
+TOO_MANY_IMAGES = "too_many_images"
+IMAGE_TOO_LARGE = "image_too_large"
+ALREADY_RUNNING = "already_running"
+AGENT_ERROR = "agent_error"
+AGENT_FAILED_TO_START = "agent_failed_to_start"
+ACTOR_DIED = "actor_died"
+ACTOR_PROTOCOL_VIOLATION = "actor_protocol_violation"
+SHUTTING_DOWN = "shutting_down"
+STORE_ERROR = "store_error"
+SPAWN_FAILED = "spawn_failed"
+
+EXPECTED_SHAPE = "Expected {type: 'message', content: '...'}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserMessage:
+    """A validated client message, ready to start a turn."""
+
+    display_content: str  # what the user typed
+    content: str  # what the agent reads: with image and file notes appended
+    images: list[str]  # base64, data: prefixes stripped
+    files: list[dict[str, str]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientError(Exception):
+    """A client message refused; the connection stays open."""
+
+    code: str
+    message: str
+
+    def event(self) -> dict[str, Any]:
+        return {"type": "error", "message": self.message, "code": self.code}
+
+
+def parse_client_message(raw: str | bytes) -> UserMessage:
+    """Validate one WebSocket text message; raise :class:`ClientError` if refused."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ClientError(INVALID_JSON, "Invalid JSON") from None
+    if type(data) is not dict or data.get("type") != "message":
+        raise ClientError(INVALID_MESSAGE, EXPECTED_SHAPE)
+    content = data.get("content")
+    if type(content) is not str or not content:
+        raise ClientError(INVALID_MESSAGE, EXPECTED_SHAPE)
+    images = _parse_images(data.get("images"))
+    files = _parse_files(data.get("files"))
+    return UserMessage(content, agent_content(content, len(images), files), images, files)
+
+
+def _parse_images(raw: Any) -> list[str]:
+    if not raw:
+        return []
+    if type(raw) is not list or not all(type(i) is str for i in raw):
+        raise ClientError(INVALID_MESSAGE, "'images' must be a list of base64 strings.")
+    if len(raw) > MAX_IMAGES:
+        raise ClientError(TOO_MANY_IMAGES, f"Too many images ({len(raw)}). Max {MAX_IMAGES} allowed.")
+    cleaned = []
+    for img in raw:
+        if img.startswith("data:") and "," in img:
+            img = img.split(",", 1)[1]
+        if len(img.encode("utf-8")) > MAX_IMAGE_BYTES:
+            raise ClientError(IMAGE_TOO_LARGE, "Image exceeds 5 MB limit.")
+        cleaned.append(img)
+    return cleaned
+
+
+def _parse_files(raw: Any) -> list[dict[str, str]]:
+    if not raw:
+        return []
+    ok = type(raw) is list and all(
+        type(f) is dict and type(f.get("name")) is str and type(f.get("path")) is str for f in raw
+    )
+    if not ok:
+        raise ClientError(INVALID_MESSAGE, "'files' must be a list of {name, path} objects.")
+    return [{"name": f["name"], "path": f["path"]} for f in raw]
+
+
+def agent_content(content: str, n_images: int, files: list[dict[str, str]]) -> str:
+    """Append the original endpoint's notes about attached images and files."""
+    if n_images:
+        noun = "image" if n_images == 1 else "images"
+        content += f"\n\n[{n_images} {noun} attached inline — already in your context, no extra loading needed.]"
+    if files:
+        lines = "\n".join(f"- {f['name']} → {f['path']}" for f in files)
+        content += f"\n\n[Uploaded files on disk:\n{lines}]"
+    return content
+
+
+# ── the runtime's own events ────────────────────────────────────────────────
+
+
+def stream_start(seq: int, run_id: str) -> dict[str, Any]:
+    return {"type": "stream_start", "seq": seq, "run_id": run_id}
+
+
+def error_event(message: str, code: str, seq: int | None = None, **extra: Any) -> dict[str, Any]:
+    ev: dict[str, Any] = {"type": "error", "message": message, "code": code}
+    if seq is not None:
+        ev["seq"] = seq
+    ev.update(extra)
+    return ev
+
+
+def stream_stopped(seq: int, run_id: str, stop_step: str, content: str) -> dict[str, Any]:
+    """``stop_step``: how far the stop ladder went (event, cancel, sigterm, sigkill)."""
+    return {
+        "type": "stream_stopped",
+        "seq": seq,
+        "run_id": run_id,
+        "stop_step": stop_step,
+        "content": content,
+    }
+
+
+HEARTBEAT = orjson.dumps({"type": "heartbeat"})
+SESSION_SYNC = orjson.dumps({"type": "session_sync"})
+REPLAY_END = orjson.dumps({"type": "replay_end"})
+
+
+def replay_start(count: int, truncated: bool, first_seq: int | None) -> bytes:
+    ev: dict[str, Any] = {"type": "replay_start", "count": count}
+    if truncated:
+        ev["truncated"] = True
+        ev["first_seq"] = first_seq
+    return orjson.dumps(ev)

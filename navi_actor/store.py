@@ -1,0 +1,455 @@
+"""Session store: sessions, their turns ("runs") and messages in one SQLite file.
+
+`SessionStore` is the interface (a PostgreSQL implementation may follow);
+`SQLiteStore` implements it. Every public method takes an internal lock and
+every write method is a single transaction. Timestamps are unix seconds
+(floats); JSON columns are TEXT.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import json
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar, cast
+
+__all__ = [
+    "RUN_STATUSES", "FINAL_STATUSES", "SCHEMA_VERSION", "SESSION_ID_RE",
+    "StoreError", "SessionNotFound", "RunNotRunning",
+    "SessionStore", "SQLiteStore", "open_store", "valid_session_id",
+]
+
+RUN_STATUSES: tuple[str, ...] = ("running", "done", "stopped", "failed", "interrupted")
+FINAL_STATUSES: tuple[str, ...] = RUN_STATUSES[1:]
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DB_FILENAME = "navi.sqlite3"
+TITLE_MAX = 60
+
+_MESSAGE_KEYS = ("id", "role", "content", "run_id", "created_at")
+
+# Version N's statements turn a version N-1 file into version N.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY, title TEXT, created_at REAL, updated_at REAL,
+            last_seq INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,
+            status TEXT NOT NULL, started_at REAL, ended_at REAL,
+            first_seq INTEGER, last_seq INTEGER, partial_content TEXT,
+            error TEXT, error_code TEXT, stats TEXT)""",
+        "CREATE INDEX runs_status ON runs(status)",
+        "CREATE INDEX runs_session ON runs(session_id)",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT REFERENCES sessions(id) ON DELETE CASCADE,
+            run_id TEXT, role TEXT NOT NULL, content TEXT, data TEXT,
+            created_at REAL)""",
+        "CREATE INDEX messages_session ON messages(session_id, id)",
+    ),
+}
+SCHEMA_VERSION = max(_MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The session store refused or failed an operation."""
+
+
+class SessionNotFound(StoreError):
+    """The session does not exist (or its id is invalid)."""
+
+
+class RunNotRunning(StoreError):
+    """The run does not exist or is already finished."""
+
+
+def valid_session_id(s: object) -> bool:
+    """Return True if `s` is a string matching `SESSION_ID_RE`."""
+    return isinstance(s, str) and SESSION_ID_RE.fullmatch(s) is not None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _load_dict(text: str | None) -> dict | None:
+    """Decode a JSON object column; None if NULL, malformed or not an object."""
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _title_from(content: str) -> str:
+    """First non-blank line of `content`, stripped, cut to TITLE_MAX chars."""
+    return content.strip().split("\n", 1)[0].strip()[:TITLE_MAX]
+
+
+class SessionStore(abc.ABC):
+    """Interface of the session store; see `SQLiteStore` for semantics."""
+
+    @abc.abstractmethod
+    def create_session(self, title: str | None = None) -> dict: ...
+    @abc.abstractmethod
+    def get_session(self, session_id: str) -> dict | None: ...
+    @abc.abstractmethod
+    def list_sessions(self, limit: int = 100, offset: int = 0) -> list[dict]: ...
+    @abc.abstractmethod
+    def get_session_detail(self, session_id: str) -> dict | None: ...
+    @abc.abstractmethod
+    def delete_session(self, session_id: str) -> bool: ...
+    @abc.abstractmethod
+    def history(self, session_id: str) -> list[dict]: ...
+    @abc.abstractmethod
+    def begin_run(self, session_id: str, run_id: str, *, content: str,
+                  agent_content: str, images: int = 0,
+                  files: list | None = None) -> int: ...
+    @abc.abstractmethod
+    def checkpoint_runs(self, items: list[tuple[str, str, int]]) -> None: ...
+    @abc.abstractmethod
+    def finish_run(self, run_id: str, *, status: str, content: str, last_seq: int,
+                   tool_calls: list[dict] | None = None, thinking: str = "",
+                   error: str | None = None, error_code: str | None = None,
+                   stats: dict | None = None) -> None: ...
+    @abc.abstractmethod
+    def recover_interrupted(self, reason: str = "server stopped during this turn",
+                            seq_gap: int = 10**9) -> list[str]: ...
+    @abc.abstractmethod
+    def running_runs(self) -> list[dict]: ...
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(fn: _F) -> _F:
+    """Run the method under the store's lock; refuse if the store is closed."""
+    @functools.wraps(fn)
+    def wrapper(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            if self._conn is None:
+                raise StoreError("the session store is closed; open a new one with open_store()")
+            return fn(self, *args, **kwargs)
+    return cast(_F, wrapper)
+
+
+class SQLiteStore(SessionStore):
+    """SQLite implementation (WAL, synchronous=FULL, foreign keys on)."""
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (creating if needed) the database at `path` and migrate it."""
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE) so that
+        # reads and writes of one method are atomic together.
+        conn = sqlite3.connect(str(self.path), check_same_thread=False,
+                               isolation_level=None)
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._check_version(self._user_version())
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+
+    # -- internals ---------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    def _user_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, but this code supports "
+                f"up to version {SCHEMA_VERSION}; upgrade navi_actor or use another data dir")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _migrate(self) -> None:
+        """Apply missing schema versions in one transaction; refuse newer files."""
+        with self._tx() as db:
+            version = self._user_version()
+            self._check_version(version)
+            for n in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS[n]:
+                    db.execute(stmt)
+                db.execute(f"PRAGMA user_version = {int(n)}")
+
+    def _session_row(self, session_id: str) -> sqlite3.Row | None:
+        if not valid_session_id(session_id):
+            return None
+        return self._db.execute(
+            "SELECT id, title, created_at, updated_at, last_seq FROM sessions WHERE id = ?",
+            (session_id,)).fetchone()
+
+    @staticmethod
+    def _message_dict(row: sqlite3.Row) -> dict:
+        out = {k: row[k] for k in _MESSAGE_KEYS}
+        for k, v in (_load_dict(row["data"]) or {}).items():
+            out.setdefault(k, v)
+        return out
+
+    def _add_message(self, db: sqlite3.Connection, session_id: str, run_id: str | None,
+                     role: str, content: str, data: dict, now: float) -> None:
+        db.execute(
+            "INSERT INTO messages (session_id, run_id, role, content, data, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (session_id, run_id, role, content, _dumps(data), now))
+
+    # -- sessions ----------------------------------------------------------
+
+    @_locked
+    def create_session(self, title: str | None = None) -> dict:
+        """Create a session with a fresh uuid4-hex id and return its dict."""
+        now = time.time()
+        sid = uuid.uuid4().hex
+        with self._tx() as db:
+            db.execute("INSERT INTO sessions (id, title, created_at, updated_at, last_seq)"
+                       " VALUES (?, ?, ?, ?, 0)", (sid, title, now, now))
+        return {"id": sid, "title": title, "created_at": now, "updated_at": now, "last_seq": 0}
+
+    @_locked
+    def get_session(self, session_id: str) -> dict | None:
+        """Return the session dict, or None if missing or the id is invalid."""
+        row = self._session_row(session_id)
+        return dict(row) if row else None
+
+    @_locked
+    def list_sessions(self, limit: int = 100, offset: int = 0) -> list[dict]:
+        """Return sessions, most recently updated first."""
+        rows = self._db.execute(
+            "SELECT id, title, created_at, updated_at, last_seq FROM sessions"
+            " ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (max(0, int(limit)), max(0, int(offset)))).fetchall()
+        return [dict(r) for r in rows]
+
+    @_locked
+    def get_session_detail(self, session_id: str) -> dict | None:
+        """Return the session dict plus "messages" (insertion order) and "runs" (oldest first)."""
+        row = self._session_row(session_id)
+        if row is None:
+            return None
+        out = dict(row)
+        msgs = self._db.execute(
+            "SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,))
+        out["messages"] = [self._message_dict(m) for m in msgs]
+        runs = self._db.execute(
+            "SELECT id, status, started_at, ended_at, first_seq, last_seq, error,"
+            " error_code, stats FROM runs WHERE session_id = ?"
+            " ORDER BY started_at, rowid", (session_id,))
+        out["runs"] = [{**r, "stats": _load_dict(r["stats"])} for r in map(dict, runs)]
+        return out
+
+    @_locked
+    def delete_session(self, session_id: str) -> bool:
+        """Delete the session with its runs and messages; True if it existed."""
+        if not valid_session_id(session_id):
+            return False
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        return cur.rowcount > 0
+
+    @_locked
+    def history(self, session_id: str) -> list[dict]:
+        """Conversation for the agent: {"role", "content", **data} per message.
+
+        User messages carry what the agent read (`agent_content`) as content.
+        Messages of runs still "running" are left out; ids and times are omitted.
+        """
+        if not valid_session_id(session_id):
+            return []
+        rows = self._db.execute(
+            "SELECT m.role, m.content, m.data FROM messages m"
+            " LEFT JOIN runs r ON r.id = m.run_id"
+            " WHERE m.session_id = ? AND (r.status IS NULL OR r.status != 'running')"
+            " ORDER BY m.id", (session_id,)).fetchall()
+        out = []
+        for r in rows:
+            data = _load_dict(r["data"]) or {}
+            content = r["content"]
+            if r["role"] == "user" and "agent_content" in data:
+                content = data.pop("agent_content")
+            msg = {"role": r["role"], "content": content}
+            for k, v in data.items():
+                msg.setdefault(k, v)
+            out.append(msg)
+        return out
+
+    # -- runs --------------------------------------------------------------
+
+    @_locked
+    def begin_run(self, session_id: str, run_id: str, *, content: str,
+                  agent_content: str, images: int = 0,
+                  files: list | None = None) -> int:
+        """Record a new running run and its user message; return the seq base.
+
+        The run's first event gets seq base+1. Sets an empty title from `content`.
+        """
+        now = time.time()
+        with self._tx() as db:
+            row = self._session_row(session_id)
+            if row is None:
+                raise SessionNotFound(
+                    f"session {session_id!r} does not exist; create it first")
+            base = int(row["last_seq"])
+            try:
+                db.execute(
+                    "INSERT INTO runs (id, session_id, status, started_at, first_seq)"
+                    " VALUES (?, ?, 'running', ?, ?)", (run_id, session_id, now, base + 1))
+            except sqlite3.IntegrityError as e:
+                raise StoreError(f"run {run_id!r} already exists; use a new run id") from e
+            self._add_message(db, session_id, run_id, "user", content,
+                              {"agent_content": agent_content, "images": images,
+                               "files": files or []}, now)
+            db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, session_id))
+            title = _title_from(content)
+            if title:
+                db.execute("UPDATE sessions SET title = ? WHERE id = ?"
+                           " AND (title IS NULL OR title = '')", (title, session_id))
+        return base
+
+    @_locked
+    def checkpoint_runs(self, items: list[tuple[str, str, int]]) -> None:
+        """Store (run_id, partial_content, last_seq) for runs still "running"."""
+        if not items:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE runs SET partial_content = ?, last_seq = ?"
+                " WHERE id = ? AND status = 'running'",
+                [(partial, int(seq), rid) for rid, partial, seq in items])
+
+    def _finish(self, db: sqlite3.Connection, run: sqlite3.Row, *, status: str,
+                content: str, last_seq: int | None, tool_calls: list[dict],
+                thinking: str, error: str | None, error_code: str | None,
+                stats: dict | None, now: float) -> None:
+        sid, rid = run["session_id"], run["id"]
+        for tc in tool_calls:
+            result = tc.get("result")
+            self._add_message(db, sid, rid, "tool",
+                              result if isinstance(result, str) else _dumps(result),
+                              {"tool": tc.get("tool"), "args": tc.get("args"),
+                               "success": tc.get("success"),
+                               "is_subagent": bool(tc.get("is_subagent", False))}, now)
+        self._add_message(db, sid, rid, "assistant", content,
+                          {"status": status, "error": error, "error_code": error_code,
+                           "thinking": thinking, "stats": stats or {}}, now)
+        db.execute(
+            "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?,"
+            " error_code = ?, stats = ?, partial_content = NULL WHERE id = ?",
+            (status, now, last_seq, error, error_code,
+             None if stats is None else _dumps(stats), rid))
+
+    @_locked
+    def finish_run(self, run_id: str, *, status: str, content: str, last_seq: int,
+                   tool_calls: list[dict] | None = None, thinking: str = "",
+                   error: str | None = None, error_code: str | None = None,
+                   stats: dict | None = None) -> None:
+        """Write the run's tool and assistant messages and close it with `status`.
+
+        Raises StoreError for a non-final status, RunNotRunning if the run is
+        unknown or already finished (a result is never written twice).
+        """
+        if status not in FINAL_STATUSES:
+            raise StoreError(f"cannot finish a run with status {status!r}; "
+                             f"use one of {', '.join(FINAL_STATUSES)}")
+        now = time.time()
+        with self._tx() as db:
+            run = db.execute("SELECT id, session_id, status FROM runs WHERE id = ?",
+                             (run_id,)).fetchone()
+            if run is None:
+                raise RunNotRunning(f"run {run_id!r} does not exist; start it with begin_run()")
+            if run["status"] != "running":
+                raise RunNotRunning(f"run {run_id!r} is already {run['status']!r}; "
+                                    "its result was written before, do not write it again")
+            self._finish(db, run, status=status, content=content, last_seq=int(last_seq),
+                         tool_calls=tool_calls or [], thinking=thinking, error=error,
+                         error_code=error_code, stats=stats, now=now)
+            db.execute("UPDATE sessions SET last_seq = MAX(last_seq, ?), updated_at = ?"
+                       " WHERE id = ?", (int(last_seq), now, run["session_id"]))
+
+    @_locked
+    def recover_interrupted(self, reason: str = "server stopped during this turn",
+                            seq_gap: int = 10**9) -> list[str]:
+        """Finish every "running" run as "interrupted"; return their ids.
+
+        Keeps the checkpointed partial content, and moves each affected session's
+        last_seq to max(session.last_seq, run seqs) + seq_gap, above any seq a
+        client could have seen.
+        """
+        now = time.time()
+        with self._tx() as db:
+            runs = db.execute(
+                "SELECT id, session_id, first_seq, last_seq, partial_content FROM runs"
+                " WHERE status = 'running' ORDER BY started_at, rowid").fetchall()
+            top: dict[str, int] = {}
+            for run in runs:
+                seq = run["last_seq"] if run["last_seq"] is not None else run["first_seq"]
+                top[run["session_id"]] = max(top.get(run["session_id"], 0), int(seq or 0))
+                self._finish(db, run, status="interrupted",
+                             content=run["partial_content"] or "", last_seq=run["last_seq"],
+                             tool_calls=[], thinking="", error=reason,
+                             error_code="interrupted", stats=None, now=now)
+            for sid, seq in top.items():
+                db.execute("UPDATE sessions SET last_seq = MAX(last_seq, ?) + ?,"
+                           " updated_at = ? WHERE id = ?", (seq, int(seq_gap), now, sid))
+        return [r["id"] for r in runs]
+
+    @_locked
+    def running_runs(self) -> list[dict]:
+        """Return runs still "running": {"id", "session_id", "first_seq", "last_seq"}."""
+        rows = self._db.execute(
+            "SELECT id, session_id, first_seq, last_seq FROM runs"
+            " WHERE status = 'running' ORDER BY started_at, rowid").fetchall()
+        return [dict(r) for r in rows]
+
+    def close(self) -> None:
+        """Close the connection; later calls raise StoreError. Idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def open_store(data_dir: str | Path) -> SQLiteStore:
+    """Create `data_dir` (mode 0o700 if new) and open `data_dir/navi.sqlite3`."""
+    d = Path(data_dir)
+    try:
+        d.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    else:
+        d.chmod(0o700)  # mkdir's mode is reduced by the umask
+    return SQLiteStore(d / DB_FILENAME)

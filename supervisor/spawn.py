@@ -1,0 +1,97 @@
+"""The one place processes are forked, and what a child does first.
+
+The supervisor is single-threaded and runs no event loop, so ``fork`` is safe
+and cheap: a child starts with the agent module and libraries already imported.
+Each child closes every inherited descriptor it was not given, resets signal
+handling, asks the kernel to kill it when the supervisor dies, and (actors)
+leads its own process group so its whole tree can be signalled at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import traceback
+from typing import Callable
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+EXIT_CHILD_CRASHED = 70  # an uncaught exception escaped a child's main
+
+_libc: ctypes.CDLL | None = None
+
+
+def _prctl(option: int, arg: int) -> None:
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}) failed: {os.strerror(err)}")
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned grandchildren, so they are reaped here, not left as zombies."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def fork_child(
+    main: Callable[[], int],
+    keep_fds: tuple[int, ...],
+    *,
+    new_group: bool,
+    death_signal: int = signal.SIGKILL,
+) -> int:
+    """Fork; the child runs ``main()`` and exits with its return value."""
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = EXIT_CHILD_CRASHED
+    try:
+        if new_group:
+            os.setpgid(0, 0)
+        _prctl(PR_SET_PDEATHSIG, death_signal)
+        if os.getppid() != parent:  # the supervisor died before prctl took effect
+            os._exit(1)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        _close_fds_except({0, 1, 2, *keep_fds})
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        code = main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = EXIT_CHILD_CRASHED
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code if isinstance(code, int) else EXIT_CHILD_CRASHED)
+    raise AssertionError("unreachable")
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    try:
+        fds = sorted(int(name) for name in os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

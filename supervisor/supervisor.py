@@ -1,0 +1,366 @@
+"""The supervisor: root process of ``navi-actor serve``.
+
+It forks the front and, on the front's request, one actor per active session;
+it reaps every child, explains each death to the front, restarts a front that
+dies (within an intensity limit) and shuts everything down in order. Signal
+handlers only queue the signal; one loop dispatches (uvicorn, gunicorn):
+
+    while exit_code is None: select → handle frames → handle signals → reap → tick
+
+Front ↔ supervisor messages (length-framed JSON on a socketpair):
+front → ``spawn {actor_id}``, ``signal {actor_id, sig}``, ``ready {host, port}``;
+supervisor → ``spawned {actor_id, pid}`` + the front's end of the actor's
+socketpair, ``spawn_failed``, ``exit {actor_id, pid, exitcode, signal, message}``,
+``shutdown {drain}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import structlog
+
+from supervisor import spawn
+from supervisor.causes import EXIT_CANNOT_START, describe_status
+from supervisor.fdchannel import ChannelClosed, FdChannel
+from supervisor.restart import RestartPolicy
+
+log = structlog.get_logger("navi.supervisor")
+
+_SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
+
+
+@dataclasses.dataclass(slots=True)
+class Hooks:
+    """What the supervisor runs; it knows nothing else of the runtime."""
+
+    front_main: Callable[[int], int]  # (fd of the supervisor channel) -> exit code
+    actor_main: Callable[[str, int], int]  # (actor id, fd of the actor channel) -> exit code
+    on_front_lost: Callable[[], None]  # after an unplanned front death, before a restart
+    shutdown_grace: float  # seconds the front gets to drain and stop its runs
+
+
+@dataclasses.dataclass(slots=True)
+class _Actor:
+    actor_id: str
+    pid: int
+    generation: int
+
+
+class Supervisor:
+    def __init__(self, hooks: Hooks, server_file: Path, restart: RestartPolicy | None = None) -> None:
+        self.hooks = hooks
+        self.server_file = server_file
+        self.restart = restart or RestartPolicy()
+        self.exit_code: int | None = None
+        self.started = time.time()
+        self.front_pid: int | None = None
+        self.front_chan: FdChannel | None = None
+        self.front_restarts = 0
+        self.generation = 0
+        self.actors: dict[int, _Actor] = {}
+        self.by_id: dict[str, int] = {}
+        self.sel = selectors.DefaultSelector()
+        self._signals: list[int] = []
+        self._restart_at: float | None = None
+        self._stage = "running"  # running → draining → stopping_actors
+        self._deadline: float | None = None
+        self._shutdown_requests = 0
+        self._final_code = 0
+
+    # ── main loop ─────────────────────────────────────────────────────────
+    def run(self) -> int:
+        spawn.become_subreaper()
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        self._wakeup = (rsock, wsock)
+        signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, self._queue_signal)
+        self.sel.register(rsock, selectors.EVENT_READ, self._drain_wakeup)
+        self._start_front()
+        try:
+            while self.exit_code is None:
+                for key, mask in self.sel.select(self._timeout()):
+                    key.data(mask)
+                self._handle_signals()
+                self._reap()
+                self._tick()
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _queue_signal(self, signum: int, _frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _drain_wakeup(self, _mask: int) -> None:
+        try:
+            while self._wakeup[0].recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        wake = [t for t in (self._restart_at, self._deadline) if t is not None]
+        return max(0.0, min([0.5, *(t - now for t in wake)]))
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._request_shutdown(signal.Signals(signum).name)
+            elif signum == signal.SIGHUP:
+                log.warning("supervisor.sighup_ignored", reason="agent reload is not supported yet")
+
+    # ── the front ─────────────────────────────────────────────────────────
+    def _start_front(self) -> None:
+        self._restart_at = None
+        self.generation += 1
+        ours, theirs = socket.socketpair()
+        fd = theirs.fileno()
+        pid = spawn.fork_child(lambda: self.hooks.front_main(fd), (fd,), new_group=False)
+        theirs.close()
+        self.front_pid = pid
+        self.front_chan = FdChannel(ours)
+        self.sel.register(ours, selectors.EVENT_READ, self._on_front_io)
+        log.info("supervisor.front_started", front_pid=pid, generation=self.generation)
+
+    def _send_front(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        chan = self.front_chan
+        if chan is None:
+            for fd in fds or ():
+                os.close(fd)
+            return
+        try:
+            chan.send(orjson.dumps(msg), fds)
+        except ChannelClosed:
+            return
+        self._watch_front_writes()
+
+    def _watch_front_writes(self) -> None:
+        if self.front_chan is not None:
+            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.front_chan.wants_write else 0)
+            self.sel.modify(self.front_chan.sock, mask, self._on_front_io)
+
+    def _on_front_io(self, mask: int) -> None:
+        chan = self.front_chan
+        if chan is None:
+            return
+        try:
+            if mask & selectors.EVENT_WRITE:
+                chan.flush()
+            if mask & selectors.EVENT_READ:
+                for body in chan.receive():
+                    self._on_front_message(orjson.loads(body))
+        except ChannelClosed:
+            self._close_front_channel()
+            return
+        self._watch_front_writes()
+
+    def _close_front_channel(self) -> None:
+        if self.front_chan is not None:
+            self.sel.unregister(self.front_chan.sock)
+            self.front_chan.close()
+            self.front_chan = None
+
+    def _on_front_message(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "spawn":
+            self._spawn_actor(str(msg["actor_id"]))
+        elif op == "signal":
+            pid = self.by_id.get(str(msg.get("actor_id")))
+            sig = _SIGNALS.get(msg.get("sig", ""))
+            if pid is not None and sig is not None:
+                log.info("supervisor.signal_actor", actor_pid=pid, sig=msg["sig"])
+                _killpg(pid, sig)
+        elif op == "ready":
+            self._write_server_file(msg)
+        else:
+            log.warning("supervisor.unknown_op", op=op)
+
+    def _write_server_file(self, msg: dict[str, Any]) -> None:
+        info = {
+            "pid": os.getpid(),
+            "front_pid": self.front_pid,
+            "host": msg.get("host"),
+            "port": msg.get("port"),
+            "url": f"http://{msg.get('host')}:{msg.get('port')}",
+        }
+        tmp = self.server_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(self.server_file)
+        log.info("supervisor.serving", url=info["url"], front_pid=self.front_pid)
+
+    # ── actors ────────────────────────────────────────────────────────────
+    def _spawn_actor(self, actor_id: str) -> None:
+        if self._stage != "running":
+            self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": "server is shutting down"})
+            return
+        t0 = time.perf_counter()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError as exc:
+            self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": f"socketpair: {exc}"})
+            return
+        fd = ours.fileno()
+        try:
+            pid = spawn.fork_child(lambda: self.hooks.actor_main(actor_id, fd), (fd,), new_group=True)
+        except OSError as exc:
+            ours.close()
+            theirs.close()
+            log.error("supervisor.spawn_failed", actor_id=actor_id, error=str(exc))
+            self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": f"fork failed: {exc}"})
+            return
+        ours.close()
+        self.actors[pid] = _Actor(actor_id, pid, self.generation)
+        self.by_id[actor_id] = pid
+        front_fd = theirs.detach()
+        self._send_front({"op": "spawned", "actor_id": actor_id, "pid": pid}, [front_fd])
+        log.info("supervisor.actor_spawned", actor_id=actor_id, actor_pid=pid,
+                 ms=round((time.perf_counter() - t0) * 1000, 2))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.front_pid:
+                self._front_exited(status)
+            elif pid in self.actors:
+                self._actor_exited(self.actors.pop(pid), status)
+            # else: an orphaned grandchild we adopted as subreaper; reaped, nothing more
+
+    def _actor_exited(self, actor: _Actor, status: int) -> None:
+        self.by_id.pop(actor.actor_id, None)
+        _killpg(actor.pid, signal.SIGKILL)  # whatever the agent left running in its group
+        cause = describe_status(status)
+        log.info("supervisor.actor_exited", actor_id=actor.actor_id, actor_pid=actor.pid,
+                 exitcode=cause.exitcode, signal=cause.signal_name)
+        if actor.generation == self.generation and self._stage != "stopping_actors":
+            self._send_front(
+                {
+                    "op": "exit",
+                    "actor_id": actor.actor_id,
+                    "pid": actor.pid,
+                    "exitcode": cause.exitcode,
+                    "signal": cause.signal_name,
+                    "message": cause.message,
+                }
+            )
+
+    def _front_exited(self, status: int) -> None:
+        cause = describe_status(status, "front process")
+        self.front_pid = None
+        self._close_front_channel()
+        if self._stage != "running":
+            log.info("supervisor.front_exited", exitcode=cause.exitcode, signal=cause.signal_name)
+            self._stop_actors()
+            return
+        log.error("supervisor.front_died", cause=cause.message)
+        # Actors talk only to the front that started their turn: end them, record their
+        # turns as interrupted, then start a fresh front.
+        for actor in list(self.actors.values()):
+            _killpg(actor.pid, signal.SIGKILL)
+        try:
+            self.hooks.on_front_lost()
+        except Exception:
+            log.exception("supervisor.front_lost_hook_failed")
+        if cause.exitcode == EXIT_CANNOT_START:
+            log.error("supervisor.giving_up", reason="the front cannot start; see its log line above")
+            self._stage = "stopping_actors"
+            self._deadline = time.monotonic() + 2.0
+            self._final_code = 1
+        elif self.restart.record(time.monotonic()):
+            self.front_restarts += 1
+            self._restart_at = time.monotonic() + self.restart.delay()
+        else:
+            log.error(
+                "supervisor.giving_up",
+                reason=f"the front died {self.restart.limit} times within {self.restart.period:.0f}s",
+            )
+            self._stage = "stopping_actors"
+            self._deadline = time.monotonic() + 2.0
+            self._final_code = 1
+
+    # ── shutdown ──────────────────────────────────────────────────────────
+    def _request_shutdown(self, why: str) -> None:
+        self._shutdown_requests += 1
+        n = self._shutdown_requests
+        log.info("supervisor.shutdown_requested", signal=why, count=n)
+        if self._stage == "stopping_actors":
+            for actor in list(self.actors.values()):
+                _killpg(actor.pid, signal.SIGKILL)
+            return
+        if self.front_pid is None:
+            self._stop_actors()
+            return
+        if n == 1:
+            self._stage = "draining"
+            self._deadline = time.monotonic() + self.hooks.shutdown_grace + 5.0
+            self._send_front({"op": "shutdown", "drain": True})
+        elif n == 2:
+            log.info("supervisor.skip_drain")
+            self._send_front({"op": "shutdown", "drain": False})
+        else:
+            os.kill(self.front_pid, signal.SIGKILL)
+
+    def _stop_actors(self) -> None:
+        self._stage = "stopping_actors"
+        self._restart_at = None
+        self._deadline = time.monotonic() + 2.0
+        for actor in list(self.actors.values()):
+            _killpg(actor.pid, signal.SIGTERM)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._restart_at is not None and now >= self._restart_at and self._stage == "running":
+            log.info("supervisor.front_restart", restarts=self.front_restarts)
+            self._start_front()
+        if self._stage == "draining" and self._deadline is not None and now >= self._deadline:
+            if self.front_pid is not None:
+                log.warning("supervisor.front_kill", reason="front did not finish shutting down in time")
+                os.kill(self.front_pid, signal.SIGKILL)
+            self._deadline = now + 2.0
+        if self._stage == "stopping_actors":
+            if not self.actors and self.front_pid is None:
+                self.exit_code = self._final_code
+            elif self._deadline is not None and now >= self._deadline:
+                for actor in list(self.actors.values()):
+                    _killpg(actor.pid, signal.SIGKILL)
+                if self.front_pid is not None:
+                    os.kill(self.front_pid, signal.SIGKILL)
+                self._deadline = now + 1.0
+
+    def _cleanup(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._close_front_channel()
+        try:
+            self.server_file.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("supervisor.exit", code=self.exit_code, uptime=round(time.time() - self.started, 1))
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:  # EPERM: the group id was reused by another user's process
+        if exc.errno != errno.EPERM:
+            raise
