@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the server's socket here, in the supervisor, so it outlives front restarts.
+
+    Connections that arrive while a front restarts wait in the backlog instead
+    of being refused, and the port never changes (not even with ``--port 0``).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(cfg: config_mod.Config) -> int:
     """Start the supervisor in this process; returns the exit code."""
     from navi_actor import agent_loader
@@ -77,6 +90,14 @@ def serve(cfg: config_mod.Config) -> int:
         print(f"navi-actor: cannot use data dir {data}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
 
+    try:
+        listener = listen(cfg.host, cfg.port)
+    except OSError as exc:
+        log.error("serve.cannot_listen", host=cfg.host, port=cfg.port, error=str(exc))
+        print(f"navi-actor: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    listen_fd = listener.fileno()
+
     # Everything an actor needs is imported now; freeze it so forked actors
     # share these pages instead of copying them when the GC touches them.
     import uvloop  # noqa: F401
@@ -88,7 +109,8 @@ def serve(cfg: config_mod.Config) -> int:
     gc.freeze()
 
     hooks = Hooks(
-        front_main=lambda fd: front_app.front_main(cfg, fd),
+        front_main=lambda fd: front_app.front_main(cfg, fd, listen_fd),
+        front_fds=(listen_fd,),
         actor_main=lambda actor_id, fd: actor_mod.actor_main(spec, cfg, actor_id, fd),
         on_front_lost=lambda: recover("the server's front process died during this turn"),
         shutdown_grace=cfg.drain_timeout + cfg.stop_term_after + cfg.stop_kill_after + 2.0,

@@ -45,6 +45,7 @@ class Hooks:
     """What the supervisor runs; it knows nothing else of the runtime."""
 
     front_main: Callable[[int], int]  # (fd of the supervisor channel) -> exit code
+    front_fds: tuple[int, ...]  # descriptors the front inherits (the listening socket)
     actor_main: Callable[[str, int], int]  # (actor id, fd of the actor channel) -> exit code
     on_front_lost: Callable[[], None]  # after an unplanned front death, before a restart
     shutdown_grace: float  # seconds the front gets to drain and stop its runs
@@ -130,7 +131,7 @@ class Supervisor:
         self.generation += 1
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
-        pid = spawn.fork_child(lambda: self.hooks.front_main(fd), (fd,), new_group=False)
+        pid = spawn.fork_child(lambda: self.hooks.front_main(fd), (fd, *self.hooks.front_fds), new_group=False)
         theirs.close()
         self.front_pid = pid
         self.front_chan = FdChannel(ours)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from typing import Any
 
 import orjson
@@ -190,15 +191,19 @@ def make_app(runtime: Runtime) -> web.Application:
 # ── process main ────────────────────────────────────────────────────────────
 
 
-def front_main(config: Config, fd: int) -> int:
-    """Entry point of the forked front process; returns its exit code."""
+def front_main(config: Config, fd: int, listen_fd: int) -> int:
+    """Entry point of the forked front process; returns its exit code.
+
+    ``fd`` is the channel to the supervisor; ``listen_fd`` the listening
+    socket, which the supervisor owns so it survives a front restart.
+    """
     import uvloop
 
     logs.configure("front", config.log_format)
-    return uvloop.run(_serve(config, fd))
+    return uvloop.run(_serve(config, fd, listen_fd))
 
 
-async def _serve(config: Config, fd: int) -> int:
+async def _serve(config: Config, fd: int, listen_fd: int) -> int:
     loop = asyncio.get_running_loop()
     try:
         store = open_store(config.data_path)
@@ -209,14 +214,10 @@ async def _serve(config: Config, fd: int) -> int:
     app = make_app(runtime)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        log.error("front.cannot_listen", host=config.host, port=config.port, error=str(exc))
-        await runner.cleanup()
-        return EXIT_CANNOT_START
-    host, port = runner.addresses[0][:2]
+    listener = socket.socket(fileno=listen_fd)
+    site = web.SockSite(runner, listener)
+    await site.start()
+    host, port = listener.getsockname()[:2]
     runtime.link.send({"op": "ready", "host": host, "port": port})
     loop.add_signal_handler(signal.SIGTERM, runtime.request_shutdown, True)
     await runtime.shutdown_requested.wait()
