@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(config_mod.from_namespace(args))
+        cfg = config_mod.from_namespace(args)
+        if cfg.stop_grace >= cfg.stop_term_after:
+            parser.error(
+                f"--stop-grace ({cfg.stop_grace}) must be shorter than --stop-term-after "
+                f"({cfg.stop_term_after}): the task is cancelled before the process is signalled"
+            )
+        return serve(cfg)
     parser.print_help()
     return 2
 

@@ -29,7 +29,14 @@ ACTOR_DIED = "actor_died"
 ACTOR_PROTOCOL_VIOLATION = "actor_protocol_violation"
 SHUTTING_DOWN = "shutting_down"
 STORE_ERROR = "store_error"
-SPAWN_FAILED = "spawn_failed"
+SESSION_NOT_FOUND = "session_not_found"
+
+#: Every ``code`` an ``error`` event can carry (documented in the README).
+ERROR_CODES = (
+    INVALID_JSON, INVALID_MESSAGE, TOO_MANY_IMAGES, IMAGE_TOO_LARGE, ALREADY_RUNNING, AGENT_ERROR,
+    AGENT_FAILED_TO_START, ACTOR_DIED, ACTOR_PROTOCOL_VIOLATION, SHUTTING_DOWN, STORE_ERROR,
+    SESSION_NOT_FOUND,
+)
 
 EXPECTED_SHAPE = "Expected {type: 'message', content: '...'}"
 

@@ -149,7 +149,7 @@ class Runtime:
             base, history = await self.store(self._begin, sid, run.run_id, message)
         except SessionNotFound:
             self._drop_run(run)
-            raise ClientError("session_not_found", "Session not found") from None
+            raise ClientError(protocol.SESSION_NOT_FOUND, "Session not found") from None
         except StoreError as exc:
             self._drop_run(run)
             log.error("front.store_failed", session_id=sid, error=str(exc))
