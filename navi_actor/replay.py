@@ -39,7 +39,7 @@ class _Merged:
         self.chunks: list[str] = []
         self.parts = [delta]
         self.length = len(delta)
-        self.ends = array("L", [self.length])  # text offset after each seq
+        self.ends = array("I", [self.length])  # text offset after each seq (4 bytes each)
 
     def add(self, seq: int, delta: str) -> None:
         self.last = seq
