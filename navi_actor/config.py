@@ -34,7 +34,7 @@ class Option:
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
-        if value <= 0:
+        if not value > 0:  # also refuses NaN
             raise ValueError(f"must be greater than 0, got {text!r}")
         return value
 

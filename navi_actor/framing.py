@@ -56,7 +56,8 @@ class FrameDecoder:
 
     ``feed`` takes whatever a read returned and gives back the complete bodies
     in order; a partial frame waits for the next read. A length over
-    ``max_frame`` raises :class:`FrameError` before any of it is buffered.
+    ``max_frame`` raises :class:`FrameError` as soon as the header is read,
+    without waiting for (or buffering more of) its body.
     """
 
     __slots__ = ("_buf", "_max", "_need")

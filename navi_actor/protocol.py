@@ -51,12 +51,13 @@ class UserMessage:
     files: list[dict[str, str]]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class ClientError(Exception):
     """A client message refused; the connection stays open."""
 
-    code: str
-    message: str
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
     def event(self) -> dict[str, Any]:
         return {"type": "error", "message": self.message, "code": self.code}

@@ -5,7 +5,9 @@ from its first delta. The original endpoint kept the last 500 events and so
 lost the start of long turns. This buffer keeps every event but merges runs
 of consecutive ``stream_delta`` (or ``thinking_delta``) events into one entry:
 a turn of 100,000 one-word deltas costs about its text plus 4 bytes a delta
-(the offset that lets a resume split a merged run at any ``seq``).
+(the offset that lets a resume split a merged run at any ``seq``). Text is
+counted in characters, so the bound is about bytes for ASCII text and
+undercounts up to 4x for wide characters.
 
 The bound: past ``max_bytes`` the oldest entries are dropped and the buffer
 says so (``truncated``), so a replay is never silently incomplete. With

@@ -29,7 +29,7 @@ def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
     except ValueError:
-        return f"signal {signum}"
+        return str(signum)  # a real-time signal has no name: "signal 40"
 
 
 def describe_status(status: int, what: str = "agent process") -> ExitCause:
