@@ -7,6 +7,13 @@ front → actor: ``turn``, ``stop``, ``replay``, ``persisted``, ``shutdown``
 actor → front: ``hello``, events (``E`` frames), ``turn_done``, ``replay``,
 ``fatal`` (the agent could not start), ``rejected``.
 
+If the front dies, the actor carries on: events go to the replay buffer, the
+turn's end waits, and when the supervisor hands over a channel to the new
+front (through the actor's lifeline) the actor says ``hello`` with its run's
+state and re-sends a ``turn_done`` not yet acknowledged. When the lifeline
+reaches end of file the supervisor is gone, and the actor kills its whole
+process group, the agent's own child processes included.
+
 A turn's events are encoded to JSON once, here; the front forwards those bytes.
 The final event (``stream_end``/``stream_stopped``/``error``) travels inside
 ``turn_done`` with the result, so the front can make the result durable before
@@ -18,8 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import threading
 import time
+from collections import deque
 from typing import Any, AsyncIterator, Callable
 
 import orjson
@@ -33,7 +43,6 @@ from navi_actor.turn import Turn, current_stop_event
 
 EXIT_OK = 0
 EXIT_AGENT_FAILED = 3  # the agent factory raised: the supervisor must not respawn in a loop
-EXIT_CHANNEL_LOST = 4  # the front went away
 
 _FLUSH_BYTES = 64 * 1024
 _HIGH_WATER = 1024 * 1024
@@ -56,7 +65,7 @@ def dumps(obj: Any) -> bytes:
 class _Run:
     __slots__ = (
         "run_id", "seq", "start", "buffer", "stop_event", "task", "text", "thinking",
-        "tool_calls", "end", "t0", "cancelled", "grace_timer", "done",
+        "tool_calls", "end", "t0", "cancelled", "grace_timer", "done", "done_frame", "stop_reason",
     )
 
     def __init__(self, run_id: str, start: dict[str, Any], max_bytes: int) -> None:
@@ -74,6 +83,8 @@ class _Run:
         self.cancelled = False
         self.grace_timer: asyncio.TimerHandle | None = None
         self.done = False
+        self.done_frame: bytes | None = None  # turn_done, kept until the front says persisted
+        self.stop_reason: dict[str, str] | None = None  # why the runtime stopped it, if not the user
 
 
 class _Channel(asyncio.Protocol):
@@ -92,7 +103,7 @@ class _Channel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.writable.set()
-        self.actor.on_channel_lost()
+        self.actor.on_channel_lost(self)
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -104,10 +115,12 @@ class _Channel(asyncio.Protocol):
 class Actor:
     """Serve turns for one session until told to shut down or the front goes."""
 
-    def __init__(self, spec: AgentSpec, config: Config, actor_id: str, sock: socket.socket) -> None:
+    def __init__(self, spec: AgentSpec, config: Config, actor_id: str, session_id: str,
+                 sock: socket.socket) -> None:
         self.spec = spec
         self.config = config
         self.actor_id = actor_id
+        self.session_id = session_id
         self.sock = sock
         self.run: _Run | None = None
         self.runner: Callable[[Turn], AsyncIterator[Any]] | None = None
@@ -121,10 +134,7 @@ class Actor:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.finished = loop.create_future()
-        self.transport, self.channel = await loop.create_unix_connection(
-            lambda: _Channel(self), sock=self.sock
-        )
-        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        await self._connect(self.sock)
         try:
             self.runner = self.spec.make_runner()
         except Exception as exc:
@@ -141,9 +151,52 @@ class Actor:
             self._flush()
             await self._drain()
             return EXIT_AGENT_FAILED
-        self._send(framing.control({"op": "hello", "pid": os.getpid(), "actor_id": self.actor_id}))
-        self._flush()
+        self._hello()
         return await self.finished
+
+    async def _connect(self, sock: socket.socket) -> None:
+        self.transport, self.channel = await self.loop.create_unix_connection(
+            lambda: _Channel(self), sock=sock
+        )
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+
+    def _hello(self) -> None:
+        """Introduce this actor (and its run, if any) to the front on the channel."""
+        run = self.run
+        state = None
+        if run is not None:
+            state = {
+                "run_id": run.run_id,
+                "start": run.start,
+                "last_seq": run.seq if not run.done else run.seq - 1,
+                "done": run.done,
+                "stopping": run.stop_event.is_set(),
+                "text": "".join(run.text),
+            }
+        hello = {"op": "hello", "pid": os.getpid(), "actor_id": self.actor_id,
+                 "session_id": self.session_id, "run": state}
+        self._send(framing.control(hello))
+        if run is not None and run.done_frame is not None:
+            self._send(run.done_frame)
+        self._flush()
+
+    def attach_front(self, fd: int) -> None:
+        """A new front: switch the channel to it (called on the loop from the lifeline thread)."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        old = self.transport
+        self._out.clear()
+        self._out_bytes = 0
+
+        async def switch() -> None:
+            if not old.is_closing():
+                old.close()
+            await self._connect(sock)
+            log.info("actor.front_attached", run_id=self.run.run_id if self.run else None)
+            if self.runner is not None:
+                self._hello()
+
+        self.loop.create_task(switch())
 
     # ── output ────────────────────────────────────────────────────────────
     def _send(self, data: bytes) -> None:
@@ -173,7 +226,7 @@ class Actor:
         if op == "turn":
             self._start_turn(msg)
         elif op == "stop":
-            self._stop(msg.get("run_id"))
+            self._stop(msg.get("run_id"), msg.get("reason"))
         elif op == "replay":
             self._replay(msg["viewer"], msg.get("after"))
         elif op == "persisted":
@@ -190,11 +243,10 @@ class Actor:
         else:
             log.warning("actor.unknown_op", op=op)
 
-    def on_channel_lost(self) -> None:
-        if self.run is not None and not self.run.done:
-            log.warning("actor.front_lost", run_id=self.run.run_id)
-            self._stop(self.run.run_id)
-        self._finish(EXIT_CHANNEL_LOST if self.run is not None else EXIT_OK)
+    def on_channel_lost(self, channel: _Channel) -> None:
+        if channel is self.channel and not self.finished.done():
+            log.warning("actor.front_lost", run_id=self.run.run_id if self.run else None)
+            # Keep going: the supervisor hands over a channel to the next front.
 
     def _finish(self, code: int) -> None:
         if not self.finished.done():
@@ -303,7 +355,10 @@ class Actor:
             final = protocol.error_event(err_text, err_code, run.seq, run_id=run.run_id)
         elif run.stop_event.is_set():
             status = "stopped"
-            final = protocol.stream_stopped(run.seq, run.run_id, "cancel" if run.cancelled else "event", content)
+            step = "cancel" if run.cancelled else "event"
+            final = protocol.stream_stopped(run.seq, run.run_id, step, content, run.stop_reason)
+            if run.stop_reason:
+                err_text, err_code = run.stop_reason["message"], run.stop_reason["code"]
         else:
             status = "done"
             final = {"type": "stream_end", "seq": run.seq, "run_id": run.run_id, "content": content, **stats}
@@ -323,13 +378,16 @@ class Actor:
             elapsed=elapsed,
         )
         msg = {"op": "turn_done", "run_id": run.run_id, "final": final, "result": result}
-        self._send(framing.frame(dumps(msg)))
+        run.done_frame = framing.frame(dumps(msg))
+        self._send(run.done_frame)
         self._flush()
 
-    def _stop(self, run_id: Any) -> None:
+    def _stop(self, run_id: Any, reason: dict[str, str] | None = None) -> None:
         run = self.run
         if run is None or run.run_id != run_id or run.done:
             return
+        if reason and run.stop_reason is None:
+            run.stop_reason = reason
         if not run.stop_event.is_set():
             log.info("actor.stop", run_id=run_id)
             run.stop_event.set()
@@ -363,13 +421,46 @@ class Actor:
         self._send(framing.frame(body))
 
 
-def actor_main(spec: AgentSpec, config: Config, actor_id: str, fd: int) -> int:
+def _watch_lifeline(actor: Actor, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Thread: read the lifeline; hand new fronts to the loop; on EOF end the group.
+
+    A thread, not the event loop, so that an agent blocking the loop cannot
+    keep its process group alive after the supervisor is gone.
+    """
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    decoder = framing.FrameDecoder(1024 * 1024)
+    fds: deque[int] = deque()
+    while True:
+        try:
+            data, got, _flags, _addr = socket.recv_fds(sock, 65536, 16)
+        except OSError:
+            data, got = b"", []
+        if not data:
+            os.killpg(0, signal.SIGKILL)  # the supervisor is gone: take every process of ours along
+            return
+        fds.extend(got)
+        for body in decoder.feed(data):
+            msg = orjson.loads(body)
+            if msg.get("op") == "front" and fds:
+                loop.call_soon_threadsafe(actor.attach_front, fds.popleft())
+
+
+def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, fd: int,
+               lifeline_fd: int) -> int:
     """Entry point in the forked actor process; returns its exit code."""
     import uvloop
 
     logs.configure("actor", config.log_format)
-    logs.get().info("actor.spawned", actor_id=actor_id)
+    logs.get().info("actor.spawned", actor_id=actor_id, session_id=session_id)
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
-    actor = Actor(spec, config, actor_id, sock)
-    return uvloop.run(actor.serve())
+    actor = Actor(spec, config, actor_id, session_id, sock)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=_watch_lifeline, args=(actor, loop, lifeline_fd), daemon=True,
+                         name="lifeline").start()
+        return await actor.serve()
+
+    return uvloop.run(main())

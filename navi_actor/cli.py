@@ -117,8 +117,11 @@ def serve(cfg: config_mod.Config) -> int:
     hooks = Hooks(
         front_main=lambda fd: front_app.front_main(cfg, fd, listen_fd),
         front_fds=(listen_fd,),
-        actor_main=lambda actor_id, fd: actor_mod.actor_main(spec, cfg, actor_id, fd),
-        on_front_lost=lambda: recover("the server's front process died during this turn"),
+        actor_main=lambda actor_id, session_id, fd, life_fd: actor_mod.actor_main(
+            spec, cfg, actor_id, session_id, fd, life_fd
+        ),
+        on_give_up=lambda: recover("server stopped during this turn"),
+        actor_max_rss=cfg.actor_max_rss * 1024 * 1024,
         shutdown_grace=cfg.drain_timeout + cfg.stop_term_after + cfg.stop_kill_after + 2.0,
     )
     log.info("serve.start", agent=spec.target, data_dir=str(data), host=cfg.host, port=cfg.port,

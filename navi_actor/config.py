@@ -94,6 +94,14 @@ OPTIONS: tuple[Option, ...] = (
         _positive(int),
         "bytes queued for one slow WebSocket client before it is closed (code 4008) to resume",
     ),
+    Option("turn_timeout", 1800.0, _positive(float), "seconds a turn may run before it is stopped (wall time)"),
+    Option(
+        "actor_max_rss",
+        1024,
+        _positive(int),
+        "MiB of resident memory an actor (with its children) may use before it is killed",
+    ),
+    Option("max_actors", 256, _positive(int), "most actor processes at once; idle ones are evicted first"),
     Option(
         "drain_timeout",
         30.0,
@@ -117,6 +125,9 @@ class Config:
     stop_kill_after: float = 2.0
     replay_max_bytes: int = 16 * 1024 * 1024
     client_max_pending_bytes: int = 8 * 1024 * 1024
+    turn_timeout: float = 1800.0
+    actor_max_rss: int = 1024
+    max_actors: int = 256
     drain_timeout: float = 30.0
 
     @property

@@ -158,6 +158,16 @@ _RESULT_FIELDS = {
 }
 
 
+_RUN_STATE_FIELDS = {
+    "run_id": lambda v: type(v) is str,
+    "start": lambda v: type(v) is dict,
+    "last_seq": _is_int,
+    "done": lambda v: type(v) is bool,
+    "stopping": lambda v: type(v) is bool,
+    "text": lambda v: type(v) is str,
+}
+
+
 def parse_control(body: bytes, allowed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Parse a control body and check its op's required fields."""
     ops = _ACTOR_OPS if allowed is None else allowed
@@ -179,6 +189,11 @@ def parse_control(body: bytes, allowed: dict[str, dict[str, Any]] | None = None)
     elif op == "replay":
         for ev in msg["events"]:
             _check_event(ev, "replay")
+    elif op == "hello" and msg.get("run") is not None:
+        _check(type(msg["run"]) is dict, "hello: run is not an object")
+        for key, ok in _RUN_STATE_FIELDS.items():
+            _check(key in msg["run"] and ok(msg["run"][key]), f"hello: run has malformed {key!r}")
+        _check_event(msg["run"]["start"], "hello start")
     return msg
 
 

@@ -30,12 +30,14 @@ ACTOR_PROTOCOL_VIOLATION = "actor_protocol_violation"
 SHUTTING_DOWN = "shutting_down"
 STORE_ERROR = "store_error"
 SESSION_NOT_FOUND = "session_not_found"
+CAPACITY = "capacity"
+TURN_TIMEOUT = "turn_timeout"
 
 #: Every ``code`` an ``error`` event can carry (documented in the README).
 ERROR_CODES = (
     INVALID_JSON, INVALID_MESSAGE, TOO_MANY_IMAGES, IMAGE_TOO_LARGE, ALREADY_RUNNING, AGENT_ERROR,
     AGENT_FAILED_TO_START, ACTOR_DIED, ACTOR_PROTOCOL_VIOLATION, SHUTTING_DOWN, STORE_ERROR,
-    SESSION_NOT_FOUND,
+    SESSION_NOT_FOUND, CAPACITY,
 )
 
 EXPECTED_SHAPE = "Expected {type: 'message', content: '...'}"
@@ -133,15 +135,24 @@ def error_event(message: str, code: str, seq: int | None = None, **extra: Any) -
     return ev
 
 
-def stream_stopped(seq: int, run_id: str, stop_step: str, content: str) -> dict[str, Any]:
-    """``stop_step``: how far the stop ladder went (event, cancel, sigterm, sigkill)."""
-    return {
+def stream_stopped(seq: int, run_id: str, stop_step: str, content: str,
+                   reason: dict[str, str] | None = None) -> dict[str, Any]:
+    """``stop_step``: how far the stop ladder went (event, cancel, sigterm, sigkill).
+
+    ``reason`` (``{code, message}``) says why the runtime stopped the turn
+    when the user did not, e.g. a turn over its wall-time limit.
+    """
+    ev = {
         "type": "stream_stopped",
         "seq": seq,
         "run_id": run_id,
         "stop_step": stop_step,
         "content": content,
     }
+    if reason:
+        ev["reason"] = reason["code"]
+        ev["message"] = reason["message"]
+    return ev
 
 
 HEARTBEAT = orjson.dumps({"type": "heartbeat"})

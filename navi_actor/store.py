@@ -18,7 +18,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar, cast
+from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
 
 __all__ = [
     "RUN_STATUSES", "FINAL_STATUSES", "SCHEMA_VERSION", "SESSION_ID_RE",
@@ -122,7 +122,7 @@ class SessionStore(abc.ABC):
                    stats: dict | None = None) -> None: ...
     @abc.abstractmethod
     def recover_interrupted(self, reason: str = "server stopped during this turn",
-                            seq_gap: int = 10**9) -> list[str]: ...
+                            seq_gap: int = 10**9, keep: Iterable[str] = ()) -> list[str]: ...
     @abc.abstractmethod
     def running_runs(self) -> list[dict]: ...
     @abc.abstractmethod
@@ -402,8 +402,8 @@ class SQLiteStore(SessionStore):
 
     @_locked
     def recover_interrupted(self, reason: str = "server stopped during this turn",
-                            seq_gap: int = 10**9) -> list[str]:
-        """Finish every "running" run as "interrupted"; return their ids.
+                            seq_gap: int = 10**9, keep: Iterable[str] = ()) -> list[str]:
+        """Finish every "running" run but those in ``keep`` as "interrupted"; return their ids.
 
         Keeps the checkpointed partial content, and moves each affected session's
         last_seq to max(session.last_seq, run seqs) + seq_gap, above any seq a
@@ -414,6 +414,8 @@ class SQLiteStore(SessionStore):
             runs = db.execute(
                 "SELECT id, session_id, first_seq, last_seq, partial_content FROM runs"
                 " WHERE status = 'running' ORDER BY started_at, rowid").fetchall()
+            kept = set(keep)
+            runs = [run for run in runs if run["id"] not in kept]
             top: dict[str, int] = {}
             for run in runs:
                 seq = run["last_seq"] if run["last_seq"] is not None else run["first_seq"]

@@ -46,7 +46,10 @@ def fork_child(
     new_group: bool,
     death_signal: int = signal.SIGKILL,
 ) -> int:
-    """Fork; the child runs ``main()`` and exits with its return value."""
+    """Fork; the child runs ``main()`` and exits with its return value.
+
+    ``death_signal`` is sent to the child when the supervisor dies (0: none).
+    """
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -57,8 +60,9 @@ def fork_child(
     try:
         if new_group:
             os.setpgid(0, 0)
-        _prctl(PR_SET_PDEATHSIG, death_signal)
-        if os.getppid() != parent:  # the supervisor died before prctl took effect
+        if death_signal:
+            _prctl(PR_SET_PDEATHSIG, death_signal)
+        if os.getppid() != parent:  # the supervisor died before we got here
             os._exit(1)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):

@@ -8,10 +8,17 @@ handlers only queue the signal; one loop dispatches (uvicorn, gunicorn):
     while exit_code is None: select → handle frames → handle signals → reap → tick
 
 Front ↔ supervisor messages (length-framed JSON on a socketpair):
-front → ``spawn {actor_id}``, ``signal {actor_id, sig}``, ``ready {host, port}``;
-supervisor → ``spawned {actor_id, pid}`` + the front's end of the actor's
-socketpair, ``spawn_failed``, ``exit {actor_id, pid, exitcode, signal, message}``,
-``shutdown {drain}``.
+front → ``spawn {actor_id, session_id}``, ``signal {actor_id, sig}``,
+``ready {host, port}``; supervisor → ``spawned {actor_id, pid}`` + the front's
+end of the actor's socketpair, ``adopt {actor_id, pid, session_id}`` + a fresh
+one (after a front restart), ``spawn_failed``, ``exit {actor_id, pid,
+exitcode, signal, message}``, ``shutdown {drain}``.
+
+Each actor also holds a *lifeline*: a socketpair to the supervisor. A new front
+reaches a running actor through it (``front`` + the actor's end of a new
+socketpair), so a front restart loses sockets, not runs; and its end of file
+tells the actor the supervisor is gone, whereupon the actor kills its own
+process group — grandchildren included.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any, Callable
 import orjson
 import structlog
 
-from supervisor import spawn
+from supervisor import limits, spawn
 from supervisor.causes import EXIT_CANNOT_START, describe_status
 from supervisor.fdchannel import ChannelClosed, FdChannel
 from supervisor.restart import RestartPolicy
@@ -46,16 +53,19 @@ class Hooks:
 
     front_main: Callable[[int], int]  # (fd of the supervisor channel) -> exit code
     front_fds: tuple[int, ...]  # descriptors the front inherits (the listening socket)
-    actor_main: Callable[[str, int], int]  # (actor id, fd of the actor channel) -> exit code
-    on_front_lost: Callable[[], None]  # after an unplanned front death, before a restart
+    actor_main: Callable[[str, str, int, int], int]  # (actor id, session id, channel fd, lifeline fd)
+    on_give_up: Callable[[], None]  # the front cannot be kept up: actors are gone, record their turns
     shutdown_grace: float  # seconds the front gets to drain and stop its runs
+    actor_max_rss: int = 0  # bytes; an actor (with its children) above it is killed; 0 = no limit
 
 
 @dataclasses.dataclass(slots=True)
 class _Actor:
     actor_id: str
     pid: int
-    generation: int
+    session_id: str
+    lifeline: FdChannel
+    killed_for: str | None = None  # the supervisor's reason, when it killed the actor
 
 
 class Supervisor:
@@ -78,6 +88,7 @@ class Supervisor:
         self._deadline: float | None = None
         self._shutdown_requests = 0
         self._final_code = 0
+        self._next_memory_check = 0.0
 
     # ── main loop ─────────────────────────────────────────────────────────
     def run(self) -> int:
@@ -115,7 +126,7 @@ class Supervisor:
     def _timeout(self) -> float:
         now = time.monotonic()
         wake = [t for t in (self._restart_at, self._deadline) if t is not None]
-        return max(0.0, min([0.5, *(t - now for t in wake)]))
+        return max(0.0, min([0.25, *(t - now for t in wake)]))
 
     def _handle_signals(self) -> None:
         while self._signals:
@@ -136,7 +147,28 @@ class Supervisor:
         self.front_pid = pid
         self.front_chan = FdChannel(ours)
         self.sel.register(ours, selectors.EVENT_READ, self._on_front_io)
-        log.info("supervisor.front_started", front_pid=pid, generation=self.generation)
+        log.info("supervisor.front_started", front_pid=pid, generation=self.generation,
+                 adopting=len(self.actors))
+        for actor in list(self.actors.values()):
+            self._hand_over(actor)
+
+    def _hand_over(self, actor: _Actor) -> None:
+        """Connect a running actor to the new front with a fresh socketpair."""
+        try:
+            to_front, to_actor = socket.socketpair()
+        except OSError as exc:
+            log.error("supervisor.adopt_failed", actor_id=actor.actor_id, error=str(exc))
+            _killpg(actor.pid, signal.SIGKILL)
+            return
+        try:
+            actor.lifeline.send(orjson.dumps({"op": "front"}), [to_actor.detach()])
+        except ChannelClosed:
+            to_front.close()
+            return  # it is exiting; its exit notice follows
+        self._send_front(
+            {"op": "adopt", "actor_id": actor.actor_id, "pid": actor.pid, "session_id": actor.session_id},
+            [to_front.detach()],
+        )
 
     def _send_front(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         chan = self.front_chan
@@ -179,7 +211,7 @@ class Supervisor:
     def _on_front_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "spawn":
-            self._spawn_actor(str(msg["actor_id"]))
+            self._spawn_actor(str(msg["actor_id"]), str(msg.get("session_id", "")))
         elif op == "signal":
             pid = self.by_id.get(str(msg.get("actor_id")))
             sig = _SIGNALS.get(msg.get("sig", ""))
@@ -205,31 +237,45 @@ class Supervisor:
         log.info("supervisor.serving", url=info["url"], front_pid=self.front_pid)
 
     # ── actors ────────────────────────────────────────────────────────────
-    def _spawn_actor(self, actor_id: str) -> None:
+    def _spawn_actor(self, actor_id: str, session_id: str) -> None:
         if self._stage != "running":
             self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": "server is shutting down"})
             return
         t0 = time.perf_counter()
         try:
-            ours, theirs = socket.socketpair()
+            chan_actor, chan_front = socket.socketpair()
         except OSError as exc:
             self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": f"socketpair: {exc}"})
             return
-        fd = ours.fileno()
         try:
-            pid = spawn.fork_child(lambda: self.hooks.actor_main(actor_id, fd), (fd,), new_group=True)
+            life_actor, life_ours = socket.socketpair()
         except OSError as exc:
-            ours.close()
-            theirs.close()
+            chan_actor.close()
+            chan_front.close()
+            self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": f"socketpair: {exc}"})
+            return
+        fd, life_fd = chan_actor.fileno(), life_actor.fileno()
+        try:
+            # No death signal: the actor watches its lifeline and, when the
+            # supervisor is gone, kills its whole group (a signal would kill only it).
+            pid = spawn.fork_child(
+                lambda: self.hooks.actor_main(actor_id, session_id, fd, life_fd),
+                (fd, life_fd),
+                new_group=True,
+                death_signal=0,
+            )
+        except OSError as exc:
+            for s in (chan_actor, chan_front, life_actor, life_ours):
+                s.close()
             log.error("supervisor.spawn_failed", actor_id=actor_id, error=str(exc))
             self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": f"fork failed: {exc}"})
             return
-        ours.close()
-        self.actors[pid] = _Actor(actor_id, pid, self.generation)
+        chan_actor.close()
+        life_actor.close()
+        self.actors[pid] = _Actor(actor_id, pid, session_id, FdChannel(life_ours))
         self.by_id[actor_id] = pid
-        front_fd = theirs.detach()
-        self._send_front({"op": "spawned", "actor_id": actor_id, "pid": pid}, [front_fd])
-        log.info("supervisor.actor_spawned", actor_id=actor_id, actor_pid=pid,
+        self._send_front({"op": "spawned", "actor_id": actor_id, "pid": pid}, [chan_front.detach()])
+        log.info("supervisor.actor_spawned", actor_id=actor_id, actor_pid=pid, session_id=session_id,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
 
     def _reap(self) -> None:
@@ -248,11 +294,13 @@ class Supervisor:
 
     def _actor_exited(self, actor: _Actor, status: int) -> None:
         self.by_id.pop(actor.actor_id, None)
+        actor.lifeline.close()
         _killpg(actor.pid, signal.SIGKILL)  # whatever the agent left running in its group
         cause = describe_status(status)
+        message = actor.killed_for or cause.message
         log.info("supervisor.actor_exited", actor_id=actor.actor_id, actor_pid=actor.pid,
-                 exitcode=cause.exitcode, signal=cause.signal_name)
-        if actor.generation == self.generation and self._stage != "stopping_actors":
+                 exitcode=cause.exitcode, signal=cause.signal_name, cause=message)
+        if self._stage != "stopping_actors":
             self._send_front(
                 {
                     "op": "exit",
@@ -260,7 +308,7 @@ class Supervisor:
                     "pid": actor.pid,
                     "exitcode": cause.exitcode,
                     "signal": cause.signal_name,
-                    "message": cause.message,
+                    "message": message,
                 }
             )
 
@@ -272,31 +320,27 @@ class Supervisor:
             log.info("supervisor.front_exited", exitcode=cause.exitcode, signal=cause.signal_name)
             self._stop_actors()
             return
-        log.error("supervisor.front_died", cause=cause.message)
-        # Actors talk only to the front that started their turn: end them, record their
-        # turns as interrupted, then start a fresh front.
-        for actor in list(self.actors.values()):
-            _killpg(actor.pid, signal.SIGKILL)
-        try:
-            self.hooks.on_front_lost()
-        except Exception:
-            log.exception("supervisor.front_lost_hook_failed")
+        log.error("supervisor.front_died", cause=cause.message, actors=len(self.actors))
+        # Actors keep running their turns; the next front adopts them.
         if cause.exitcode == EXIT_CANNOT_START:
-            log.error("supervisor.giving_up", reason="the front cannot start; see its log line above")
-            self._stage = "stopping_actors"
-            self._deadline = time.monotonic() + 2.0
-            self._final_code = 1
+            self._give_up("the front cannot start; see its log line above")
         elif self.restart.record(time.monotonic()):
             self.front_restarts += 1
             self._restart_at = time.monotonic() + self.restart.delay()
         else:
-            log.error(
-                "supervisor.giving_up",
-                reason=f"the front died {self.restart.limit} times within {self.restart.period:.0f}s",
-            )
-            self._stage = "stopping_actors"
-            self._deadline = time.monotonic() + 2.0
-            self._final_code = 1
+            self._give_up(f"the front died {self.restart.limit} times within {self.restart.period:.0f}s")
+
+    def _give_up(self, reason: str) -> None:
+        log.error("supervisor.giving_up", reason=reason)
+        for actor in list(self.actors.values()):
+            _killpg(actor.pid, signal.SIGKILL)
+        try:
+            self.hooks.on_give_up()
+        except Exception:
+            log.exception("supervisor.give_up_hook_failed")
+        self._stage = "stopping_actors"
+        self._deadline = time.monotonic() + 2.0
+        self._final_code = 1
 
     # ── shutdown ──────────────────────────────────────────────────────────
     def _request_shutdown(self, why: str) -> None:
@@ -327,8 +371,28 @@ class Supervisor:
         for actor in list(self.actors.values()):
             _killpg(actor.pid, signal.SIGTERM)
 
+    def _check_memory(self) -> None:
+        limit = self.hooks.actor_max_rss
+        for actor in list(self.actors.values()):
+            if actor.killed_for is None:
+                rss = limits.group_rss(actor.pid)
+                if limits.over_limit(rss, limit):
+                    actor.killed_for = limits.memory_message(limit)
+                    log.warning("supervisor.actor_over_memory", actor_id=actor.actor_id, actor_pid=actor.pid,
+                                rss_mb=rss // limits.MIB, limit_mb=limit // limits.MIB)
+                    _killpg(actor.pid, signal.SIGKILL)
+
     def _tick(self) -> None:
         now = time.monotonic()
+        if self.hooks.actor_max_rss and now >= self._next_memory_check:
+            self._next_memory_check = now + 0.5
+            self._check_memory()
+        for actor in self.actors.values():
+            if actor.lifeline.wants_write:
+                try:
+                    actor.lifeline.flush()
+                except ChannelClosed:
+                    pass
         if self._restart_at is not None and now >= self._restart_at and self._stage == "running":
             log.info("supervisor.front_restart", restarts=self.front_restarts)
             self._start_front()
@@ -350,6 +414,8 @@ class Supervisor:
     def _cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
         self._close_front_channel()
+        for actor in self.actors.values():
+            actor.lifeline.close()
         try:
             self.server_file.unlink()
         except FileNotFoundError:

@@ -340,3 +340,14 @@ def test_usable_from_another_thread(store):
     t.start()
     t.join()
     assert store.get_session(out[0]["id"])["title"] == "t"
+
+
+def test_recover_interrupted_keeps_runs_still_alive(tmp_path):
+    """Runs named in keep (an actor still runs them) are left running; the others are interrupted."""
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    a = store.create_session()["id"]
+    b = store.create_session()["id"]
+    store.begin_run(a, "run-a", content="x", agent_content="x")
+    store.begin_run(b, "run-b", content="y", agent_content="y")
+    assert store.recover_interrupted("gone", keep={"run-a"}) == ["run-b"]
+    assert [r["id"] for r in store.running_runs()] == ["run-a"]

@@ -49,6 +49,7 @@ class ActorHandle(asyncio.Protocol):
         self.exit: dict[str, Any] | None = None  # the supervisor's exit notice
         self.eof = asyncio.Event()
         self.exited = asyncio.Event()
+        self.hello = asyncio.Event()
         self.gone_handled = False
         self.transport: asyncio.Transport | None = None
         self._outbox: list[bytes] = []
@@ -110,6 +111,14 @@ class ActorHandle(asyncio.Protocol):
         self.exited.set()
         if self.transport is None:
             self.eof.set()  # it never connected: nothing can be left in a pipe
+
+    async def wait_hello_or_gone(self, timeout: float) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.hello, self.eof, self.exited)]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def wait_gone(self) -> None:
         """Wait for end of file and the exit notice, each at most GONE_WAIT after the other."""

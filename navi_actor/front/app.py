@@ -103,10 +103,9 @@ async def delete_session(request: web.Request) -> web.Response:
     await rt.store(rt.store_backend.delete_session, sid)
     for viewer in list(rt.viewers.get(sid, ())):
         await viewer.flush_and_close(CLOSE_NOT_FOUND, "Session deleted")
-    actor = rt.actors.pop(sid, None)
+    actor = rt.actors.get(sid)
     if actor is not None:
-        actor.retiring = True
-        actor.send({"op": "shutdown"})
+        rt.retire(actor)
     return _json({"ok": True, "id": sid})
 
 
@@ -150,6 +149,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not exists:
         await ws.close(code=CLOSE_NOT_FOUND, message=b"Session not found")
         return ws
+    await rt.reconciled.wait()  # after a front restart: runs are adopted before anyone attaches
     viewer = Viewer(ws, sid, rt.config.client_max_pending_bytes)
     log.info("front.ws_connected", session_id=sid, viewer=viewer.id, after=after)
     rt.attach(viewer, after)

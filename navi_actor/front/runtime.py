@@ -32,6 +32,8 @@ log = logs.get("navi.front")
 T = TypeVar("T")
 
 CHECKPOINT_EVERY = 1.0  # seconds between saves of running turns' partial text
+ADOPT_WAIT = 3.0  # seconds a new front waits for adopted actors to report their runs
+LOST_IN_RESTART = "the agent process ended while the server's front was restarting"
 
 
 class Run:
@@ -52,6 +54,7 @@ class Run:
         self.last_event_at = self.started_at
         self.stop_requested_at: float | None = None
         self.stop_step: str | None = None
+        self.stop_reason: dict[str, str] | None = None  # set when a limit, not the user, stopped it
         self.ladder: list[asyncio.TimerHandle] = []
         self.finishing = False
         self.ended = asyncio.Event()
@@ -80,6 +83,9 @@ class Runtime:
         self.drain = True
         self._ticker = self.loop.create_task(self._tick_forever())
         self._last_checkpoint = time.monotonic()
+        self.reconciled = asyncio.Event()
+        self._adopted: list[ActorHandle] = []
+        self.loop.call_soon(lambda: self.loop.create_task(self._reconcile()))
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the store's own thread."""
@@ -133,10 +139,12 @@ class Runtime:
     async def start_turn(self, viewer: Viewer, message: UserMessage) -> None:
         """Start a turn for the viewer's session; raise ClientError when refused."""
         sid = viewer.session_id
+        await self.reconciled.wait()
         if self.shutting_down:
             raise ClientError(protocol.SHUTTING_DOWN, "Server is shutting down; try again in a moment.")
         if sid in self.runs:
             raise ClientError(protocol.ALREADY_RUNNING, "Agent is already running for this session.")
+        self._make_room(sid)
         run = Run(uuid.uuid4().hex, sid)
         self.runs[sid] = run
         for peer in self.viewers.get(sid, ()):
@@ -179,7 +187,32 @@ class Runtime:
             }
         )
         if run.stop_requested_at is not None:
-            actor.send({"op": "stop", "run_id": run.run_id})
+            actor.send({"op": "stop", "run_id": run.run_id, "reason": run.stop_reason})
+
+    def _make_room(self, sid: str) -> None:
+        """Keep at most --max-actors: evict the longest-idle actor, or refuse when all are busy."""
+        current = self.actors.get(sid)
+        if current is not None and current.alive and not current.retiring:
+            return
+        live = [a for a in self.actors_by_id.values() if a.alive and not a.retiring]
+        if len(live) < self.config.max_actors:
+            return
+        idle = [a for a in live if a.run is None]
+        if not idle:
+            raise ClientError(
+                protocol.CAPACITY,
+                f"The server is at capacity: all {self.config.max_actors} agent processes are busy. "
+                "Try again in a moment.",
+            )
+        victim = min(idle, key=lambda a: a.idle_since)
+        log.info("front.actor_evicted", actor_id=victim.actor_id, session_id=victim.session_id)
+        self.retire(victim)
+
+    def retire(self, actor: ActorHandle) -> None:
+        actor.retiring = True
+        if self.actors.get(actor.session_id) is actor:
+            del self.actors[actor.session_id]
+        actor.send({"op": "shutdown"})
 
     def _begin(self, sid: str, run_id: str, message: UserMessage) -> tuple[int, list[dict[str, Any]]]:
         history = self.store_backend.history(sid)
@@ -211,16 +244,20 @@ class Runtime:
             run.actor.idle_since = time.monotonic()
         run.ended.set()
 
-    def stop(self, session_id: str) -> bool:
-        """Ask the running turn to stop; False when none runs. Idempotent."""
+    def stop(self, session_id: str, reason: dict[str, str] | None = None) -> bool:
+        """Ask the running turn to stop; False when none runs. Idempotent.
+
+        ``reason`` (``{code, message}``) when a limit, not a user, stops it.
+        """
         run = self.runs.get(session_id)
         if run is None or run.finishing:
             return False
         if run.stop_requested_at is None:
             run.stop_requested_at = time.monotonic()
-            log.info("front.stop", session_id=session_id, run_id=run.run_id)
+            run.stop_reason = reason
+            log.info("front.stop", session_id=session_id, run_id=run.run_id, reason=reason and reason["code"])
             if run.actor is not None:
-                run.actor.send({"op": "stop", "run_id": run.run_id})
+                run.actor.send({"op": "stop", "run_id": run.run_id, "reason": reason})
             cfg = self.config
             run.ladder = [
                 self.loop.call_later(cfg.stop_term_after, self._escalate, run, "TERM"),
@@ -265,6 +302,59 @@ class Runtime:
             run.actor.send({"op": "persisted", "run_id": run.run_id})
         self._drop_run(run)
 
+    # ── a new front adopts running actors ─────────────────────────────────
+    async def _reconcile(self) -> None:
+        """Wait for adopted actors to report their runs; interrupt runs nobody has.
+
+        A turn that was running when the previous front died either lives on
+        in its actor (adopted here, with its replay buffer) or is gone with it;
+        the store must not keep the latter "running".
+        """
+        await asyncio.sleep(0)  # let the supervisor's adopt messages arrive first
+        for actor in list(self._adopted):
+            await actor.wait_hello_or_gone(ADOPT_WAIT)
+        keep = [run.run_id for run in self.runs.values()]
+        try:
+            lost = await self.store(self.store_backend.recover_interrupted, LOST_IN_RESTART, keep=keep)
+        except StoreError as exc:
+            log.error("front.reconcile_failed", error=str(exc))
+            lost = []
+        if self._adopted or lost:
+            log.info("front.adopted", actors=len(self._adopted), runs=len(keep), interrupted=len(lost))
+        self._adopted.clear()
+        self.reconciled.set()
+
+    def _adopt(self, actor_id: str, pid: int, session_id: str, fd: int) -> None:
+        actor = ActorHandle(actor_id, session_id, self)
+        self.actors_by_id[actor_id] = actor
+        current = self.actors.get(session_id)
+        if current is None or not current.alive:
+            self.actors[session_id] = actor
+        if not self.reconciled.is_set():
+            self._adopted.append(actor)
+        self.loop.create_task(actor.connect(fd, pid))
+        self.loop.create_task(self._watch(actor))
+
+    def _adopt_run(self, actor: ActorHandle, state: dict[str, Any]) -> None:
+        """Rebuild the front's view of a turn an adopted actor is running."""
+        sid = actor.session_id
+        if sid in self.runs:
+            return self.on_actor_violation(actor, "reported a run for a session that has another")
+        run = Run(state["run_id"], sid)
+        start = state["start"]
+        run.first_seq = start["seq"]
+        run.last_seq = run.checkpointed_seq = state["last_seq"]
+        run.text = [state["text"]]
+        run.start_bytes = orjson.dumps(start)
+        run.actor = actor
+        actor.run = run
+        self.runs[sid] = run
+        if state["stopping"]:
+            run.stop_requested_at = None
+            self.stop(sid)
+        log.info("front.run_adopted", session_id=sid, run_id=run.run_id, last_seq=run.last_seq,
+                 done=state["done"])
+
     # ── actors ────────────────────────────────────────────────────────────
     def _actor_for(self, sid: str) -> ActorHandle:
         actor = self.actors.get(sid)
@@ -273,7 +363,7 @@ class Runtime:
         actor = ActorHandle(uuid.uuid4().hex[:16], sid, self)
         self.actors[sid] = actor
         self.actors_by_id[actor.actor_id] = actor
-        self.link.send({"op": "spawn", "actor_id": actor.actor_id})
+        self.link.send({"op": "spawn", "actor_id": actor.actor_id, "session_id": sid})
         self.loop.create_task(self._watch(actor))
         return actor
 
@@ -292,8 +382,10 @@ class Runtime:
         content = "".join(run.text)
         if run.stop_requested_at is not None and not actor.violation:
             step = run.stop_step or "sigterm"
-            final = protocol.stream_stopped(run.last_seq, run.run_id, step, content)
-            status, error, code = "stopped", None, None
+            final = protocol.stream_stopped(run.last_seq, run.run_id, step, content, run.stop_reason)
+            status = "stopped"
+            error = run.stop_reason["message"] if run.stop_reason else None
+            code = run.stop_reason["code"] if run.stop_reason else None
         else:
             code = (
                 protocol.ACTOR_PROTOCOL_VIOLATION if actor.violation
@@ -346,8 +438,12 @@ class Runtime:
         elif op == "hello":
             log.info("front.actor_attached", actor_id=actor.actor_id, actor_pid=msg["pid"],
                      session_id=actor.session_id)
+            if msg.get("run") is not None and run is None:
+                self._adopt_run(actor, msg["run"])
+            actor.hello.set()
         elif op == "rejected":
-            log.error("front.turn_rejected", actor_id=actor.actor_id, code=msg["code"])
+            # Cannot happen with our actor; a foreign one is treated as broken.
+            self.on_actor_violation(actor, f"refused a turn ({msg['code']})")
 
     def on_actor_violation(self, actor: ActorHandle, reason: str) -> None:
         if actor.violation:
@@ -369,6 +465,8 @@ class Runtime:
                 os.close(fd)
                 return
             self.loop.create_task(actor.connect(fd, msg["pid"]))
+        elif op == "adopt":
+            self._adopt(msg["actor_id"], msg["pid"], msg["session_id"], chan.take_fd())
         elif op == "spawn_failed":
             actor = self.actors_by_id.get(msg["actor_id"])
             if actor is not None:
@@ -396,16 +494,21 @@ class Runtime:
 
     async def _tick(self) -> None:
         now = time.monotonic()
+        cfg = self.config
         for run in list(self.runs.values()):
-            if run.start_bytes is not None and now - run.last_event_at >= self.config.heartbeat_interval:
+            if run.start_bytes is not None and now - run.last_event_at >= cfg.heartbeat_interval:
                 run.last_event_at = now
                 run.broadcast(protocol.HEARTBEAT)
+            if now - run.started_at >= cfg.turn_timeout and run.stop_requested_at is None:
+                limit = f"{cfg.turn_timeout:g} s"
+                self.stop(run.session_id, {
+                    "code": protocol.TURN_TIMEOUT,
+                    "message": f"The turn ran longer than its wall-time limit of {limit} and was stopped.",
+                })
         for actor in list(self.actors.values()):
-            if actor.run is None and not actor.retiring and now - actor.idle_since >= self.config.idle_timeout:
+            if actor.run is None and not actor.retiring and now - actor.idle_since >= cfg.idle_timeout:
                 log.info("front.actor_idle_exit", actor_id=actor.actor_id, session_id=actor.session_id)
-                actor.retiring = True
-                del self.actors[actor.session_id]
-                actor.send({"op": "shutdown"})
+                self.retire(actor)
         if now - self._last_checkpoint >= CHECKPOINT_EVERY:
             self._last_checkpoint = now
             items = []
