@@ -43,6 +43,7 @@ from navi_actor.turn import Turn, current_stop_event
 
 EXIT_OK = 0
 EXIT_AGENT_FAILED = 3  # the agent factory raised: the supervisor must not respawn in a loop
+EXIT_UNCAUGHT = 70  # a BaseException escaped the agent
 
 _FLUSH_BYTES = 64 * 1024
 _HIGH_WATER = 1024 * 1024
@@ -294,6 +295,13 @@ class Actor:
         except Exception as exc:
             error = exc
             log.exception("actor.agent_error", **structlog_ctx)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, or the agent's own kind
+            log.exception("actor.agent_base_exception", **structlog_ctx)
+            message = f"agent raised {type(exc).__name__} ({exc}), which ends its process"
+            self._send(framing.control({"op": "fatal", "code": protocol.ACTOR_DIED, "message": message}))
+            self._flush()
+            self._finish(EXIT_UNCAUGHT)
+            return
         finally:
             if run.cancelled or error is not None:
                 try:

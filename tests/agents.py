@@ -12,13 +12,22 @@ can play every scenario:
 - ``badyield``: yields an int
 - ``ignore_stop``: deltas every 20 ms forever, never looking at the stop event
 - ``block``: blocks its event loop in ``time.sleep`` forever
+- ``segv``: one delta, then a segmentation fault
+- ``baseexc``: one delta, then raises a BaseException that is not an Exception
+- ``hog MB``: one delta, then holds MB megabytes of touched memory until stopped
+- ``trap_term``: ignores SIGTERM, then blocks its event loop forever
+- ``child``: starts ``sleep 1000`` (its pid is the text), then ignores stop
+- ``tool``: a tool call and its result, then text
 - anything else: echoes the words
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
+import subprocess
 import time
 from typing import Any, AsyncIterator
 
@@ -80,6 +89,38 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
         await asyncio.sleep(0)
         while True:
             time.sleep(1)
+    elif cmd == "segv":
+        yield TextDelta("partial ")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        ctypes.string_at(0)
+    elif cmd == "baseexc":
+        yield TextDelta("partial ")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        raise AgentMeltdown("not an Exception")
+    elif cmd == "hog":
+        yield TextDelta("eating ")
+        await asyncio.sleep(0)  # let the actor write the delta before the loop is busy
+        await asyncio.sleep(0)
+        hoard = bytearray(int(args[0]) * 1024 * 1024)
+        for i in range(0, len(hoard), 4096):
+            hoard[i] = 1
+        while not await _wait(turn, 0.05):
+            pass
+        yield TextDelta(f"{len(hoard)}")
+    elif cmd == "trap_term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        yield TextDelta("trapped ")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        while True:
+            time.sleep(1)
+    elif cmd == "child":
+        proc = subprocess.Popen(["sleep", "1000"])
+        yield TextDelta(str(proc.pid))
+        while True:
+            await asyncio.sleep(0.05)
     elif cmd == "tool":
         yield ToolStarted("lookup", {"q": "x"})
         yield ToolEvent("lookup", {"q": "x"}, {"answer": 42}, True)
@@ -87,6 +128,10 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
     else:
         for w in words:
             yield TextDelta(w + " ")
+
+
+class AgentMeltdown(BaseException):
+    """Escapes every ``except Exception``."""
 
 
 class _Broken:

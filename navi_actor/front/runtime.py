@@ -389,7 +389,7 @@ class Runtime:
         else:
             code = (
                 protocol.ACTOR_PROTOCOL_VIOLATION if actor.violation
-                else protocol.AGENT_FAILED_TO_START if actor.fatal
+                else str(actor.fatal.get("code", protocol.ACTOR_DIED)) if actor.fatal
                 else protocol.ACTOR_DIED
             )
             final = protocol.error_event(message, code, run.last_seq, run_id=run.run_id)
@@ -470,7 +470,8 @@ class Runtime:
         elif op == "spawn_failed":
             actor = self.actors_by_id.get(msg["actor_id"])
             if actor is not None:
-                actor.fatal = {"message": f"could not start the agent process: {msg.get('message')}"}
+                actor.fatal = {"code": protocol.AGENT_FAILED_TO_START,
+                               "message": f"could not start the agent process: {msg.get('message')}"}
                 actor.note_exit({"message": msg.get("message")})
         elif op == "exit":
             actor = self.actors_by_id.get(msg["actor_id"])
