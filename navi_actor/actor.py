@@ -270,6 +270,7 @@ class Actor:
             files=t.get("files") or [],
             history=t.get("history") or [],
             stop_event=run.stop_event,
+            upload_dir=t.get("upload_dir") or "",
         )
         self.run = run
         run.task = self.loop.create_task(self._drive(run, turn))

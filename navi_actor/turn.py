@@ -23,6 +23,8 @@ class Turn:
     session's earlier messages as dicts (``role``, ``content``, and per role:
     ``tool``/``args``/``success`` for tool calls, ``status`` for answers).
     Set ``stop_event`` means: the user asked to stop — finish soon.
+    ``upload_dir`` is the session's folder for uploaded files
+    (``DATA_DIR/uploads/SESSION_ID``; it may not exist yet).
     """
 
     session_id: str
@@ -33,6 +35,7 @@ class Turn:
     files: list[dict[str, str]]
     history: list[dict[str, Any]]
     stop_event: asyncio.Event
+    upload_dir: str = ""
 
     @property
     def stopped(self) -> bool:

@@ -183,6 +183,7 @@ class Runtime:
                     "images": message.images,
                     "files": message.files,
                     "history": history,
+                    "upload_dir": str(self.config.data_path / "uploads" / sid),
                 },
             }
         )
