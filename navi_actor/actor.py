@@ -33,6 +33,7 @@ from collections import deque
 from typing import Any, AsyncIterator, Callable
 
 import orjson
+import structlog
 
 from navi_actor import framing, logs, protocol
 from navi_actor.agent_loader import AgentSpec
@@ -244,6 +245,15 @@ class Actor:
         else:
             log.warning("actor.unknown_op", op=op)
 
+    def operator_stop(self, reason: dict[str, str] | None) -> None:
+        """An operator's stop, by the supervisor: stop the turn, then exit once it is saved."""
+        log.info("actor.operator_stop", run_id=self.run.run_id if self.run else None)
+        self._closing = True
+        if self.run is None:
+            self._finish(EXIT_OK)
+        else:
+            self._stop(self.run.run_id, reason)
+
     def on_channel_lost(self, channel: _Channel) -> None:
         if channel is self.channel and not self.finished.done():
             log.warning("actor.front_lost", run_id=self.run.run_id if self.run else None)
@@ -453,6 +463,8 @@ def _watch_lifeline(actor: Actor, loop: asyncio.AbstractEventLoop, fd: int) -> N
             msg = orjson.loads(body)
             if msg.get("op") == "front" and fds:
                 loop.call_soon_threadsafe(actor.attach_front, fds.popleft())
+            elif msg.get("op") == "stop":
+                loop.call_soon_threadsafe(actor.operator_stop, msg.get("reason"))
 
 
 def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, fd: int,
@@ -461,7 +473,8 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
     import uvloop
 
     logs.configure("actor", config.log_format)
-    logs.get().info("actor.spawned", actor_id=actor_id, session_id=session_id)
+    structlog.contextvars.bind_contextvars(session_id=session_id, actor_id=actor_id)
+    logs.get().info("actor.spawned")
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     actor = Actor(spec, config, actor_id, session_id, sock)

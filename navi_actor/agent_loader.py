@@ -43,8 +43,12 @@ class AgentSpec:
         return run_stream
 
 
-def load(name: str) -> AgentSpec:
-    """Import the agent named ``name`` (an alias or ``MODULE:ATTR``)."""
+def load(name: str, reload: bool = False) -> AgentSpec:
+    """Import the agent named ``name`` (an alias or ``MODULE:ATTR``).
+
+    ``reload`` imports the module's current source again (for SIGHUP); only
+    that module is reloaded, not what it imports.
+    """
     target = ALIASES.get(name, name)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -52,7 +56,10 @@ def load(name: str) -> AgentSpec:
             f"agent {name!r} is neither a built-in ({', '.join(ALIASES)}) nor MODULE:ATTR"
         )
     try:
+        importlib.invalidate_caches()
         module = importlib.import_module(module_name)
+        if reload:
+            module = importlib.reload(module)
     except Exception as exc:  # the agent's own import errors, whatever they are
         raise AgentLoadError(f"cannot import agent module {module_name!r}: {type(exc).__name__}: {exc}") from exc
     obj = module

@@ -34,6 +34,11 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_mod.add_arguments(serve, environ)
+    from navi_actor import ops
+
+    ops.ps_parser(sub.add_parser("ps", help="list the server's actors (navi-ps)"))
+    kill = ops.kill_parser(sub.add_parser("kill", help="stop or kill runs (navi-kill)"))
+    kill.set_defaults(kill_parser=kill)
     return parser
 
 
@@ -48,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"({cfg.stop_term_after}): the task is cancelled before the process is signalled"
             )
         return serve(cfg)
+    if args.command in ("ps", "kill"):
+        from navi_actor import ops
+
+        if args.command == "ps":
+            return ops.run_ps(args)
+        return ops.run_kill(args, args.kill_parser)
     parser.print_help()
     return 2
 
@@ -69,6 +80,7 @@ def serve(cfg: config_mod.Config) -> int:
     from navi_actor import agent_loader
     from navi_actor.store import StoreError, open_store
     from supervisor.causes import EXIT_CANNOT_START
+    from supervisor.control import SOCKET_NAME, runtime_dir
     from supervisor.supervisor import Hooks, Supervisor
 
     logs.configure("supervisor", cfg.log_format)
@@ -113,15 +125,31 @@ def serve(cfg: config_mod.Config) -> int:
 
     gc.collect()
     gc.freeze()
+    agent = [spec]  # replaced on SIGHUP; actors forked later run the new code
+
+    def reload_agent() -> str | None:
+        """Re-import the agent module; None on success, else why it failed (old code stays)."""
+        try:
+            fresh = agent_loader.load(cfg.agent, reload=True)
+        except agent_loader.AgentLoadError as exc:
+            return str(exc)
+        agent[0] = fresh
+        gc.collect()
+        gc.freeze()
+        return None
 
     hooks = Hooks(
         front_main=lambda fd: front_app.front_main(cfg, fd, listen_fd),
         front_fds=(listen_fd,),
         actor_main=lambda actor_id, session_id, fd, life_fd: actor_mod.actor_main(
-            spec, cfg, actor_id, session_id, fd, life_fd
+            agent[0], cfg, actor_id, session_id, fd, life_fd
         ),
         on_give_up=lambda: recover("server stopped during this turn"),
         actor_max_rss=cfg.actor_max_rss * 1024 * 1024,
+        stop_term_after=cfg.stop_term_after,
+        stop_kill_after=cfg.stop_kill_after,
+        control_path=runtime_dir(data) / SOCKET_NAME,
+        on_reload=reload_agent,
         shutdown_grace=cfg.drain_timeout + cfg.stop_term_after + cfg.stop_kill_after + 2.0,
     )
     log.info("serve.start", agent=spec.target, data_dir=str(data), host=cfg.host, port=cfg.port,

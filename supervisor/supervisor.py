@@ -39,7 +39,9 @@ import structlog
 
 from supervisor import limits, spawn
 from supervisor.causes import EXIT_CANNOT_START, describe_status
+from supervisor.control import ControlServer
 from supervisor.fdchannel import ChannelClosed, FdChannel
+from supervisor.operations import Operations
 from supervisor.restart import RestartPolicy
 
 log = structlog.get_logger("navi.supervisor")
@@ -57,6 +59,10 @@ class Hooks:
     on_give_up: Callable[[], None]  # the front cannot be kept up: actors are gone, record their turns
     shutdown_grace: float  # seconds the front gets to drain and stop its runs
     actor_max_rss: int = 0  # bytes; an actor (with its children) above it is killed; 0 = no limit
+    stop_term_after: float = 5.0  # the operator's stop ladder: seconds to SIGTERM
+    stop_kill_after: float = 2.0  # … and from SIGTERM to SIGKILL
+    control_path: Path | None = None  # where to serve the control socket
+    on_reload: Callable[[], str | None] | None = None  # SIGHUP: load new agent code; None or why it failed
 
 
 @dataclasses.dataclass(slots=True)
@@ -66,6 +72,8 @@ class _Actor:
     session_id: str
     lifeline: FdChannel
     killed_for: str | None = None  # the supervisor's reason, when it killed the actor
+    kill_code: str | None = None  # the error code viewers get for it (default actor_died)
+    kill_kind: str | None = None  # the metric label of that cause
 
 
 class Supervisor:
@@ -89,6 +97,12 @@ class Supervisor:
         self._shutdown_requests = 0
         self._final_code = 0
         self._next_memory_check = 0.0
+        self.ops = Operations(self, hooks.stop_term_after, hooks.stop_kill_after)
+        self.control: ControlServer | None = None
+
+    @property
+    def stage(self) -> str:
+        return self._stage
 
     # ── main loop ─────────────────────────────────────────────────────────
     def run(self) -> int:
@@ -101,6 +115,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, self._queue_signal)
         self.sel.register(rsock, selectors.EVENT_READ, self._drain_wakeup)
+        if self.hooks.control_path is not None:
+            self.control = ControlServer(self.hooks.control_path, self.ops.handle)
+            self.sel.register(self.control.sock, selectors.EVENT_READ, self._on_control_accept)
         self._start_front()
         try:
             while self.exit_code is None:
@@ -134,7 +151,39 @@ class Supervisor:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self._request_shutdown(signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
-                log.warning("supervisor.sighup_ignored", reason="agent reload is not supported yet")
+                self._reload()
+
+    def _reload(self) -> None:
+        """New agent code for new actors; running turns finish on the old."""
+        if self.hooks.on_reload is None:
+            return
+        error = self.hooks.on_reload()
+        if error is not None:
+            log.error("supervisor.reload_failed", error=error, note="the running agent code stays in use")
+            return
+        log.info("supervisor.reloaded")
+        self._send_front({"op": "reload"})
+
+    # ── the control socket ────────────────────────────────────────────────
+    def _on_control_accept(self, _mask: int) -> None:
+        assert self.control is not None
+        conn = self.control.accept()
+        if conn is not None:
+            fd = conn.fileno()
+            self.sel.register(conn, selectors.EVENT_READ, lambda mask, fd=fd: self._on_control_conn(fd, mask))
+
+    def _on_control_conn(self, fd: int, mask: int) -> None:
+        assert self.control is not None
+        sock = self.control.socket_of(fd)
+        if sock is None:
+            return
+        if mask & selectors.EVENT_READ:
+            if self.control.on_readable(fd):
+                self.sel.modify(sock, selectors.EVENT_WRITE, lambda mask, fd=fd: self._on_control_conn(fd, mask))
+        if mask & selectors.EVENT_WRITE:
+            self.control.on_writable(fd)
+        if self.control.socket_of(fd) is None:
+            self.sel.unregister(sock)
 
     # ── the front ─────────────────────────────────────────────────────────
     def _start_front(self) -> None:
@@ -220,6 +269,11 @@ class Supervisor:
                 _killpg(pid, sig)
         elif op == "ready":
             self._write_server_file(msg)
+        elif op == "status":
+            self.ops.on_front_status(msg.get("actors") or {})
+        elif op == "control":
+            reply = self.ops.handle(msg.get("request") or {})
+            self._send_front({"op": "control_reply", "req": msg.get("req"), "reply": reply})
         else:
             log.warning("supervisor.unknown_op", op=op)
 
@@ -274,6 +328,7 @@ class Supervisor:
         life_actor.close()
         self.actors[pid] = _Actor(actor_id, pid, session_id, FdChannel(life_ours))
         self.by_id[actor_id] = pid
+        self.ops.on_spawn()
         self._send_front({"op": "spawned", "actor_id": actor_id, "pid": pid}, [chan_front.detach()])
         log.info("supervisor.actor_spawned", actor_id=actor_id, actor_pid=pid, session_id=session_id,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
@@ -298,6 +353,11 @@ class Supervisor:
         _killpg(actor.pid, signal.SIGKILL)  # whatever the agent left running in its group
         cause = describe_status(status)
         message = actor.killed_for or cause.message
+        kind = actor.kill_kind or (
+            f"signal_{cause.signal_name}" if cause.signal is not None
+            else "clean" if cause.exitcode == 0 else f"exit_{cause.exitcode}"
+        )
+        self.ops.on_exit(actor, kind)
         log.info("supervisor.actor_exited", actor_id=actor.actor_id, actor_pid=actor.pid,
                  exitcode=cause.exitcode, signal=cause.signal_name, cause=message)
         if self._stage != "stopping_actors":
@@ -309,6 +369,7 @@ class Supervisor:
                     "exitcode": cause.exitcode,
                     "signal": cause.signal_name,
                     "message": message,
+                    "code": actor.kill_code,
                 }
             )
 
@@ -378,12 +439,14 @@ class Supervisor:
                 rss = limits.group_rss(actor.pid)
                 if limits.over_limit(rss, limit):
                     actor.killed_for = limits.memory_message(limit)
+                    actor.kill_kind = "memory_limit"
                     log.warning("supervisor.actor_over_memory", actor_id=actor.actor_id, actor_pid=actor.pid,
                                 rss_mb=rss // limits.MIB, limit_mb=limit // limits.MIB)
                     _killpg(actor.pid, signal.SIGKILL)
 
     def _tick(self) -> None:
         now = time.monotonic()
+        self.ops.tick(now)
         if self.hooks.actor_max_rss and now >= self._next_memory_check:
             self._next_memory_check = now + 0.5
             self._check_memory()
@@ -413,6 +476,8 @@ class Supervisor:
 
     def _cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
+        if self.control is not None:
+            self.control.shutdown()
         self._close_front_channel()
         for actor in self.actors.values():
             actor.lifeline.close()

@@ -44,6 +44,7 @@ class ActorHandle(asyncio.Protocol):
         self.run: Run | None = None
         self.idle_since = time.monotonic()
         self.retiring = False  # told to shut down; takes no new turn
+        self.requested_at: float | None = None  # when the front asked for it (None: adopted)
         self.fatal: dict[str, Any] | None = None  # the actor's own last word
         self.violation: str | None = None
         self.exit: dict[str, Any] | None = None  # the supervisor's exit notice

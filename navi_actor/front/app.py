@@ -12,6 +12,7 @@ from aiohttp import WSMsgType, web
 
 from navi_actor import logs, protocol
 from navi_actor.config import Config
+from navi_actor.front.metrics import CONTENT_TYPE
 from navi_actor.front.runtime import Runtime
 from navi_actor.front.viewer import Viewer
 from navi_actor.store import open_store, valid_session_id
@@ -175,6 +176,50 @@ async def _on_client_message(rt: Runtime, viewer: Viewer, raw: str) -> None:
         viewer.send(orjson.dumps(err.event()))
 
 
+# ── operators ───────────────────────────────────────────────────────────────
+
+
+async def _ask_supervisor(rt: Runtime, request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return await rt.control(request)
+    except (TimeoutError, ConnectionError) as exc:
+        raise web.HTTPServiceUnavailable(
+            body=orjson.dumps({"error": f"the supervisor did not answer: {exc!r}", "code": "supervisor_unavailable"}),
+            content_type="application/json",
+        ) from None
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    """The same rows as ``navi-actor ps --json``."""
+    reply = await _ask_supervisor(request.app[RUNTIME], {"op": "list"})
+    return _json({"actors": reply.get("actors", [])})
+
+
+async def kill_run(request: web.Request) -> web.Response:
+    """Stop a session's actor (the ladder), or SIGKILL it with ``{"force": true}``."""
+    rt = request.app[RUNTIME]
+    body = await _read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("force", False), bool):
+        return _error(400, "Expected {force?: boolean}", protocol.INVALID_MESSAGE)
+    sid = request.match_info["session_id"]
+    reply = await _ask_supervisor(rt, {"op": "kill" if body.get("force") else "stop", "session_ids": [sid]})
+    results = reply.get("results", [])
+    if not results or results[0].get("outcome") == "not found":
+        return _error(404, "No actor runs for this session", "not_found")
+    return _json(results[0])
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    try:
+        state = await rt.control({"op": "status"}, timeout=2.0)
+        rows = (await rt.control({"op": "list"}, timeout=2.0)).get("actors", [])
+    except TimeoutError:
+        state, rows = {}, []
+    body = rt.metrics.render(state, rows)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[RUNTIME] = runtime
@@ -185,6 +230,9 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_post("/sessions/{session_id}/stop", stop_session)
     app.router.add_get("/ws/sessions/{session_id}", websocket)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/runs", list_runs)
+    app.router.add_post("/runs/{session_id}/kill", kill_run)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

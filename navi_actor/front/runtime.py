@@ -24,6 +24,7 @@ from navi_actor.config import Config
 from navi_actor.events import RESERVED_TYPES
 from navi_actor.front.actors import ActorHandle
 from navi_actor.front.link import SupervisorLink
+from navi_actor.front.metrics import Metrics
 from navi_actor.front.viewer import Viewer
 from navi_actor.protocol import ClientError, UserMessage
 from navi_actor.store import SessionNotFound, SessionStore, StoreError
@@ -51,7 +52,9 @@ class Run:
         self.text: list[str] = []
         self.checkpointed_seq = 0
         self.started_at = time.monotonic()
+        self.started_wall = time.time()
         self.last_event_at = self.started_at
+        self.events = 0
         self.stop_requested_at: float | None = None
         self.stop_step: str | None = None
         self.stop_reason: dict[str, str] | None = None  # set when a limit, not the user, stopped it
@@ -85,6 +88,13 @@ class Runtime:
         self._last_checkpoint = time.monotonic()
         self.reconciled = asyncio.Event()
         self._adopted: list[ActorHandle] = []
+        self.metrics = Metrics()
+        self.metrics.bind(self)
+        self.events_forwarded = 0
+        self.bytes_forwarded = 0
+        self.replays_served = 0
+        self._control_seq = 0
+        self._control_waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.loop.call_soon(lambda: self.loop.create_task(self._reconcile()))
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -126,6 +136,7 @@ class Runtime:
         if run is None or viewer is None or msg.get("run_id") != run.run_id:
             return  # the viewer left, or the turn ended and it was told to sync
         assert run.start_bytes is not None
+        self.replays_served += 1
         viewer.send(run.start_bytes, run.first_seq)
         events = msg["events"]
         if events:
@@ -189,6 +200,7 @@ class Runtime:
         )
         if run.stop_requested_at is not None:
             actor.send({"op": "stop", "run_id": run.run_id, "reason": run.stop_reason})
+        self.push_status()
 
     def _make_room(self, sid: str) -> None:
         """Keep at most --max-actors: evict the longest-idle actor, or refuse when all are busy."""
@@ -295,13 +307,23 @@ class Runtime:
             log.error("front.finish_failed", run_id=run.run_id, error=str(exc))
             final = protocol.error_event(f"The turn could not be saved: {exc}", protocol.STORE_ERROR, final["seq"])
         run.broadcast(orjson.dumps(final), final["seq"])
+        now = time.monotonic()
+        self.metrics.turns.labels(result["status"]).inc()
+        if final["type"] == "stream_stopped":
+            self.metrics.stops.labels(final.get("stop_step", "event")).inc()
+        if run.stop_requested_at is not None:
+            self.metrics.stop_latency.observe(now - run.stop_requested_at)
         log.info(
             "front.turn_end", session_id=run.session_id, run_id=run.run_id, outcome=result["status"],
             seconds=round(time.monotonic() - run.started_at, 3), stop_step=final.get("stop_step"),
         )
-        if run.actor is not None and run.actor.alive:
-            run.actor.send({"op": "persisted", "run_id": run.run_id})
+        actor = run.actor
+        if actor is not None and actor.alive:
+            actor.send({"op": "persisted", "run_id": run.run_id})
         self._drop_run(run)
+        if actor is not None and actor.retiring and actor.alive:
+            actor.send({"op": "shutdown"})
+        self.push_status()
 
     # ── a new front adopts running actors ─────────────────────────────────
     async def _reconcile(self) -> None:
@@ -362,6 +384,7 @@ class Runtime:
         if actor is not None and actor.alive and not actor.retiring:
             return actor
         actor = ActorHandle(uuid.uuid4().hex[:16], sid, self)
+        actor.requested_at = time.monotonic()
         self.actors[sid] = actor
         self.actors_by_id[actor.actor_id] = actor
         self.link.send({"op": "spawn", "actor_id": actor.actor_id, "session_id": sid})
@@ -391,7 +414,7 @@ class Runtime:
             code = (
                 protocol.ACTOR_PROTOCOL_VIOLATION if actor.violation
                 else str(actor.fatal.get("code", protocol.ACTOR_DIED)) if actor.fatal
-                else protocol.ACTOR_DIED
+                else str((actor.exit or {}).get("code") or protocol.ACTOR_DIED)
             )
             final = protocol.error_event(message, code, run.last_seq, run_id=run.run_id)
             status, error = "failed", message
@@ -413,7 +436,13 @@ class Runtime:
         if event["type"] in RESERVED_TYPES:
             return self.on_actor_violation(actor, f"event type {event['type']!r} is the runtime's")
         run.last_seq = seq
-        run.last_event_at = time.monotonic()
+        now = time.monotonic()
+        if not run.events:
+            self.metrics.first_event.observe(now - run.started_at)
+        run.events += 1
+        run.last_event_at = now
+        self.events_forwarded += 1
+        self.bytes_forwarded += len(payload) * len(run.viewers)
         if event["type"] == "stream_delta":
             delta = event.get("delta")
             if type(delta) is str:
@@ -441,6 +470,8 @@ class Runtime:
                      session_id=actor.session_id)
             if msg.get("run") is not None and run is None:
                 self._adopt_run(actor, msg["run"])
+            elif actor.requested_at is not None:
+                self.metrics.actor_start.observe(time.monotonic() - actor.requested_at)
             actor.hello.set()
         elif op == "rejected":
             # Cannot happen with our actor; a foreign one is treated as broken.
@@ -478,8 +509,64 @@ class Runtime:
             actor = self.actors_by_id.get(msg["actor_id"])
             if actor is not None:
                 actor.note_exit(msg)
+        elif op == "control_reply":
+            waiter = self._control_waiting.pop(msg.get("req"), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg.get("reply") or {})
         elif op == "shutdown":
             self.request_shutdown(bool(msg.get("drain", True)))
+        elif op == "reload":
+            self.retire_all()
+
+    async def control(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Ask the supervisor (list, status, stop, kill) and wait for its answer."""
+        self._control_seq += 1
+        req = self._control_seq
+        waiter: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self._control_waiting[req] = waiter
+        self.link.send({"op": "control", "req": req, "request": request})
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        finally:
+            self._control_waiting.pop(req, None)
+
+    def push_status(self) -> None:
+        """Tell the supervisor what only the front knows of each actor (for ops tools)."""
+        actors = {}
+        for actor in self.actors_by_id.values():
+            run = actor.run
+            if not actor.hello.is_set():
+                state = "starting"
+            elif run is None:
+                state = "idle"
+            elif run.stop_requested_at is not None:
+                state = "stopping"
+            else:
+                state = "running"
+            actors[actor.actor_id] = {
+                "state": state,
+                "run_id": run.run_id if run else None,
+                "turn_started": run.started_wall if run else None,
+                "idle_since": time.time() - (time.monotonic() - actor.idle_since) if run is None else None,
+                "events": run.events if run else 0,
+                "viewers": len(self.viewers.get(actor.session_id, ())),
+                "owner": None,
+            }
+        self.link.send({"op": "status", "actors": actors})
+
+    def retire_all(self) -> None:
+        """New agent code (SIGHUP): idle actors exit now, busy ones after their turn."""
+        n = 0
+        for actor in list(self.actors_by_id.values()):
+            if not actor.retiring:
+                n += 1
+                if actor.run is None:
+                    self.retire(actor)
+                else:
+                    actor.retiring = True
+                    if self.actors.get(actor.session_id) is actor:
+                        del self.actors[actor.session_id]
+        log.info("front.reload", actors_retired=n)
 
     def _on_supervisor_lost(self) -> None:
         self.request_shutdown(drain=False)
@@ -513,6 +600,7 @@ class Runtime:
                 self.retire(actor)
         if now - self._last_checkpoint >= CHECKPOINT_EVERY:
             self._last_checkpoint = now
+            self.push_status()
             items = []
             for run in self.runs.values():
                 if run.last_seq > run.checkpointed_seq and not run.finishing:

@@ -1,0 +1,98 @@
+"""Prometheus metrics of the whole server, served by the front at ``GET /metrics``.
+
+Per-event numbers are plain integers on the runtime (no lock on the hot
+path) read at scrape time; per-turn numbers are prometheus-client histograms
+and counters. The supervisor's numbers (spawns, deaths by cause, its ladder
+steps, front restarts, actors by state) are fetched from it for each scrape,
+so they are included even though they live in another process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from navi_actor.front.runtime import Runtime
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.turns = Counter("navi_turns", "Turns ended, by outcome", ["outcome"], registry=r)
+        self.stops = Counter("navi_stops", "Stopped turns, by the ladder step that ended them", ["step"], registry=r)
+        self.actor_start = Histogram(
+            "navi_actor_start_seconds", "From asking for an actor to its hello", buckets=_LATENCY, registry=r
+        )
+        self.first_event = Histogram(
+            "navi_time_to_first_event_seconds", "From a message to its turn's first agent event",
+            buckets=_LATENCY, registry=r,
+        )
+        self.stop_latency = Histogram(
+            "navi_stop_seconds", "From a stop request to the end of the turn", buckets=_LATENCY, registry=r
+        )
+        self.supervisor: dict[str, Any] = {}
+        self.actor_rows: list[dict[str, Any]] = []
+        self._runtime: Runtime | None = None
+        r.register(_Live(self))
+
+    def bind(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def render(self, supervisor: dict[str, Any], rows: list[dict[str, Any]]) -> bytes:
+        self.supervisor, self.actor_rows = supervisor, rows
+        return generate_latest(self.registry)
+
+
+class _Live(Collector):
+    """Numbers read at scrape time: the runtime's counters and the supervisor's."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        rt = self.m._runtime
+        if rt is not None:
+            yield CounterMetricFamily("navi_events_forwarded", "Events received from actors and forwarded",
+                                      value=rt.events_forwarded)
+            yield CounterMetricFamily("navi_bytes_forwarded", "Bytes of events queued to WebSocket clients",
+                                      value=rt.bytes_forwarded)
+            yield CounterMetricFamily("navi_replays_served", "Replays sent to reconnecting clients",
+                                      value=rt.replays_served)
+            yield GaugeMetricFamily("navi_websocket_clients", "Connected WebSocket clients",
+                                    value=sum(len(v) for v in rt.viewers.values()))
+            yield GaugeMetricFamily("navi_runs", "Turns running now", value=len(rt.runs))
+        by_state = GaugeMetricFamily("navi_actors", "Actor processes, by state", labels=["state"])
+        counts: dict[str, int] = {s: 0 for s in ("starting", "running", "idle", "stopping")}
+        for row in self.m.actor_rows:
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        for state, n in counts.items():
+            by_state.add_metric([state], n)
+        yield by_state
+        sup = self.m.supervisor
+        if not sup:
+            return
+        yield CounterMetricFamily("navi_actor_spawns", "Actor processes started", value=sup.get("spawns", 0))
+        deaths = CounterMetricFamily("navi_actor_exits", "Actor processes ended, by cause", labels=["cause"])
+        for cause, n in sorted(sup.get("deaths", {}).items()):
+            deaths.add_metric([cause], n)
+        yield deaths
+        ladder = CounterMetricFamily(
+            "navi_supervisor_ladder_steps", "Stop-ladder steps taken by the supervisor", labels=["step"]
+        )
+        for step, n in sorted(sup.get("ladder", {}).items()):
+            ladder.add_metric([step], n)
+        yield ladder
+        yield CounterMetricFamily("navi_front_restarts", "Front processes restarted", value=sup.get("front_restarts", 0))
+        yield GaugeMetricFamily("navi_supervisor_uptime_seconds", "Seconds since the server started",
+                                value=sup.get("uptime", 0))

@@ -1,0 +1,184 @@
+"""The supervisor's control socket: operators list, stop and kill runs through it.
+
+A Unix stream socket in the runtime folder (folder 0700, socket 0600). A
+connection from another uid is refused (``SO_PEERCRED``). One request per
+connection: a length-framed JSON object in, one framed JSON object out. It is
+served by the supervisor's own loop, so it answers while the front is down or
+restarting. The requests themselves are the supervisor's business
+(``handler``); this module only moves bytes, safely and without blocking.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import structlog
+
+from navi_actor.framing import HEADER, FrameDecoder, FrameError
+
+log = structlog.get_logger("navi.supervisor.control")
+
+MAX_REQUEST = 64 * 1024
+SOCKET_NAME = "control.sock"
+
+
+def runtime_dir(data_dir: Path) -> Path:
+    """The folder of the control socket: ``DATA_DIR/run``."""
+    return data_dir / "run"
+
+
+def prepare_runtime_dir(path: Path) -> None:
+    """Create the runtime folder 0700; refuse one another user owns or others can enter."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to uid {info.st_uid}, not to this user ({os.getuid()})")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+class _Conn:
+    __slots__ = ("sock", "decoder", "out")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(MAX_REQUEST)
+        self.out = b""
+
+
+class ControlServer:
+    """Accept, read one request, answer it, close. Driven by the caller's selector."""
+
+    def __init__(self, path: Path, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        prepare_runtime_dir(path.parent)
+        if path.exists() or path.is_symlink():
+            path.unlink()  # a stale socket from a server that did not exit cleanly
+        self.path = path
+        self.handler = handler
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+        self.conns: dict[int, _Conn] = {}
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def accept(self) -> socket.socket | None:
+        """Accept one connection; None when refused or none is waiting."""
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            log.warning("control.refused", peer_uid=uid)
+            conn.close()
+            return None
+        conn.setblocking(False)
+        self.conns[conn.fileno()] = _Conn(conn)
+        return conn
+
+    def on_readable(self, fd: int) -> bool:
+        """Read from a connection; True once its answer is ready to write."""
+        c = self.conns.get(fd)
+        if c is None:
+            return False
+        try:
+            data = c.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.close(fd)
+            return False
+        try:
+            bodies = c.decoder.feed(data)
+        except FrameError as exc:
+            bodies, reply = [], {"ok": False, "error": str(exc)}
+            c.out = _frame(reply)
+            return True
+        if not bodies:
+            return False
+        try:
+            request = orjson.loads(bodies[0])
+            if type(request) is not dict:
+                raise ValueError("a request is a JSON object")
+            reply = self.handler(request)
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            reply = {"ok": False, "error": f"bad request: {exc}"}
+        except Exception as exc:  # the handler's bug must not take the supervisor down
+            log.exception("control.handler_failed")
+            reply = {"ok": False, "error": f"internal error: {exc}"}
+        c.out = _frame(reply)
+        return True
+
+    def on_writable(self, fd: int) -> bool:
+        """Write the answer; True when done (the connection is then closed)."""
+        c = self.conns.get(fd)
+        if c is None:
+            return True
+        try:
+            sent = c.sock.send(c.out)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            self.close(fd)
+            return True
+        c.out = c.out[sent:]
+        if not c.out:
+            self.close(fd)
+            return True
+        return False
+
+    def socket_of(self, fd: int) -> socket.socket | None:
+        c = self.conns.get(fd)
+        return c.sock if c else None
+
+    def close(self, fd: int) -> None:
+        c = self.conns.pop(fd, None)
+        if c is not None:
+            c.sock.close()
+
+    def shutdown(self) -> None:
+        for fd in list(self.conns):
+            self.close(fd)
+        self.sock.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _frame(obj: dict[str, Any]) -> bytes:
+    body = orjson.dumps(obj)
+    return HEADER.pack(len(body)) + body
+
+
+def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Client side: send one request to the control socket at ``path``, return the answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(_frame(message))
+        decoder = FrameDecoder(64 * 1024 * 1024)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the control connection without answering")
+            bodies = decoder.feed(data)
+            if bodies:
+                return orjson.loads(bodies[0])
