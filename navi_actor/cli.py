@@ -63,6 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _raise_fd_limit() -> None:
+    """Each actor costs a few descriptors in the supervisor and the front: use the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def listen(host: str, port: int) -> socket.socket:
     """Bind the server's socket here, in the supervisor, so it outlives front restarts.
 
@@ -85,6 +99,7 @@ def serve(cfg: config_mod.Config) -> int:
 
     logs.configure("supervisor", cfg.log_format)
     log = logs.get("navi.serve")
+    _raise_fd_limit()
     try:
         spec = agent_loader.load(cfg.agent)
     except agent_loader.AgentLoadError as exc:

@@ -31,13 +31,14 @@ SHUTTING_DOWN = "shutting_down"
 STORE_ERROR = "store_error"
 SESSION_NOT_FOUND = "session_not_found"
 CAPACITY = "capacity"
+KILLED_BY_OPERATOR = "killed_by_operator"
 TURN_TIMEOUT = "turn_timeout"
 
 #: Every ``code`` an ``error`` event can carry (documented in the README).
 ERROR_CODES = (
     INVALID_JSON, INVALID_MESSAGE, TOO_MANY_IMAGES, IMAGE_TOO_LARGE, ALREADY_RUNNING, AGENT_ERROR,
     AGENT_FAILED_TO_START, ACTOR_DIED, ACTOR_PROTOCOL_VIOLATION, SHUTTING_DOWN, STORE_ERROR,
-    SESSION_NOT_FOUND, CAPACITY,
+    SESSION_NOT_FOUND, CAPACITY, KILLED_BY_OPERATOR,
 )
 
 EXPECTED_SHAPE = "Expected {type: 'message', content: '...'}"

@@ -41,6 +41,7 @@ from supervisor import limits, spawn
 from supervisor.causes import EXIT_CANNOT_START, describe_status
 from supervisor.control import ControlServer
 from supervisor.fdchannel import ChannelClosed, FdChannel
+from supervisor.notify import sd_notify
 from supervisor.operations import Operations
 from supervisor.restart import RestartPolicy
 
@@ -162,6 +163,7 @@ class Supervisor:
             log.error("supervisor.reload_failed", error=error, note="the running agent code stays in use")
             return
         log.info("supervisor.reloaded")
+        sd_notify("STATUS=agent code reloaded")
         self._send_front({"op": "reload"})
 
     # ── the control socket ────────────────────────────────────────────────
@@ -289,6 +291,7 @@ class Supervisor:
         tmp.write_text(json.dumps(info))
         tmp.replace(self.server_file)
         log.info("supervisor.serving", url=info["url"], front_pid=self.front_pid)
+        sd_notify(f"READY=1\nSTATUS=serving on {info['url']}\nMAINPID={os.getpid()}")
 
     # ── actors ────────────────────────────────────────────────────────────
     def _spawn_actor(self, actor_id: str, session_id: str) -> None:
@@ -416,6 +419,7 @@ class Supervisor:
             self._stop_actors()
             return
         if n == 1:
+            sd_notify("STOPPING=1")
             self._stage = "draining"
             self._deadline = time.monotonic() + self.hooks.shutdown_grace + 5.0
             self._send_front({"op": "shutdown", "drain": True})

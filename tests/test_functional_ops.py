@@ -205,3 +205,19 @@ async def test_sighup_reloads_agent_code_without_cutting_a_turn(make_server, cli
     rest = await receive_until(ws, lambda e: e["type"] in FINAL_TYPES)
     assert rest[-1]["type"] == "stream_end" and set(rest[-1]["content"].split()) == {"old"}
     assert set(text_of(await run_turn(ws, "3")).split()) == {"new"}
+
+
+def test_systemd_readiness_is_notified(make_server, tmp_path):
+    """With NOTIFY_SOCKET set, the supervisor sends READY=1 once the front serves, STOPPING=1 on SIGTERM."""
+    import socket
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(15)
+        server = make_server("echo", env={"NOTIFY_SOCKET": str(path)})
+        ready = sock.recv(4096).decode()
+        assert ready.startswith("READY=1") and server.url in ready
+        server.proc.send_signal(signal.SIGTERM)
+        assert sock.recv(4096).decode() == "STOPPING=1"
+        assert server.stop() == 0
