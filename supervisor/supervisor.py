@@ -479,6 +479,10 @@ class Supervisor:
                 self._deadline = now + 1.0
 
     def _cleanup(self) -> None:
+        # Everything is stopped: a late Ctrl-C or SIGTERM must not turn a clean exit into
+        # a death by signal (Python restores default handlers while it finalizes).
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
         if self.control is not None:
             self.control.shutdown()
