@@ -154,7 +154,19 @@ class Actor:
             await self._drain()
             return EXIT_AGENT_FAILED
         self._hello()
-        return await self.finished
+        code = await self.finished
+        await self._close_agent()
+        return code
+
+    async def _close_agent(self) -> None:
+        """Await the factory object's ``aclose()``, if it has one (orderly exits only)."""
+        aclose = getattr(getattr(self.runner, "__self__", None), "aclose", None)
+        if aclose is None:
+            return
+        try:
+            await asyncio.wait_for(aclose(), 5.0)
+        except Exception:
+            log.exception("actor.agent_aclose_failed")
 
     async def _connect(self, sock: socket.socket) -> None:
         self.transport, self.channel = await self.loop.create_unix_connection(
@@ -341,6 +353,7 @@ class Actor:
                     "result": wire.get("result"),
                     "success": wire.get("success"),
                     "is_subagent": wire.get("is_subagent", False),
+                    "metadata": wire.get("metadata"),
                 }
             )
         data = dumps(wire)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
+import sys
 from typing import Any, AsyncIterator, Callable
 
 from navi_actor.turn import Turn
@@ -13,6 +15,7 @@ from navi_actor.turn import Turn
 ALIASES = {
     "demo": "navi_actor.agents.demo:agent",
     "echo": "navi_actor.agents.echo:agent",
+    "openai": "navi_actor.agents.openai:agent",
 }
 
 
@@ -30,7 +33,11 @@ class AgentSpec:
     is_function: bool  # an async generator function of (turn)
 
     def make_runner(self) -> Callable[[Turn], AsyncIterator[Any]]:
-        """Return ``run(turn)`` for this process; calls a factory once, here."""
+        """Return ``run(turn)`` for this process; calls a factory once, here.
+
+        A factory's object may have ``async def aclose(self)``: the actor awaits
+        it (for at most 5 s) when it exits in order, to close clients or files.
+        """
         if self.is_function:
             return self.obj
         instance = self.obj()
@@ -41,6 +48,13 @@ class AgentSpec:
                 "async generator method run_stream(turn)"
             )
         return run_stream
+
+
+def _current_folder_importable() -> None:
+    """Let ``--agent myagent:agent`` find ``./myagent.py``, as ``python -m`` and uvicorn do."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def load(name: str, reload: bool = False) -> AgentSpec:
@@ -55,6 +69,7 @@ def load(name: str, reload: bool = False) -> AgentSpec:
         raise AgentLoadError(
             f"agent {name!r} is neither a built-in ({', '.join(ALIASES)}) nor MODULE:ATTR"
         )
+    _current_folder_importable()
     try:
         importlib.invalidate_caches()
         module = importlib.import_module(module_name)

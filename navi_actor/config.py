@@ -56,7 +56,7 @@ OPTIONS: tuple[Option, ...] = (
         "agent",
         "demo",
         str,
-        "the agent: MODULE:ATTR, or a built-in name (demo, echo)",
+        "the agent: MODULE:ATTR, or a built-in name (demo, echo, openai)",
     ),
     Option("data_dir", "./var", str, "folder for the session database and server.json"),
     Option(

@@ -362,7 +362,8 @@ class SQLiteStore(SessionStore):
                               result if isinstance(result, str) else _dumps(result),
                               {"tool": tc.get("tool"), "args": tc.get("args"),
                                "success": tc.get("success"),
-                               "is_subagent": bool(tc.get("is_subagent", False))}, now)
+                               "is_subagent": bool(tc.get("is_subagent", False)),
+                               "metadata": tc.get("metadata")}, now)
         self._add_message(db, sid, rid, "assistant", content,
                           {"status": status, "error": error, "error_code": error_code,
                            "thinking": thinking, "stats": stats or {}}, now)

@@ -123,11 +123,26 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
             await asyncio.sleep(0.05)
     elif cmd == "tool":
         yield ToolStarted("lookup", {"q": "x"})
-        yield ToolEvent("lookup", {"q": "x"}, {"answer": 42}, True)
+        yield ToolEvent("lookup", {"q": "x"}, {"answer": 42}, True, metadata={"call_id": "c1"})
         yield TextDelta("found 42")
     else:
         for w in words:
             yield TextDelta(w + " ")
+
+
+class ClosingAgent:
+    """A factory agent whose ``aclose`` leaves a mark (the file named by NAVI_TEST_MARKER)."""
+
+    async def run_stream(self, turn: Turn) -> AsyncIterator[Any]:
+        yield TextDelta("hello")
+
+    async def aclose(self) -> None:
+        with open(os.environ["NAVI_TEST_MARKER"], "w") as f:
+            f.write(f"closed by {os.getpid()}")
+
+
+def closing_factory() -> ClosingAgent:
+    return ClosingAgent()
 
 
 class AgentMeltdown(BaseException):

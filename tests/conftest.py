@@ -35,7 +35,9 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
 class Server:
     """A running ``navi-actor serve`` and what a test needs to talk to it."""
 
-    def __init__(self, data_dir: Path, agent: str, env: dict[str, str], extra: list[str]) -> None:
+    def __init__(self, data_dir: Path, agent: str, env: dict[str, str], extra: list[str],
+                 cwd: Path = ROOT) -> None:
+        self.cwd = cwd
         self.data_dir = data_dir
         self.agent = agent
         self.env = env
@@ -53,7 +55,7 @@ class Server:
         cmd = [sys.executable, "-m", "navi_actor", "serve", "--port", "0", "--data-dir", str(self.data_dir),
                "--log-format", "json", "--agent", self.agent, *self.extra]
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=self.log, cwd=ROOT)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=self.log, cwd=self.cwd)
 
         def ready() -> bool:
             if self.proc.poll() is not None:
@@ -118,8 +120,8 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def make(agent: str = "demo", env: dict[str, str] | None = None, args: list[str] | None = None,
-             data_dir: Path | None = None) -> Server:
-        server = Server(data_dir or tmp_path / f"var{len(started)}", agent, env or {}, args or [])
+             data_dir: Path | None = None, cwd: Path = ROOT) -> Server:
+        server = Server(data_dir or tmp_path / f"var{len(started)}", agent, env or {}, args or [], cwd)
         started.append(server)
         return server.start()
 

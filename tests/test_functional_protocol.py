@@ -48,6 +48,7 @@ async def test_a_turn_streams_in_order_with_growing_seq(scripted_server, client)
     roles = [(m["role"], m.get("status")) for m in detail["messages"]]
     assert roles == [("user", None), ("tool", None), ("assistant", "done"), ("user", None), ("assistant", "done")]
     assert detail["messages"][1]["tool"] == "lookup" and detail["messages"][1]["success"] is True
+    assert detail["messages"][1]["metadata"] == {"call_id": "c1"}, "tool metadata is kept"
     assert detail["last_seq"] == second[-1]["seq"]
 
 

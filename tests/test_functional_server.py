@@ -255,3 +255,32 @@ async def test_supervisor_death_takes_every_process_with_it(make_server, client)
     server.proc.wait(10)
     wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family
                              if psutil.pid_exists(p.pid)), 5, "the front and actors to exit")
+
+
+async def test_agent_module_in_the_current_folder_is_found(make_server, client, tmp_path):
+    """`navi-actor serve --agent myagent:agent` finds ./myagent.py, as the README shows."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "myagent.py").write_text(
+        "from navi_actor.events import TextDelta\n"
+        "async def agent(turn):\n"
+        "    yield TextDelta('mine: ' + turn.content)\n"
+    )
+    server = make_server("myagent:agent", cwd=folder)
+    c = client(server)
+    ws = await c.connect(await c.new_session())
+    await receive(ws)
+    assert (await run_turn(ws, "hi"))[-1]["content"] == "mine: hi"
+
+
+async def test_factory_aclose_runs_when_the_actor_exits(make_server, client, tmp_path):
+    """A factory object's aclose() is awaited when its actor exits in order (here: idle timeout)."""
+    marker = tmp_path / "closed.txt"
+    server = make_server("tests.agents:closing_factory", env={"NAVI_TEST_MARKER": str(marker)},
+                         args=["--idle-timeout", "0.3"])
+    c = client(server)
+    ws = await c.connect(await c.new_session())
+    await receive(ws)
+    assert (await run_turn(ws, "hi"))[-1]["content"] == "hello"
+    wait_for(marker.exists, 5, "aclose to leave its mark")
+    assert marker.read_text().startswith("closed by ")

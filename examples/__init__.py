@@ -1,0 +1,1 @@
+"""Example agents and tools for navi-actor (see docs/agents.md)."""
