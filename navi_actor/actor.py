@@ -257,6 +257,11 @@ class Actor:
         else:
             log.warning("actor.unknown_op", op=op)
 
+    def assign(self, actor_id: str, session_id: str) -> None:
+        """A warm actor is given its session (for logs; the front already has its channel)."""
+        self.actor_id, self.session_id = actor_id, session_id
+        log.info("actor.assigned", actor_id=actor_id, session_id=session_id)
+
     def operator_stop(self, reason: dict[str, str] | None) -> None:
         """An operator's stop, by the supervisor: stop the turn, then exit once it is saved."""
         log.info("actor.operator_stop", run_id=self.run.run_id if self.run else None)
@@ -300,8 +305,8 @@ class Actor:
     async def _drive(self, run: _Run, turn: Turn) -> None:
         assert self.runner is not None
         current_stop_event.set(run.stop_event)
-        structlog_ctx = {"session_id": turn.session_id, "run_id": run.run_id}
-        log.info("actor.turn_start", **structlog_ctx)
+        structlog.contextvars.bind_contextvars(session_id=turn.session_id, run_id=run.run_id)
+        log.info("actor.turn_start")
         error: BaseException | None = None
         agen = self.runner(turn)
         try:
@@ -317,9 +322,9 @@ class Actor:
                 raise
         except Exception as exc:
             error = exc
-            log.exception("actor.agent_error", **structlog_ctx)
+            log.exception("actor.agent_error")
         except BaseException as exc:  # SystemExit, KeyboardInterrupt, or the agent's own kind
-            log.exception("actor.agent_base_exception", **structlog_ctx)
+            log.exception("actor.agent_base_exception")
             message = f"agent raised {type(exc).__name__} ({exc}), which ends its process"
             self._send(framing.control({"op": "fatal", "code": protocol.ACTOR_DIED, "message": message}))
             self._flush()
@@ -345,6 +350,10 @@ class Actor:
             delta = wire.get("delta")
             if type(delta) is str:
                 run.thinking.append(delta)
+        elif kind == "turn_thinking":
+            thinking = wire.get("thinking")
+            if type(thinking) is str:
+                run.thinking.append(thinking)
         elif kind == "tool_call":
             run.tool_calls.append(
                 {
@@ -388,6 +397,7 @@ class Actor:
         elif run.stop_event.is_set():
             status = "stopped"
             step = "cancel" if run.cancelled else "event"
+            stats["stop_step"] = step
             final = protocol.stream_stopped(run.seq, run.run_id, step, content, run.stop_reason)
             if run.stop_reason:
                 err_text, err_code = run.stop_reason["message"], run.stop_reason["code"]
@@ -478,6 +488,8 @@ def _watch_lifeline(actor: Actor, loop: asyncio.AbstractEventLoop, fd: int) -> N
                 loop.call_soon_threadsafe(actor.attach_front, fds.popleft())
             elif msg.get("op") == "stop":
                 loop.call_soon_threadsafe(actor.operator_stop, msg.get("reason"))
+            elif msg.get("op") == "assign":
+                loop.call_soon_threadsafe(actor.assign, str(msg.get("actor_id")), str(msg.get("session_id")))
 
 
 def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, fd: int,
@@ -486,8 +498,10 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
     import uvloop
 
     logs.configure("actor", config.log_format)
-    structlog.contextvars.bind_contextvars(session_id=session_id, actor_id=actor_id)
-    logs.get().info("actor.spawned")
+    structlog.contextvars.bind_contextvars(actor_id=actor_id)
+    if session_id:
+        structlog.contextvars.bind_contextvars(session_id=session_id)
+    logs.get().info("actor.spawned", warm=not session_id)
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     actor = Actor(spec, config, actor_id, session_id, sock)

@@ -42,6 +42,17 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value >= 0:
+            raise ValueError(f"must be 0 or more, got {text!r}")
+        return value
+
+    parse.__name__ = f"non-negative {kind.__name__}"
+    return parse
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -103,6 +114,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_actors", 256, _positive(int), "most actor processes at once; idle ones are evicted first"),
     Option(
+        "warm_actors",
+        2,
+        _non_negative(int),
+        "actors forked ahead of need, so a new session's first turn does not wait for a fork (0: none)",
+    ),
+    Option(
         "drain_timeout",
         30.0,
         _positive(float),
@@ -128,6 +145,7 @@ class Config:
     turn_timeout: float = 1800.0
     actor_max_rss: int = 1024
     max_actors: int = 256
+    warm_actors: int = 2
     drain_timeout: float = 30.0
 
     @property

@@ -66,7 +66,9 @@ class Operations:
             "front_pid": sup.front_pid,
             "front_restarts": sup.front_restarts,
             "stage": sup.stage,
-            "actors": len(sup.actors),
+            "actors": len(sup.actors) - len(sup.pool),
+            "warm": len(sup.pool),
+            "warm_target": sup.pool.size,
             "limits": {"actor_max_rss": sup.hooks.actor_max_rss, "term_after": self.term_after,
                        "kill_after": self.kill_after},
             "spawns": self.spawns,
@@ -78,6 +80,8 @@ class Operations:
         now = time.time()
         out = []
         for actor in list(self.sup.actors.values()):
+            if self.sup.pool.holds(actor.pid):
+                continue  # warm: no session yet (counted in status)
             st = self.status.get(actor.actor_id, {})
             proc = self._proc(actor.pid)
             rss, cpu = 0, 0.0
@@ -122,6 +126,8 @@ class Operations:
         pids = set(req.get("pids") or [])
         results = []
         for actor in list(self.sup.actors.values()):
+            if self.sup.pool.holds(actor.pid):
+                continue
             if actor.session_id in sessions or actor.pid in pids:
                 results.append(self.stop_actor(actor, force))
                 sessions.discard(actor.session_id)

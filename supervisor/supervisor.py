@@ -31,6 +31,7 @@ import selectors
 import signal
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +44,7 @@ from supervisor.control import ControlServer
 from supervisor.fdchannel import ChannelClosed, FdChannel
 from supervisor.notify import sd_notify
 from supervisor.operations import Operations
+from supervisor.pool import WarmPool
 from supervisor.restart import RestartPolicy
 
 log = structlog.get_logger("navi.supervisor")
@@ -64,6 +66,7 @@ class Hooks:
     stop_kill_after: float = 2.0  # … and from SIGTERM to SIGKILL
     control_path: Path | None = None  # where to serve the control socket
     on_reload: Callable[[], str | None] | None = None  # SIGHUP: load new agent code; None or why it failed
+    warm_actors: int = 0  # actors forked ahead of need, ready for the next new session
 
 
 @dataclasses.dataclass(slots=True)
@@ -99,6 +102,7 @@ class Supervisor:
         self._final_code = 0
         self._next_memory_check = 0.0
         self.ops = Operations(self, hooks.stop_term_after, hooks.stop_kill_after)
+        self.pool = WarmPool(hooks.warm_actors)
         self.control: ControlServer | None = None
 
     @property
@@ -120,6 +124,7 @@ class Supervisor:
             self.control = ControlServer(self.hooks.control_path, self.ops.handle)
             self.sel.register(self.control.sock, selectors.EVENT_READ, self._on_control_accept)
         self._start_front()
+        self._refill_pool()
         try:
             while self.exit_code is None:
                 for key, mask in self.sel.select(self._timeout()):
@@ -162,6 +167,10 @@ class Supervisor:
         if error is not None:
             log.error("supervisor.reload_failed", error=error, note="the running agent code stays in use")
             return
+        for actor in self.pool.drain():  # forked before the reload: old code
+            actor.kill_kind = "reload"
+            _killpg(actor.pid, signal.SIGKILL)
+        self._refill_pool()
         log.info("supervisor.reloaded")
         sd_notify("STATUS=agent code reloaded")
         self._send_front({"op": "reload"})
@@ -198,9 +207,9 @@ class Supervisor:
         self.front_pid = pid
         self.front_chan = FdChannel(ours)
         self.sel.register(ours, selectors.EVENT_READ, self._on_front_io)
-        log.info("supervisor.front_started", front_pid=pid, generation=self.generation,
-                 adopting=len(self.actors))
-        for actor in list(self.actors.values()):
+        assigned = [a for a in self.actors.values() if not self.pool.holds(a.pid)]
+        log.info("supervisor.front_started", front_pid=pid, generation=self.generation, adopting=len(assigned))
+        for actor in assigned:
             self._hand_over(actor)
 
     def _hand_over(self, actor: _Actor) -> None:
@@ -291,26 +300,48 @@ class Supervisor:
         tmp.write_text(json.dumps(info))
         tmp.replace(self.server_file)
         log.info("supervisor.serving", url=info["url"], front_pid=self.front_pid)
+        if self.generation == 1:
+            print(f"navi-actor: serving on {info['url']} (Ctrl-C to stop)", flush=True)
         sd_notify(f"READY=1\nSTATUS=serving on {info['url']}\nMAINPID={os.getpid()}")
 
     # ── actors ────────────────────────────────────────────────────────────
     def _spawn_actor(self, actor_id: str, session_id: str) -> None:
+        """Give the front an actor for a session: a warm one if ready, else a fresh fork."""
         if self._stage != "running":
             self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": "server is shutting down"})
             return
         t0 = time.perf_counter()
-        try:
-            chan_actor, chan_front = socket.socketpair()
-        except OSError as exc:
-            self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": f"socketpair: {exc}"})
-            return
+        warm = self.pool.take()
+        if warm is not None:
+            actor, chan_front = warm
+            self.by_id.pop(actor.actor_id, None)
+            actor.actor_id, actor.session_id = actor_id, session_id
+            try:
+                actor.lifeline.send(orjson.dumps({"op": "assign", "actor_id": actor_id, "session_id": session_id}))
+            except ChannelClosed:
+                pass  # it is exiting; the front hears of it from the exit notice
+        else:
+            try:
+                actor, chan_front = self._fork_actor(actor_id, session_id)
+            except OSError as exc:
+                log.error("supervisor.spawn_failed", actor_id=actor_id, error=str(exc))
+                self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": f"fork failed: {exc}"})
+                return
+        self.by_id[actor_id] = actor.pid
+        self._send_front({"op": "spawned", "actor_id": actor_id, "pid": actor.pid}, [chan_front.detach()])
+        log.info("supervisor.actor_assigned", actor_id=actor_id, actor_pid=actor.pid, session_id=session_id,
+                 warm=warm is not None, ms=round((time.perf_counter() - t0) * 1000, 2))
+        self._refill_pool()
+
+    def _fork_actor(self, actor_id: str, session_id: str) -> tuple[_Actor, socket.socket]:
+        """Fork an actor; return it and the front's end of its channel. Raises OSError."""
+        chan_actor, chan_front = socket.socketpair()
         try:
             life_actor, life_ours = socket.socketpair()
-        except OSError as exc:
+        except OSError:
             chan_actor.close()
             chan_front.close()
-            self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": f"socketpair: {exc}"})
-            return
+            raise
         fd, life_fd = chan_actor.fileno(), life_actor.fileno()
         try:
             # No death signal: the actor watches its lifeline and, when the
@@ -321,20 +352,29 @@ class Supervisor:
                 new_group=True,
                 death_signal=0,
             )
-        except OSError as exc:
-            for s in (chan_actor, chan_front, life_actor, life_ours):
-                s.close()
-            log.error("supervisor.spawn_failed", actor_id=actor_id, error=str(exc))
-            self._send_front({"op": "spawn_failed", "actor_id": actor_id, "message": f"fork failed: {exc}"})
-            return
+        except OSError:
+            for sock in (chan_actor, chan_front, life_actor, life_ours):
+                sock.close()
+            raise
         chan_actor.close()
         life_actor.close()
-        self.actors[pid] = _Actor(actor_id, pid, session_id, FdChannel(life_ours))
+        actor = _Actor(actor_id, pid, session_id, FdChannel(life_ours))
+        self.actors[pid] = actor
         self.by_id[actor_id] = pid
         self.ops.on_spawn()
-        self._send_front({"op": "spawned", "actor_id": actor_id, "pid": pid}, [chan_front.detach()])
-        log.info("supervisor.actor_spawned", actor_id=actor_id, actor_pid=pid, session_id=session_id,
-                 ms=round((time.perf_counter() - t0) * 1000, 2))
+        log.info("supervisor.actor_spawned", actor_id=actor_id, actor_pid=pid, warm=not session_id)
+        return actor, chan_front
+
+    def _refill_pool(self) -> None:
+        """Fork warm actors up to the pool's size, unless failures put it in backoff."""
+        while self._stage == "running" and self.pool.wants_one(time.monotonic()):
+            try:
+                actor, chan_front = self._fork_actor(uuid.uuid4().hex[:16], "")
+            except OSError as exc:
+                log.error("supervisor.warm_spawn_failed", error=str(exc))
+                self.pool.failed(time.monotonic())
+                return
+            self.pool.add(actor, chan_front)
 
     def _reap(self) -> None:
         while True:
@@ -353,6 +393,7 @@ class Supervisor:
     def _actor_exited(self, actor: _Actor, status: int) -> None:
         self.by_id.pop(actor.actor_id, None)
         actor.lifeline.close()
+        was_warm = self.pool.discard(actor.pid)
         _killpg(actor.pid, signal.SIGKILL)  # whatever the agent left running in its group
         cause = describe_status(status)
         message = actor.killed_for or cause.message
@@ -362,7 +403,12 @@ class Supervisor:
         )
         self.ops.on_exit(actor, kind)
         log.info("supervisor.actor_exited", actor_id=actor.actor_id, actor_pid=actor.pid,
-                 exitcode=cause.exitcode, signal=cause.signal_name, cause=message)
+                 exitcode=cause.exitcode, signal=cause.signal_name, cause=message, warm=was_warm)
+        if was_warm:
+            if self._stage == "running":
+                delay = self.pool.failed(time.monotonic())  # a warm actor should not die: back off
+                log.warning("supervisor.warm_actor_died", cause=message, retry_in=round(delay, 2))
+            return
         if self._stage != "stopping_actors":
             self._send_front(
                 {
@@ -451,6 +497,7 @@ class Supervisor:
     def _tick(self) -> None:
         now = time.monotonic()
         self.ops.tick(now)
+        self._refill_pool()
         if self.hooks.actor_max_rss and now >= self._next_memory_check:
             self._next_memory_check = now + 0.5
             self._check_memory()
@@ -486,6 +533,7 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         if self.control is not None:
             self.control.shutdown()
+        self.pool.close()
         self._close_front_channel()
         for actor in self.actors.values():
             actor.lifeline.close()

@@ -103,6 +103,7 @@ def test_every_option_is_read_from_its_env_var():
         "NAVI_TURN_TIMEOUT": "60",
         "NAVI_ACTOR_MAX_RSS": "512",
         "NAVI_MAX_ACTORS": "8",
+        "NAVI_WARM_ACTORS": "0",
         "NAVI_DRAIN_TIMEOUT": "10",
     }
     assert set(environ) == {o.env for o in OPTIONS}
@@ -110,7 +111,7 @@ def test_every_option_is_read_from_its_env_var():
         host="0.0.0.0", port=0, agent="pkg.mod:agent", data_dir="/srv/navi", log_format="json",
         idle_timeout=30.5, heartbeat_interval=5.0, stop_grace=0.5, stop_term_after=3.0,
         stop_kill_after=1.0, replay_max_bytes=1024, client_max_pending_bytes=2048, turn_timeout=60.0,
-        actor_max_rss=512, max_actors=8, drain_timeout=10.0,
+        actor_max_rss=512, max_actors=8, warm_actors=0, drain_timeout=10.0,
     )
 
 

@@ -161,6 +161,7 @@ async def test_stop_ends_in_stream_stopped_and_keeps_partial_text(scripted_serve
     detail = await c.session(sid)
     assert detail["messages"][-1]["status"] == "stopped"
     assert detail["messages"][-1]["content"] == stopped["content"] != ""
+    assert detail["messages"][-1]["stats"]["stop_step"] == "event"
 
 
 async def test_stop_cancels_an_agent_that_ignores_the_event(scripted_server, client):
@@ -314,13 +315,15 @@ async def test_unknown_session_is_closed_with_4004(scripted_server, client):
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4004 and msg.extra == "Session not found"
 
 
-async def test_bad_after_is_a_400(scripted_server, client):
-    """?after= that is not a non-negative integer is refused before the upgrade."""
+async def test_bad_after_is_closed_with_4400(scripted_server, client):
+    """?after= that is not a non-negative integer is closed with 4400 and a reason a browser can read."""
     c = client(scripted_server)
     sid = await c.new_session()
     for bad in ("abc", "-1"):
-        async with c.http.get(f"{scripted_server.url}/ws/sessions/{sid}?after={bad}") as r:
-            assert r.status == 400 and (await r.json())["code"] == "invalid_query"
+        ws = await c.http.ws_connect(f"{scripted_server.ws_url}/ws/sessions/{sid}?after={bad}")
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4400
+        assert msg.extra == "after must be a non-negative integer seq"
 
 
 async def test_sessions_http_api(scripted_server, client):

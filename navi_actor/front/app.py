@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ log = logs.get("navi.front.http")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 CLOSE_NOT_FOUND = 4004
+CLOSE_BAD_REQUEST = 4400
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -137,15 +139,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     sid = request.match_info["session_id"]
     after: int | None = None
+    bad_after = False
     if "after" in request.query:
         try:
             after = int(request.query["after"])
+            bad_after = after < 0
         except ValueError:
-            return _error(400, "after must be an integer seq", "invalid_query")
-        if after < 0:
-            return _error(400, "after must be >= 0", "invalid_query")
+            bad_after = True
     ws = web.WebSocketResponse(max_msg_size=protocol.MAX_WS_MESSAGE, compress=False)
     await ws.prepare(request)
+    if bad_after:  # closed with a reason: a browser cannot read an HTTP error on an upgrade
+        await ws.close(code=CLOSE_BAD_REQUEST, message=b"after must be a non-negative integer seq")
+        return ws
     exists = valid_session_id(sid) and await rt.store(rt.store_backend.get_session, sid) is not None
     if not exists:
         await ws.close(code=CLOSE_NOT_FOUND, message=b"Session not found")
@@ -220,9 +225,27 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+_STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
+                 ".png": "image/png", ".svg": "image/svg+xml"}
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """The chat page (``GET /``) and its files (``GET /static/NAME``), never cached stale."""
+    name = request.match_info.get("name", "index.html")
+    path = STATIC_DIR / name
+    ctype = _STATIC_TYPES.get(path.suffix)
+    if ctype is None or name.startswith(".") or not path.is_file():
+        raise web.HTTPNotFound()
+    charset = "; charset=utf-8" if ctype.startswith("text/") else ""
+    return web.FileResponse(path, headers={"Content-Type": ctype + charset, "Cache-Control": "no-cache"})
+
+
 def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[RUNTIME] = runtime
+    app.router.add_get("/", static_file)
+    app.router.add_get("/static/{name:[A-Za-z0-9_-][A-Za-z0-9_.-]*}", static_file)
     app.router.add_post("/sessions", create_session)
     app.router.add_get("/sessions", list_sessions)
     app.router.add_get("/sessions/{session_id}", get_session)

@@ -76,6 +76,7 @@ class _Live(Collector):
         counts: dict[str, int] = {s: 0 for s in ("starting", "running", "idle", "stopping")}
         for row in self.m.actor_rows:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
+        counts["warm"] = int(self.m.supervisor.get("warm", 0))
         for state, n in counts.items():
             by_state.add_metric([state], n)
         yield by_state

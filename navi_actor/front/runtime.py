@@ -305,7 +305,8 @@ class Runtime:
             )
         except StoreError as exc:
             log.error("front.finish_failed", run_id=run.run_id, error=str(exc))
-            final = protocol.error_event(f"The turn could not be saved: {exc}", protocol.STORE_ERROR, final["seq"])
+            final = protocol.error_event(f"The turn could not be saved: {exc}", protocol.STORE_ERROR, final["seq"],
+                                         run_id=run.run_id)
         run.broadcast(orjson.dumps(final), final["seq"])
         now = time.monotonic()
         self.metrics.turns.labels(result["status"]).inc()
@@ -419,11 +420,11 @@ class Runtime:
             final = protocol.error_event(message, code, run.last_seq, run_id=run.run_id)
             status, error = "failed", message
         log.warning("front.actor_died", session_id=run.session_id, run_id=run.run_id, cause=message)
+        stats: dict[str, Any] = {"elapsed_seconds": round(time.monotonic() - run.started_at, 3)}
+        if status == "stopped":
+            stats["stop_step"] = final["stop_step"]
         await self._finish(
-            run,
-            final,
-            {"status": status, "content": content, "error": error, "error_code": code,
-             "stats": {"elapsed_seconds": round(time.monotonic() - run.started_at, 3)}},
+            run, final, {"status": status, "content": content, "error": error, "error_code": code, "stats": stats},
         )
 
     def on_actor_event(self, actor: ActorHandle, event: dict[str, Any], payload: bytes) -> None:
