@@ -38,7 +38,7 @@ import structlog
 from navi_actor import framing, logs, protocol
 from navi_actor.agent_loader import AgentSpec
 from navi_actor.config import Config
-from navi_actor.events import StreamEnd, event_to_wire
+from navi_actor.events import StreamEnd, TextDelta, event_to_wire
 from navi_actor.replay import ReplayBuffer
 from navi_actor.turn import Turn, current_stop_event
 
@@ -49,6 +49,8 @@ EXIT_UNCAUGHT = 70  # a BaseException escaped the agent
 _FLUSH_BYTES = 64 * 1024
 _HIGH_WATER = 1024 * 1024
 _JSON_OPTS = orjson.OPT_NON_STR_KEYS
+_HEADER_PACK = framing.HEADER.pack
+_dumps = orjson.dumps  # a text delta needs no fallback: str, str, int
 
 log = logs.get("navi.actor")
 
@@ -127,10 +129,10 @@ class Actor:
         self.run: _Run | None = None
         self.runner: Callable[[Turn], AsyncIterator[Any]] | None = None
         self.exit_code = EXIT_OK
-        self._out: list[bytes] = []
-        self._out_bytes = 0
+        self._out = bytearray()  # framed bodies waiting for the next write
         self._flush_scheduled = False
         self._closing = False
+        self.lifeline: socket.socket | None = None
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -141,15 +143,15 @@ class Actor:
             self.runner = self.spec.make_runner()
         except Exception as exc:
             log.error("actor.agent_failed_to_start", agent=self.spec.target, error=repr(exc))
-            self._send(
-                framing.control(
-                    {
-                        "op": "fatal",
-                        "code": protocol.AGENT_FAILED_TO_START,
-                        "message": f"agent {self.spec.name} failed to start: {type(exc).__name__}: {exc}",
-                    }
-                )
+            fatal = framing.control(
+                {
+                    "op": "fatal",
+                    "code": protocol.AGENT_FAILED_TO_START,
+                    "message": f"agent {self.spec.name} failed to start: {type(exc).__name__}: {exc}",
+                }
             )
+            self._tell_supervisor(fatal)
+            self._send(fatal)
             self._flush()
             await self._drain()
             return EXIT_AGENT_FAILED
@@ -167,6 +169,16 @@ class Actor:
             await asyncio.wait_for(aclose(), 5.0)
         except Exception:
             log.exception("actor.agent_aclose_failed")
+
+    def _tell_supervisor(self, frame: bytes) -> None:
+        """Leave a last word on the lifeline: the supervisor reads it when it reaps us,
+        so the cause reaches the front with the exit notice even if our pipe's data
+        cannot be read there (the front may write to us just as we close)."""
+        if self.lifeline is not None:
+            try:
+                self.lifeline.sendall(frame)
+            except OSError:
+                pass
 
     async def _connect(self, sock: socket.socket) -> None:
         self.transport, self.channel = await self.loop.create_unix_connection(
@@ -200,7 +212,6 @@ class Actor:
         sock.setblocking(False)
         old = self.transport
         self._out.clear()
-        self._out_bytes = 0
 
         async def switch() -> None:
             if not old.is_closing():
@@ -214,9 +225,26 @@ class Actor:
 
     # ── output ────────────────────────────────────────────────────────────
     def _send(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._out_bytes >= _FLUSH_BYTES:
+        """Queue framed bytes; written at the next loop turn, or now past 64 KiB.
+
+        While the agent keeps yielding without awaiting, frames pile up here
+        and go out in one write; a sparse stream is written every loop turn.
+        """
+        out = self._out
+        out += data
+        if len(out) >= _FLUSH_BYTES:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _send_event(self, data: bytes) -> None:
+        """Queue one event's JSON as an ``E`` frame (the hot path: no intermediate bytes)."""
+        out = self._out
+        out += _HEADER_PACK(len(data) + 1)
+        out += b"E"
+        out += data
+        if len(out) >= _FLUSH_BYTES:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -224,10 +252,10 @@ class Actor:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._out and not self.transport.is_closing():
-            self.transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
-        self._out.clear()
-        self._out_bytes = 0
+        if self._out:
+            if not self.transport.is_closing():
+                self.transport.write(bytes(self._out))
+            self._out.clear()
 
     async def _drain(self) -> None:
         while self.transport.get_write_buffer_size() and not self.transport.is_closing():
@@ -311,10 +339,13 @@ class Actor:
         agen = self.runner(turn)
         try:
             async for ev in agen:
-                if type(ev) is StreamEnd:
+                if type(ev) is TextDelta:
+                    self._emit_text(run, ev.delta)
+                elif type(ev) is StreamEnd:
                     run.end = ev
                     continue
-                self._emit(run, event_to_wire(ev))
+                else:
+                    self._emit(run, event_to_wire(ev))
                 if not self.channel.writable.is_set():
                     await self.channel.writable.wait()
         except asyncio.CancelledError:
@@ -326,7 +357,9 @@ class Actor:
         except BaseException as exc:  # SystemExit, KeyboardInterrupt, or the agent's own kind
             log.exception("actor.agent_base_exception")
             message = f"agent raised {type(exc).__name__} ({exc}), which ends its process"
-            self._send(framing.control({"op": "fatal", "code": protocol.ACTOR_DIED, "message": message}))
+            fatal = framing.control({"op": "fatal", "code": protocol.ACTOR_DIED, "message": message})
+            self._tell_supervisor(fatal)
+            self._send(fatal)
             self._flush()
             self._finish(EXIT_UNCAUGHT)
             return
@@ -337,6 +370,15 @@ class Actor:
                 except BaseException:
                     pass
         self._end_turn(run, error)
+
+    def _emit_text(self, run: _Run, delta: str) -> None:
+        """The common event, without the general path's dict copy and checks."""
+        if type(delta) is not str:
+            return self._emit(run, event_to_wire(TextDelta(delta)))
+        run.seq = seq = run.seq + 1
+        run.text.append(delta)
+        run.buffer.append_delta("stream_delta", seq, delta)
+        self._send_event(_dumps({"type": "stream_delta", "delta": delta, "seq": seq}))
 
     def _emit(self, run: _Run, wire: dict[str, Any]) -> None:
         run.seq += 1
@@ -370,7 +412,7 @@ class Actor:
             run.buffer.append_delta(kind, seq, wire["delta"])
         else:
             run.buffer.append(seq, data)
-        self._send(framing.event_frame(data))
+        self._send_event(data)
 
     def _end_turn(self, run: _Run, error: BaseException | None) -> None:
         if run.grace_timer is not None:
@@ -463,14 +505,12 @@ class Actor:
         self._send(framing.frame(body))
 
 
-def _watch_lifeline(actor: Actor, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+def _watch_lifeline(actor: Actor, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
     """Thread: read the lifeline; hand new fronts to the loop; on EOF end the group.
 
     A thread, not the event loop, so that an agent blocking the loop cannot
     keep its process group alive after the supervisor is gone.
     """
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(True)
     decoder = framing.FrameDecoder(1024 * 1024)
     fds: deque[int] = deque()
     while True:
@@ -504,11 +544,14 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
     logs.get().info("actor.spawned", warm=not session_id)
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
+    lifeline = socket.socket(fileno=lifeline_fd)
+    lifeline.setblocking(True)
     actor = Actor(spec, config, actor_id, session_id, sock)
+    actor.lifeline = lifeline
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        threading.Thread(target=_watch_lifeline, args=(actor, loop, lifeline_fd), daemon=True,
+        threading.Thread(target=_watch_lifeline, args=(actor, loop, lifeline), daemon=True,
                          name="lifeline").start()
         return await actor.serve()
 

@@ -124,7 +124,8 @@ class ReplayBuffer:
         else:
             self._entries.append(_Merged(kind, seq, delta))
             self._bytes += len(delta) + _ENTRY_OVERHEAD
-        self._enforce_bound()
+        if self._bytes > self.max_bytes:
+            self._enforce_bound()
 
     def append(self, seq: int, encoded: bytes) -> None:
         """Add any other event, kept as the exact bytes the client got."""
@@ -132,7 +133,8 @@ class ReplayBuffer:
         self._events += 1
         self._entries.append((seq, encoded))
         self._bytes += len(encoded) + _ENTRY_OVERHEAD
-        self._enforce_bound()
+        if self._bytes > self.max_bytes:
+            self._enforce_bound()
 
     def _enforce_bound(self) -> None:
         while self._bytes > self.max_bytes and len(self._entries) > 1:

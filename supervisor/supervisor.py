@@ -392,6 +392,7 @@ class Supervisor:
 
     def _actor_exited(self, actor: _Actor, status: int) -> None:
         self.by_id.pop(actor.actor_id, None)
+        self._read_last_word(actor)
         actor.lifeline.close()
         was_warm = self.pool.discard(actor.pid)
         _killpg(actor.pid, signal.SIGKILL)  # whatever the agent left running in its group
@@ -421,6 +422,21 @@ class Supervisor:
                     "code": actor.kill_code,
                 }
             )
+
+    def _read_last_word(self, actor: _Actor) -> None:
+        """A dead actor may have left its cause on the lifeline (``fatal``): take it."""
+        try:
+            bodies = actor.lifeline.receive()
+        except ChannelClosed:
+            return
+        for body in bodies:
+            try:
+                msg = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(msg, dict) and msg.get("op") == "fatal" and actor.killed_for is None:
+                actor.killed_for = str(msg.get("message"))[:2000]
+                actor.kill_code = str(msg.get("code"))[:64]
 
     def _front_exited(self, status: int) -> None:
         cause = describe_status(status, "front process")

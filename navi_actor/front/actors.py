@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from navi_actor.front.runtime import Run
 
 log = logs.get("navi.front.actors")
+parse_event = framing.parse_event
+_EVENT_TAG = framing.EVENT_TAG
 
 GONE_WAIT = 1.0  # seconds to wait for the second sign of death after the first
 
@@ -53,6 +55,7 @@ class ActorHandle(asyncio.Protocol):
         self.hello = asyncio.Event()
         self.gone_handled = False
         self.transport: asyncio.Transport | None = None
+        self.has_channel = False  # its channel's descriptor arrived (it may still be connecting)
         self._outbox: list[bytes] = []
         self._decoder = framing.FrameDecoder(framing.MAX_ACTOR_FRAME)
 
@@ -62,6 +65,12 @@ class ActorHandle(asyncio.Protocol):
     @property
     def alive(self) -> bool:
         return not (self.eof.is_set() or self.exited.is_set() or self.violation)
+
+    def take_channel(self, fd: int, pid: int) -> None:
+        """The supervisor passed this actor's channel: connect to it (reads start soon)."""
+        self.pid = pid
+        self.has_channel = True
+        asyncio.get_running_loop().create_task(self.connect(fd, pid))
 
     async def connect(self, fd: int, pid: int) -> None:
         """Take over the front's end of the actor's socketpair."""
@@ -87,14 +96,14 @@ class ActorHandle(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.violation:
             return
+        on_event = self.owner.on_actor_event
         try:
-            bodies = self._decoder.feed(data)
-            for body in bodies:
-                msg, is_event = framing.parse_actor_body(body)
-                if is_event:
-                    self.owner.on_actor_event(self, msg, body[1:])
+            for body in self._decoder.feed(data):
+                if body[0] == _EVENT_TAG:
+                    payload = body[1:]
+                    on_event(self, parse_event(payload), payload)
                 else:
-                    self.owner.on_actor_control(self, msg)
+                    self.owner.on_actor_control(self, framing.parse_control(body))
                 if self.violation:
                     return
         except framing.FrameError as exc:
@@ -110,8 +119,8 @@ class ActorHandle(asyncio.Protocol):
     def note_exit(self, notice: dict[str, Any]) -> None:
         self.exit = notice
         self.exited.set()
-        if self.transport is None:
-            self.eof.set()  # it never connected: nothing can be left in a pipe
+        if not self.has_channel:
+            self.eof.set()  # no channel ever came: nothing can be left in a pipe
 
     async def wait_hello_or_gone(self, timeout: float) -> None:
         waits = [asyncio.ensure_future(e.wait()) for e in (self.hello, self.eof, self.exited)]

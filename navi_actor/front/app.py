@@ -156,7 +156,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await ws.close(code=CLOSE_NOT_FOUND, message=b"Session not found")
         return ws
     await rt.reconciled.wait()  # after a front restart: runs are adopted before anyone attaches
-    viewer = Viewer(ws, sid, rt.config.client_max_pending_bytes)
+    viewer = Viewer(ws, request, sid, rt.config.client_max_pending_bytes)
     log.info("front.ws_connected", session_id=sid, viewer=viewer.id, after=after)
     rt.attach(viewer, after)
     try:

@@ -356,7 +356,7 @@ class Runtime:
             self.actors[session_id] = actor
         if not self.reconciled.is_set():
             self._adopted.append(actor)
-        self.loop.create_task(actor.connect(fd, pid))
+        actor.take_channel(fd, pid)
         self.loop.create_task(self._watch(actor))
 
     def _adopt_run(self, actor: ActorHandle, state: dict[str, Any]) -> None:
@@ -497,7 +497,7 @@ class Runtime:
             if actor is None:
                 os.close(fd)
                 return
-            self.loop.create_task(actor.connect(fd, msg["pid"]))
+            actor.take_channel(fd, msg["pid"])
         elif op == "adopt":
             self._adopt(msg["actor_id"], msg["pid"], msg["session_id"], chan.take_fd())
         elif op == "spawn_failed":

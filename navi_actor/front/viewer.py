@@ -14,9 +14,10 @@ import itertools
 from collections import deque
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from navi_actor import logs
+from navi_actor.front.wsframes import FrameWriter
 
 if TYPE_CHECKING:
     from navi_actor.front.runtime import Run
@@ -28,9 +29,10 @@ _ids = itertools.count(1)
 
 
 class Viewer:
-    def __init__(self, ws: web.WebSocketResponse, session_id: str, max_pending: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, session_id: str, max_pending: int) -> None:
         self.id = next(_ids)
         self.ws = ws
+        self.out = FrameWriter(request, ws)
         self.session_id = session_id
         self.max_pending = max_pending
         self.run: Run | None = None  # the run it receives live events of
@@ -60,17 +62,28 @@ class Viewer:
         self._wake.set()
 
     async def _writer(self) -> None:
-        ws = self.ws
+        out = self.out
+        pending = self._pending
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._pending:
-                    data, seq = self._pending.popleft()
-                    self._pending_bytes -= len(data)
-                    await ws.send_frame(data, WSMsgType.TEXT)
-                    if seq:
-                        self.delivered_seq = seq
+                while pending:
+                    if out.can_batch:
+                        # Everything ready goes out in one write: one syscall, not one per event.
+                        batch = [data for data, _ in pending]
+                        last = next((seq for _, seq in reversed(pending) if seq), 0)
+                        pending.clear()
+                        self._pending_bytes = 0
+                        out.write_batch(batch)
+                        if last:
+                            self.delivered_seq = last
+                    else:
+                        data, seq = pending.popleft()
+                        self._pending_bytes -= len(data)
+                        await out.send_one(data)
+                        if seq:
+                            self.delivered_seq = seq
                 self._idle.set()
         except (ConnectionError, RuntimeError):
             self.closed = True  # the client went away; its reader sees the close

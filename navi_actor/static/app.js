@@ -819,6 +819,7 @@
     // — history —
     async loadHistory() {
       const gen = ++this.historyGen;
+      const seqAtStart = this.lastSeq;
       let detail;
       try {
         detail = await this.app.api.getSession(this.id);
@@ -829,6 +830,10 @@
         return;
       }
       if (gen !== this.historyGen || this.disposed) return;
+      // Events arrived while we fetched and no turn is live now: a turn ended in
+      // between, and this snapshot still shows it running. Ask again rather than
+      // draw an older state over a newer one.
+      if (this.lastSeq !== seqAtStart && !this.live) return this.loadHistory();
       this.renderHistory(detail);
     }
 
