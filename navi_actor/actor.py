@@ -55,6 +55,14 @@ _dumps = orjson.dumps  # a text delta needs no fallback: str, str, int
 log = logs.get("navi.actor")
 
 
+def _give_back_memory() -> None:
+    """Between turns an actor may idle for long: free the turn's cycles now (an agent's
+    exception with its traceback, say), not at some later allocation."""
+    import gc
+
+    gc.collect()
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
@@ -276,6 +284,8 @@ class Actor:
                 self.run = None
                 if self._closing:
                     self._finish(EXIT_OK)
+                else:
+                    self.loop.call_soon(_give_back_memory)
         elif op == "shutdown":
             self._closing = True
             if self.run is None:
@@ -537,7 +547,7 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
     """Entry point in the forked actor process; returns its exit code."""
     import uvloop
 
-    logs.configure("actor", config.log_format)
+    logs.rebind("actor")  # the supervisor configured logging before forking us
     structlog.contextvars.bind_contextvars(actor_id=actor_id)
     if session_id:
         structlog.contextvars.bind_contextvars(session_id=session_id)
@@ -556,3 +566,33 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
         return await actor.serve()
 
     return uvloop.run(main())
+
+
+def prewarm() -> None:
+    """Run the actor's I/O path once in the template process, before it forks.
+
+    uvloop and asyncio set up module state and caches on first use; done here,
+    before ``gc.freeze()``, those pages are shared by every actor instead of
+    being written (and so copied) in each. Runs no agent code.
+    """
+    import uvloop
+
+    async def round_trip() -> None:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        got = loop.create_future()
+
+        class Sink(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                if not got.done():
+                    got.set_result(data)
+
+        ta, _ = await loop.create_unix_connection(asyncio.Protocol, sock=a)
+        tb, _ = await loop.create_unix_connection(Sink, sock=b)
+        ta.write(framing.control({"op": "hello", "pid": 0}))
+        framing.FrameDecoder(framing.MAX_ACTOR_FRAME).feed(await got)
+        ta.close()
+        tb.close()
+        await asyncio.sleep(0)
+
+    uvloop.run(round_trip())

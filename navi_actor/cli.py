@@ -23,6 +23,23 @@ SIGTERM or Ctrl-C shuts down gracefully (running turns get --drain-timeout to
 finish); a second Ctrl-C skips the drain."""
 
 
+TOKEN_DESCRIPTION = """\
+Print a new random bearer token for --user, as a line for the tokens file
+(TOKEN USER ROLE). Append it to the file the server reads (--tokens-file,
+mode 0600) and give the token to the user; the server reads the file when it
+starts (restart it, or its front, to pick up changes). Example:
+
+    navi-actor token --user alice --role admin >> tokens.txt && chmod 600 tokens.txt"""
+
+REFUSE_NO_AUTH = """\
+navi-actor: refusing to serve {host} without authentication: anyone who can
+reach that address could read and drive every session. Either
+  - configure tokens: navi-actor token --user NAME >> tokens.txt; chmod 600 tokens.txt;
+    then --tokens-file tokens.txt (or NAVI_TOKENS_FILE, or the lines in NAVI_TOKENS), or
+  - listen on a loopback address (--host 127.0.0.1), or
+  - if a proxy in front of it authenticates every request, pass --insecure-no-auth."""
+
+
 def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="navi-actor", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"navi-actor {__version__}")
@@ -39,6 +56,16 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     ops.ps_parser(sub.add_parser("ps", help="list the server's actors (navi-ps)"))
     kill = ops.kill_parser(sub.add_parser("kill", help="stop or kill runs (navi-kill)"))
     kill.set_defaults(kill_parser=kill)
+    token = sub.add_parser(
+        "token",
+        help="make a bearer token for a user (prints the tokens-file line)",
+        description=TOKEN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    token.add_argument("--user", required=True, help="the user id: 1 to 64 of A-Z a-z 0-9 _ . @ -")
+    token.add_argument("--role", choices=("user", "admin"), default="user",
+                       help="admin may also use GET /runs, POST /runs/ID/kill, GET /metrics and every session")
+    token.set_defaults(token_parser=token)
     return parser
 
 
@@ -53,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"({cfg.stop_term_after}): the task is cancelled before the process is signalled"
             )
         return serve(cfg)
+    if args.command == "token":
+        return make_token(args.user, args.role, args.token_parser)
     if args.command in ("ps", "kill"):
         from navi_actor import ops
 
@@ -61,6 +90,63 @@ def main(argv: list[str] | None = None) -> int:
         return ops.run_kill(args, args.kill_parser)
     parser.print_help()
     return 2
+
+
+def make_token(user: str, role: str, parser: argparse.ArgumentParser) -> int:
+    """``navi-actor token``: print a comment and the tokens-file line for a new token."""
+    from navi_actor.front import auth
+
+    if not auth.USER_RE.match(user):
+        parser.error(f"--user {user!r}: use 1 to 64 of A-Z a-z 0-9 _ . @ -, starting with a letter or digit")
+    print(f"# bearer token for {user} ({role}); give the first word to the user, keep this line "
+          "in the tokens file (mode 0600)")
+    print(f"{auth.new_token()} {user} {role}")
+    return 0
+
+
+def _secure(cfg: config_mod.Config) -> tuple[int | None, bool] | int:
+    """The supervisor's security set-up, before anything is forked (see navi_actor/sandbox.py).
+
+    Returns (descriptor of NAVI_TOKENS for the front, authentication on), or
+    an exit code when the server must not start.
+    """
+    from navi_actor import sandbox
+    from navi_actor.front import auth
+    from supervisor.causes import EXIT_CANNOT_START
+
+    log = logs.get("navi.serve")
+    # os.environb hands out the stored bytes object itself: no copy of a token is made here.
+    configured = bool(cfg.tokens_file) or sandbox.env_is_set("NAVI_TOKENS")
+    count = 0
+    if configured:
+        def summary() -> str:  # runs in a child: the supervisor never holds the tokens
+            raw = os.environb.get(b"NAVI_TOKENS") if sandbox.env_is_set("NAVI_TOKENS") else None
+            text = None if raw is None else raw.decode("utf-8", "replace")
+            return str(len(auth.load_entries(cfg.tokens_file, text) or ()))
+
+        try:
+            count = int(sandbox.check_in_child(summary))
+        except (RuntimeError, ValueError) as exc:
+            log.error("serve.tokens_unusable", error=str(exc))
+            print(f"navi-actor: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_START
+    if not configured and not auth.is_loopback(cfg.host) and not cfg.insecure_no_auth:
+        log.error("serve.refused_no_auth", host=cfg.host)
+        print(REFUSE_NO_AUTH.format(host=cfg.host or "every address"), file=sys.stderr)
+        return EXIT_CANNOT_START
+    if cfg.insecure_no_auth and configured:
+        log.warning("serve.insecure_no_auth_ignored", tokens=count,
+                    note="tokens are configured, so authentication stays on")
+    elif cfg.insecure_no_auth:
+        log.warning("serve.insecure_no_auth", host=cfg.host,
+                    note="no authentication: anyone who reaches this address can use every session; "
+                         "a proxy in front must authenticate")
+    tokens_fd, dropped = sandbox.secure_supervisor(cfg)
+    if configured:
+        sandbox.set_dumpable(False)
+    log.info("serve.security", auth="on" if configured else "off", tokens=count,
+             env_dropped=dropped, actor_env_allow=cfg.actor_env_allow, actor_rlimits=cfg.actor_rlimits or None)
+    return tokens_fd, configured
 
 
 def _raise_fd_limit() -> None:
@@ -99,6 +185,10 @@ def serve(cfg: config_mod.Config) -> int:
 
     logs.configure("supervisor", cfg.log_format)
     log = logs.get("navi.serve")
+    secured = _secure(cfg)
+    if isinstance(secured, int):
+        return secured
+    tokens_fd, _auth_on = secured
     _raise_fd_limit()
     try:
         spec = agent_loader.load(cfg.agent)
@@ -138,6 +228,7 @@ def serve(cfg: config_mod.Config) -> int:
     from navi_actor import actor as actor_mod
     from navi_actor.front import app as front_app
 
+    actor_mod.prewarm()
     gc.collect()
     gc.freeze()
     agent = [spec]  # replaced on SIGHUP; actors forked later run the new code
@@ -153,12 +244,17 @@ def serve(cfg: config_mod.Config) -> int:
         gc.freeze()
         return None
 
+    from navi_actor import sandbox
+
+    def run_actor(actor_id: str, session_id: str, fd: int, life_fd: int) -> int:
+        """In the forked actor: shed secrets and privileges, apply limits, then serve."""
+        sandbox.enter_actor(cfg)
+        return actor_mod.actor_main(agent[0], cfg, actor_id, session_id, fd, life_fd)
+
     hooks = Hooks(
-        front_main=lambda fd: front_app.front_main(cfg, fd, listen_fd),
-        front_fds=(listen_fd,),
-        actor_main=lambda actor_id, session_id, fd, life_fd: actor_mod.actor_main(
-            agent[0], cfg, actor_id, session_id, fd, life_fd
-        ),
+        front_main=lambda fd: front_app.front_main(cfg, fd, listen_fd, tokens_fd),
+        front_fds=(listen_fd,) if tokens_fd is None else (listen_fd, tokens_fd),
+        actor_main=run_actor,
         on_give_up=lambda: recover("server stopped during this turn"),
         actor_max_rss=cfg.actor_max_rss * 1024 * 1024,
         stop_term_after=cfg.stop_term_after,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     choices: tuple[str, ...] | None = None
+    switch: bool = False  # a flag without a value (``--insecure-no-auth``); env: 1/true/yes/on
 
     @property
     def flag(self) -> str:
@@ -58,6 +60,76 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(f"a port is 0..65535, got {text!r}")
     return value
+
+
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/true/yes/on or 0/false/no/off, got {text!r}")
+
+
+_ORIGIN_RE = re.compile(r"^(?i:(https?))://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?/?$")
+
+
+def normalize_origin(text: str) -> str:
+    """``scheme://host[:port]`` in lower case, without a default port or a trailing slash."""
+    m = _ORIGIN_RE.match(text.strip())
+    if m is None:
+        raise ValueError(f"an origin is scheme://host[:port] with http or https, got {text.strip()!r}")
+    scheme, host, port = m.group(1).lower(), m.group(2).lower(), m.group(3)
+    if port is not None and int(port) > 65535:
+        raise ValueError(f"port out of range in origin {text.strip()!r}")
+    if port is None or (scheme, int(port)) in (("http", 80), ("https", 443)):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
+def _origins(text: str) -> str:
+    """Comma-separated origins, each checked and normalized."""
+    return ",".join(normalize_origin(o) for o in text.split(",") if o.strip())
+
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_names(text: str) -> str:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if not _ENV_NAME_RE.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+    return ",".join(names)
+
+
+#: ``--actor-rlimits`` names → the ``resource`` module's constants.
+RLIMIT_NAMES = {"nofile": "RLIMIT_NOFILE", "nproc": "RLIMIT_NPROC", "as": "RLIMIT_AS"}
+_SIZE_SUFFIX = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def rlimit_values(text: str) -> dict[str, int]:
+    """``nofile=1024,nproc=64,as=2G`` → ``{"nofile": 1024, "nproc": 64, "as": 2147483648}``."""
+    out: dict[str, int] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        name, sep, raw = item.partition("=")
+        name, raw = name.strip().lower(), raw.strip().lower()
+        if not sep or name not in RLIMIT_NAMES:
+            raise ValueError(f"expected NAME=VALUE with NAME one of {', '.join(RLIMIT_NAMES)}, got {item!r}")
+        if name in out:
+            raise ValueError(f"{name} is given twice")
+        m = re.fullmatch(r"(\d+)([kmgt]?)", raw)
+        if m is None or int(m.group(1)) <= 0:
+            raise ValueError(f"{name}: expected a positive integer, optionally with K, M, G or T, got {raw!r}")
+        out[name] = int(m.group(1)) * _SIZE_SUFFIX[m.group(2)]
+    return out
+
+
+def _rlimits(text: str) -> str:
+    values = rlimit_values(text)
+    return ",".join(f"{k}={v}" for k, v in values.items())
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -125,6 +197,57 @@ OPTIONS: tuple[Option, ...] = (
         _positive(float),
         "on shutdown, seconds running turns have to finish before they are stopped",
     ),
+    # ── security (see SECURITY.md) ──
+    Option(
+        "tokens_file",
+        "",
+        str,
+        "file of bearer tokens, one 'TOKEN USER [ROLE]' per line, ROLE user or admin, mode 0600 "
+        "(make one with: navi-actor token --user NAME); NAVI_TOKENS may hold the same lines instead; "
+        "empty with no NAVI_TOKENS: authentication off",
+    ),
+    Option(
+        "insecure_no_auth",
+        False,
+        _switch,
+        "serve a non-loopback address without authentication (only behind a proxy that authenticates); "
+        "logged as a warning at every start",
+        switch=True,
+    ),
+    Option(
+        "allowed_origins",
+        "",
+        _origins,
+        "comma-separated origins (scheme://host[:port]) whose pages may open WebSockets and send "
+        "POST/DELETE requests, besides the server's own origin",
+    ),
+    Option("ws_ticket_ttl", 30.0, _positive(float), "seconds a WebSocket ticket from POST /ws-ticket stays valid"),
+    Option(
+        "rate_limit",
+        120,
+        _non_negative(int),
+        "WebSocket messages a connection may send per minute (token bucket, bursts up to the same number); 0: no limit",
+    ),
+    Option(
+        "upload_max_bytes",
+        20 * 1024 * 1024,
+        _positive(int),
+        "largest upload (POST /sessions/ID/files), in bytes, all files of one request together",
+    ),
+    Option(
+        "actor_env_allow",
+        "NAVI_OPENAI_API_KEY",
+        _env_names,
+        "comma-separated environment variables actors keep although their names look secret "
+        "(*TOKEN*, *SECRET*, *PASSWORD*, *KEY*, …); replaces the default",
+    ),
+    Option(
+        "actor_rlimits",
+        "",
+        _rlimits,
+        "resource limits of each actor process, e.g. nofile=1024,nproc=64,as=2G (nproc counts all "
+        "processes of the server's user); empty: inherited",
+    ),
 )
 
 
@@ -147,6 +270,14 @@ class Config:
     max_actors: int = 256
     warm_actors: int = 2
     drain_timeout: float = 30.0
+    tokens_file: str = ""
+    insecure_no_auth: bool = False
+    allowed_origins: str = ""
+    ws_ticket_ttl: float = 30.0
+    rate_limit: int = 120
+    upload_max_bytes: int = 20 * 1024 * 1024
+    actor_env_allow: str = "NAVI_OPENAI_API_KEY"
+    actor_rlimits: str = ""
 
     @property
     def data_path(self) -> Path:
@@ -174,6 +305,15 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
                 raise argparse.ArgumentTypeError(str(exc)) from None
 
         typed.__name__ = opt.name.replace("_", "-")
+        if opt.switch:
+            parser.add_argument(
+                opt.flag,
+                dest=opt.name,
+                action="store_true",
+                default=default,
+                help=f"{opt.help} [env {opt.env}; default {opt.default}]",
+            )
+            continue
         parser.add_argument(
             opt.flag,
             dest=opt.name,

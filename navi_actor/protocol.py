@@ -7,6 +7,7 @@ machine-readable ``code`` on errors). Pure: no I/O.
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 from typing import Any
 
@@ -14,7 +15,14 @@ import orjson
 
 MAX_IMAGES = 10
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # per image, base64 text after a data: prefix
-#: Largest WebSocket message admitted: 10 images at the limit plus the text.
+MAX_CONTENT_BYTES = 4 * 1024 * 1024  # the message text, UTF-8
+MAX_FILES = 20  # entries of ``files`` per message
+MAX_FILE_NAME = 255  # characters of a ``files`` entry's name
+MAX_FILE_PATH = 4096  # characters of a ``files`` entry's path
+#: Largest WebSocket message admitted: 10 images at the limit (with their
+#: data: prefixes), the longest text and every file entry fit with room to
+#: spare (tests/test_security_inputs.py checks it). A larger message is
+#: closed by aiohttp with 1009 (message too big).
 MAX_WS_MESSAGE = MAX_IMAGES * MAX_IMAGE_BYTES + 8 * 1024 * 1024
 
 # Error codes (the ``code`` field of ``error`` events).
@@ -33,12 +41,17 @@ SESSION_NOT_FOUND = "session_not_found"
 CAPACITY = "capacity"
 KILLED_BY_OPERATOR = "killed_by_operator"
 TURN_TIMEOUT = "turn_timeout"
+INVALID_IMAGE = "invalid_image"
+CONTENT_TOO_LARGE = "content_too_large"
+INVALID_FILE = "invalid_file"
+RATE_LIMITED = "rate_limited"
 
 #: Every ``code`` an ``error`` event can carry (documented in the README).
 ERROR_CODES = (
     INVALID_JSON, INVALID_MESSAGE, TOO_MANY_IMAGES, IMAGE_TOO_LARGE, ALREADY_RUNNING, AGENT_ERROR,
     AGENT_FAILED_TO_START, ACTOR_DIED, ACTOR_PROTOCOL_VIOLATION, SHUTTING_DOWN, STORE_ERROR,
-    SESSION_NOT_FOUND, CAPACITY, KILLED_BY_OPERATOR,
+    SESSION_NOT_FOUND, CAPACITY, KILLED_BY_OPERATOR, INVALID_IMAGE, CONTENT_TOO_LARGE, INVALID_FILE,
+    RATE_LIMITED,
 )
 
 EXPECTED_SHAPE = "Expected {type: 'message', content: '...'}"
@@ -66,8 +79,13 @@ class ClientError(Exception):
         return {"type": "error", "message": self.message, "code": self.code}
 
 
-def parse_client_message(raw: str | bytes) -> UserMessage:
-    """Validate one WebSocket text message; raise :class:`ClientError` if refused."""
+def parse_client_message(raw: str | bytes, *, strict_base64: bool = False) -> UserMessage:
+    """Validate one WebSocket text message; raise :class:`ClientError` if refused.
+
+    ``strict_base64`` (the server's setting) also refuses images that are not
+    canonical base64 (code ``invalid_image``); without it, as in the original
+    endpoint, only their number and size are checked.
+    """
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -77,9 +95,26 @@ def parse_client_message(raw: str | bytes) -> UserMessage:
     content = data.get("content")
     if type(content) is not str or not content:
         raise ClientError(INVALID_MESSAGE, EXPECTED_SHAPE)
+    if len(content) > MAX_CONTENT_BYTES // 4 and len(content.encode("utf-8", "surrogatepass")) > MAX_CONTENT_BYTES:
+        raise ClientError(CONTENT_TOO_LARGE, f"Message text exceeds the limit of {MAX_CONTENT_BYTES // 1048576} MB.")
     images = _parse_images(data.get("images"))
+    if strict_base64:
+        for i, img in enumerate(images):
+            if not is_base64(img):
+                raise ClientError(INVALID_IMAGE, f"Image {i + 1} is not valid base64.")
     files = _parse_files(data.get("files"))
     return UserMessage(content, agent_content(content, len(images), files), images, files)
+
+
+def is_base64(text: str) -> bool:
+    """True for non-empty, canonical base64 (RFC 4648 alphabet, padding, no whitespace)."""
+    if not text or not text.isascii() or len(text) % 4:
+        return False
+    try:
+        binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def _parse_images(raw: Any) -> list[str]:
@@ -107,6 +142,17 @@ def _parse_files(raw: Any) -> list[dict[str, str]]:
     )
     if not ok:
         raise ClientError(INVALID_MESSAGE, "'files' must be a list of {name, path} objects.")
+    if len(raw) > MAX_FILES:
+        raise ClientError(INVALID_MESSAGE, f"Too many files ({len(raw)}). Max {MAX_FILES} allowed.")
+    for f in raw:
+        name, path = f["name"], f["path"]
+        if not name or len(name) > MAX_FILE_NAME or not path or len(path) > MAX_FILE_PATH:
+            raise ClientError(
+                INVALID_MESSAGE,
+                f"A file's name must have 1 to {MAX_FILE_NAME} characters and its path 1 to {MAX_FILE_PATH}.",
+            )
+        if "\0" in path or any(ord(c) < 32 for c in name):
+            raise ClientError(INVALID_MESSAGE, "A file's name or path contains control characters.")
     return [{"name": f["name"], "path": f["path"]} for f in raw]
 
 

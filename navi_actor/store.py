@@ -11,8 +11,10 @@ from __future__ import annotations
 import abc
 import functools
 import json
+import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -22,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
 
 __all__ = [
     "RUN_STATUSES", "FINAL_STATUSES", "SCHEMA_VERSION", "SESSION_ID_RE",
-    "StoreError", "SessionNotFound", "RunNotRunning",
+    "StoreError", "SessionNotFound", "RunNotRunning", "ANY_OWNER",
     "SessionStore", "SQLiteStore", "open_store", "valid_session_id",
 ]
 
@@ -55,8 +57,24 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             created_at REAL)""",
         "CREATE INDEX messages_session ON messages(session_id, id)",
     ),
+    # The user who created the session; NULL: created with authentication off.
+    2: (
+        "ALTER TABLE sessions ADD COLUMN owner TEXT",
+        "CREATE INDEX sessions_owner ON sessions(owner, updated_at)",
+    ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
+
+
+class _AnyOwner:
+    """``list_sessions(owner=ANY_OWNER)``: every session, whoever owns it."""
+
+    def __repr__(self) -> str:
+        return "ANY_OWNER"
+
+
+ANY_OWNER: Any = _AnyOwner()
+_SESSION_COLUMNS = "id, title, created_at, updated_at, last_seq, owner"
 
 
 class StoreError(Exception):
@@ -98,11 +116,11 @@ class SessionStore(abc.ABC):
     """Interface of the session store; see `SQLiteStore` for semantics."""
 
     @abc.abstractmethod
-    def create_session(self, title: str | None = None) -> dict: ...
+    def create_session(self, title: str | None = None, owner: str | None = None) -> dict: ...
     @abc.abstractmethod
     def get_session(self, session_id: str) -> dict | None: ...
     @abc.abstractmethod
-    def list_sessions(self, limit: int = 100, offset: int = 0) -> list[dict]: ...
+    def list_sessions(self, limit: int = 100, offset: int = 0, *, owner: Any = ANY_OWNER) -> list[dict]: ...
     @abc.abstractmethod
     def get_session_detail(self, session_id: str) -> dict | None: ...
     @abc.abstractmethod
@@ -211,7 +229,7 @@ class SQLiteStore(SessionStore):
         if not valid_session_id(session_id):
             return None
         return self._db.execute(
-            "SELECT id, title, created_at, updated_at, last_seq FROM sessions WHERE id = ?",
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?",
             (session_id,)).fetchone()
 
     @staticmethod
@@ -231,14 +249,18 @@ class SQLiteStore(SessionStore):
     # -- sessions ----------------------------------------------------------
 
     @_locked
-    def create_session(self, title: str | None = None) -> dict:
-        """Create a session with a fresh uuid4-hex id and return its dict."""
+    def create_session(self, title: str | None = None, owner: str | None = None) -> dict:
+        """Create a session with a fresh uuid4-hex id and return its dict.
+
+        ``owner`` is the user who creates it (None: authentication is off).
+        """
         now = time.time()
         sid = uuid.uuid4().hex
         with self._tx() as db:
-            db.execute("INSERT INTO sessions (id, title, created_at, updated_at, last_seq)"
-                       " VALUES (?, ?, ?, ?, 0)", (sid, title, now, now))
-        return {"id": sid, "title": title, "created_at": now, "updated_at": now, "last_seq": 0}
+            db.execute("INSERT INTO sessions (id, title, created_at, updated_at, last_seq, owner)"
+                       " VALUES (?, ?, ?, ?, 0, ?)", (sid, title, now, now, owner))
+        return {"id": sid, "title": title, "created_at": now, "updated_at": now, "last_seq": 0,
+                "owner": owner}
 
     @_locked
     def get_session(self, session_id: str) -> dict | None:
@@ -247,12 +269,21 @@ class SQLiteStore(SessionStore):
         return dict(row) if row else None
 
     @_locked
-    def list_sessions(self, limit: int = 100, offset: int = 0) -> list[dict]:
-        """Return sessions, most recently updated first."""
-        rows = self._db.execute(
-            "SELECT id, title, created_at, updated_at, last_seq FROM sessions"
-            " ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?",
-            (max(0, int(limit)), max(0, int(offset)))).fetchall()
+    def list_sessions(self, limit: int = 100, offset: int = 0, *, owner: Any = ANY_OWNER) -> list[dict]:
+        """Return sessions, most recently updated first.
+
+        ``owner``: only that user's sessions (None: those with no owner);
+        ``ANY_OWNER`` (the default): all of them.
+        """
+        page = (max(0, int(limit)), max(0, int(offset)))
+        if owner is ANY_OWNER:
+            rows = self._db.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions"
+                " ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?", page).fetchall()
+        else:
+            rows = self._db.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE owner IS ?"
+                " ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?", (owner, *page)).fetchall()
         return [dict(r) for r in rows]
 
     @_locked
@@ -447,7 +478,7 @@ class SQLiteStore(SessionStore):
 
 
 def open_store(data_dir: str | Path) -> SQLiteStore:
-    """Create `data_dir` (mode 0o700 if new) and open `data_dir/navi.sqlite3`."""
+    """Create `data_dir` (mode 0o700 if new) and open `data_dir/navi.sqlite3` (mode 0o600)."""
     d = Path(data_dir)
     try:
         d.mkdir(mode=0o700, parents=True)
@@ -455,4 +486,22 @@ def open_store(data_dir: str | Path) -> SQLiteStore:
         pass
     else:
         d.chmod(0o700)  # mkdir's mode is reduced by the umask
-    return SQLiteStore(d / DB_FILENAME)
+    path = d / DB_FILENAME
+    _private_file(path)
+    return SQLiteStore(path)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` with mode 0o600, or take group and others' access away from it.
+
+    SQLite creates its -wal and -shm files with the database file's mode, so
+    they are private too.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700)
+        return
+    os.close(fd)

@@ -156,3 +156,178 @@ class _Broken:
 
 def broken_factory() -> _Broken:
     return _Broken()
+
+
+# ── a hostile agent, for tests/test_security_*.py ───────────────────────────
+
+
+def _channel_fd() -> int:
+    """The actor's end of its channel to the front, found without the actor's help.
+
+    Of this process's sockets, the channel and the lifeline are the two the
+    supervisor made (``SO_PEERCRED`` of a socketpair names its creator, our
+    parent); the channel is the non-blocking one (the event loop's), the
+    lifeline is read by a blocking thread.
+    """
+    import fcntl
+    import socket
+    import stat
+    import struct
+
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if sock.family != socket.AF_UNIX:
+                continue
+            pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        finally:
+            sock.close()
+        if pid == os.getppid() and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+            found.append(fd)
+    if len(found) != 1:
+        raise RuntimeError(f"expected one channel socket, found {found}")
+    return found[0]
+
+
+def _scan_memory(needles: list[bytearray]) -> list[bool]:
+    """Whether each needle occurs anywhere in this process's readable memory (but in itself).
+
+    Read through /proc/self/mem into one reused mmap buffer (skipped in the
+    scan), so the scan makes no copy of what it finds.
+    """
+    import mmap
+
+    chunk = 1 << 20
+    longest = max(len(n) for n in needles)
+    buf = mmap.mmap(-1, chunk)
+    view = memoryview(buf)
+    buf_addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    own = {ctypes.addressof(ctypes.c_char.from_buffer(n)) for n in needles}
+    found = [False] * len(needles)
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        for line in maps:
+            fields = line.split()
+            if fields[1][0] != "r" or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]", "[vvar_vclock]")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= buf_addr < end:
+                continue
+            pos = start
+            while pos < end:
+                want = min(chunk, end - pos)
+                try:
+                    got = os.preadv(fd, [view[:want]], pos)
+                except OSError:
+                    break
+                if got <= 0:
+                    break
+                for i, needle in enumerate(needles):
+                    j = buf.find(needle, 0, got)
+                    while j >= 0 and not found[i]:
+                        if pos + j not in own:
+                            found[i] = True
+                        j = buf.find(needle, j + 1, got)
+                if got < want or pos + got >= end:
+                    pos += got
+                else:
+                    pos += got - longest + 1  # overlap: a needle across the chunk boundary is seen
+    finally:
+        os.close(fd)
+        view.release()
+    return found
+
+
+def _peek(path: str, needles: list[bytearray]) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except PermissionError:
+        return "denied"
+    except OSError as exc:
+        return f"error {exc.errno}"
+    return "found" if any(n in data for n in needles) else "clean"
+
+
+async def hostile(turn: Turn) -> AsyncIterator[Any]:
+    """A hostile agent: the first word picks what it does.
+
+    - ``garbage`` / ``oversize`` / ``badseq`` / ``otherrun``: one delta, then
+      writes straight to its channel socket a frame that is not JSON, a length
+      over the limit, an event whose seq does not follow, or a ``turn_done``
+      for another run; then waits to be killed
+    - ``probe PID [HEX…]``: reports (as JSON text) the environment's names,
+      whether any needle (hex) is in its environment, its memory, its parent's
+      (the supervisor's) /proc environ and fd list, and process PID's (the
+      front's) /proc mem; plus its resource limits and no_new_privs
+    - ``slow N DELAY``: N deltas DELAY seconds apart, honouring stop
+    - anything else: echoes the words
+    """
+    import json
+    import resource
+    import struct
+
+    import orjson
+
+    from navi_actor import framing
+
+    words = turn.display_content.split()
+    cmd, args = (words[0], words[1:]) if words else ("", [])
+    if cmd in ("garbage", "oversize", "badseq", "otherrun"):
+        yield TextDelta("about to misbehave ")
+        await asyncio.sleep(0)  # let the actor write the delta to its pipe
+        await asyncio.sleep(0)
+        if cmd == "garbage":
+            data = b"\x00\x00\x00\x0bnot json!!\x00"
+        elif cmd == "oversize":
+            data = struct.pack(">I", framing.MAX_ACTOR_FRAME + 1) + b"x" * 16
+        elif cmd == "badseq":
+            data = framing.event_frame(orjson.dumps({"type": "stream_delta", "delta": "forged", "seq": 10**12}))
+        else:
+            result = {"status": "done", "content": "forged", "thinking": "", "tool_calls": [], "last_seq": 999,
+                      "stats": {}}
+            data = framing.control({"op": "turn_done", "run_id": "not-" + turn.run_id,
+                                    "final": {"type": "stream_end", "seq": 999, "run_id": "x"}, "result": result})
+        os.write(_channel_fd(), data)
+        await _wait(turn, 30)  # the front kills us long before
+        yield TextDelta("still alive")
+    elif cmd == "probe":
+        front_pid, needles = int(args[0]), [bytearray.fromhex(h) for h in args[1:]]
+        report: dict[str, Any] = {"environ": sorted(os.environ)}
+        if needles:
+            report["proc_environ"] = _peek("/proc/self/environ", needles)
+            report["memory"] = _scan_memory(needles)
+            report["parent_environ"] = _peek(f"/proc/{os.getppid()}/environ", needles)
+            report["front_environ"] = _peek(f"/proc/{front_pid}/environ", needles)
+        try:
+            os.listdir(f"/proc/{os.getppid()}/fd")
+            report["parent_fds"] = "readable"
+        except PermissionError:
+            report["parent_fds"] = "denied"
+        try:
+            os.close(os.open(f"/proc/{front_pid}/mem", os.O_RDONLY))
+            report["front_mem"] = "readable"
+        except PermissionError:
+            report["front_mem"] = "denied"
+        report["rlimits"] = {name: resource.getrlimit(getattr(resource, f"RLIMIT_{name.upper()}"))[0]
+                             for name in ("nofile", "nproc", "as")}
+        with open("/proc/self/status") as f:
+            report["no_new_privs"] = next(ln.split()[1] for ln in f if ln.startswith("NoNewPrivs:")) == "1"
+        yield TextDelta(json.dumps(report))
+    elif cmd == "slow":
+        for i in range(int(args[0])):
+            yield TextDelta(f"w{i} ")
+            if await _wait(turn, float(args[1])):
+                return
+    else:
+        for w in words:
+            yield TextDelta(w + " ")

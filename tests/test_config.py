@@ -105,6 +105,14 @@ def test_every_option_is_read_from_its_env_var():
         "NAVI_MAX_ACTORS": "8",
         "NAVI_WARM_ACTORS": "0",
         "NAVI_DRAIN_TIMEOUT": "10",
+        "NAVI_TOKENS_FILE": "/etc/navi/tokens",
+        "NAVI_INSECURE_NO_AUTH": "1",
+        "NAVI_ALLOWED_ORIGINS": "https://a.example",
+        "NAVI_WS_TICKET_TTL": "10",
+        "NAVI_RATE_LIMIT": "30",
+        "NAVI_UPLOAD_MAX_BYTES": "1048576",
+        "NAVI_ACTOR_ENV_ALLOW": "X_KEY",
+        "NAVI_ACTOR_RLIMITS": "nofile=64",
     }
     assert set(environ) == {o.env for o in OPTIONS}
     assert from_namespace(parse(environ=environ)) == Config(
@@ -112,6 +120,9 @@ def test_every_option_is_read_from_its_env_var():
         idle_timeout=30.5, heartbeat_interval=5.0, stop_grace=0.5, stop_term_after=3.0,
         stop_kill_after=1.0, replay_max_bytes=1024, client_max_pending_bytes=2048, turn_timeout=60.0,
         actor_max_rss=512, max_actors=8, warm_actors=0, drain_timeout=10.0,
+        tokens_file="/etc/navi/tokens", insecure_no_auth=True, allowed_origins="https://a.example",
+        ws_ticket_ttl=10.0, rate_limit=30, upload_max_bytes=1048576, actor_env_allow="X_KEY",
+        actor_rlimits="nofile=64",
     )
 
 

@@ -351,3 +351,64 @@ def test_recover_interrupted_keeps_runs_still_alive(tmp_path):
     store.begin_run(b, "run-b", content="y", agent_content="y")
     assert store.recover_interrupted("gone", keep={"run-a"}) == ["run-b"]
     assert [r["id"] for r in store.running_runs()] == ["run-a"]
+
+
+# ── schema version 2: owners ────────────────────────────────────────────────
+
+
+def test_version_1_file_is_migrated_keeping_every_row(tmp_path):
+    """A version 1 file gets the owner column (NULL for its sessions) and keeps its sessions, runs and messages."""
+    d = tmp_path / "data"
+    d.mkdir()
+    conn = sqlite3.connect(d / "navi.sqlite3")
+    for statement in store_mod._MIGRATIONS[1]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO sessions VALUES ('old', 'Old chat', 1.0, 2.0, 7)")
+    conn.execute("INSERT INTO runs (id, session_id, status, started_at, first_seq, last_seq)"
+                 " VALUES ('r1', 'old', 'done', 1.0, 1, 7)")
+    conn.execute("INSERT INTO messages (session_id, run_id, role, content, data, created_at)"
+                 " VALUES ('old', 'r1', 'user', 'hi', '{}', 1.0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    s = open_store(d)
+    try:
+        assert s._user_version() == SCHEMA_VERSION == 2
+        assert s.get_session("old") == {"id": "old", "title": "Old chat", "created_at": 1.0, "updated_at": 2.0,
+                                         "last_seq": 7, "owner": None}
+        detail = s.get_session_detail("old")
+        assert [m["content"] for m in detail["messages"]] == ["hi"] and detail["runs"][0]["id"] == "r1"
+        assert s.begin_run("old", "r2", content="again", agent_content="again") == 7
+        assert [x["id"] for x in s.list_sessions(owner=None)] == ["old"]
+    finally:
+        s.close()
+
+
+def test_sessions_have_owners_and_lists_filter_by_owner(store):
+    """create_session records the owner; list_sessions gives one owner's, the unowned, or (by default) all."""
+    a = store.create_session("a", owner="alice")
+    b = store.create_session("b", owner="bob")
+    n = store.create_session("n")
+    assert a["owner"] == "alice" and store.get_session(a["id"])["owner"] == "alice"
+    assert store.get_session_detail(b["id"])["owner"] == "bob"
+    assert [s["id"] for s in store.list_sessions(owner="alice")] == [a["id"]]
+    assert [s["id"] for s in store.list_sessions(owner=None)] == [n["id"]]
+    assert {s["id"] for s in store.list_sessions()} == {a["id"], b["id"], n["id"]}
+    assert store.list_sessions(owner="nobody") == []
+
+
+def test_database_file_is_private(tmp_path):
+    """The database file is created 0600, and an existing one readable by others is made 0600."""
+    d = tmp_path / "data"
+    s = open_store(d)
+    s.create_session()
+    s.close()
+    for name in ("navi.sqlite3",):
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o600
+    (d / "navi.sqlite3").chmod(0o644)
+    s = open_store(d)
+    try:
+        assert stat.S_IMODE((d / "navi.sqlite3").stat().st_mode) == 0o600
+        assert stat.S_IMODE((d / "navi.sqlite3-wal").stat().st_mode) == 0o600
+    finally:
+        s.close()

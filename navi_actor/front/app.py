@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,20 @@ from aiohttp import WSMsgType, web
 
 from navi_actor import logs, protocol
 from navi_actor.config import Config
+from navi_actor.front import auth, uploads
+from navi_actor.front.auth import can_see, principal_of
 from navi_actor.front.metrics import CONTENT_TYPE
+from navi_actor.front.ratelimit import TokenBucket
 from navi_actor.front.runtime import Runtime
 from navi_actor.front.viewer import Viewer
-from navi_actor.store import open_store, valid_session_id
+from navi_actor.store import ANY_OWNER, open_store, valid_session_id
 from supervisor.causes import EXIT_CANNOT_START
 
 log = logs.get("navi.front.http")
 
 RUNTIME = web.AppKey("runtime", Runtime)
+GUARD = web.AppKey("guard", auth.Guard)
+TITLE_MAX = 200
 CLOSE_NOT_FOUND = 4004
 CLOSE_BAD_REQUEST = 4400
 
@@ -53,18 +59,33 @@ async def _read_json(request: web.Request) -> Any:
 # ── HTTP ────────────────────────────────────────────────────────────────────
 
 
+async def _visible_session(request: web.Request, sid: str) -> dict[str, Any] | None:
+    """The session, if it exists and the request's principal may see it.
+
+    None either way: another user's session answers exactly like one that
+    does not exist.
+    """
+    rt = request.app[RUNTIME]
+    session = await rt.store(rt.store_backend.get_session, sid)
+    return session if can_see(principal_of(request), session) else None
+
+
 async def create_session(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    owner = principal_of(request).user
     body = await _read_json(request)
     title = body.get("title") if isinstance(body, dict) else None
     if not isinstance(body, dict) or (title is not None and not isinstance(title, str)):
         return _error(400, "Expected {title?: string}", protocol.INVALID_MESSAGE)
-    session = await rt.store(rt.store_backend.create_session, title)
+    if title is not None and len(title) > TITLE_MAX:
+        return _error(400, f"The title may have at most {TITLE_MAX} characters.", protocol.INVALID_MESSAGE)
+    session = await rt.store(rt.store_backend.create_session, title, owner)
     return _json(session, 201)
 
 
 async def list_sessions(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    principal = principal_of(request)
     try:
         limit = int(request.query.get("limit", "100"))
         offset = int(request.query.get("offset", "0"))
@@ -72,7 +93,15 @@ async def list_sessions(request: web.Request) -> web.Response:
         return _error(400, "limit and offset must be integers", "invalid_query")
     if not (1 <= limit <= 1000 and offset >= 0):
         return _error(400, "limit must be 1..1000 and offset >= 0", "invalid_query")
-    sessions = await rt.store(rt.store_backend.list_sessions, limit, offset)
+    every = request.query.get("all", "0")
+    if every not in ("0", "1", "true", "false"):
+        return _error(400, "all must be 1 or 0", "invalid_query")
+    owner: Any = principal.user  # one's own sessions
+    if principal.user is None or (every in ("1", "true") and principal.is_admin):
+        owner = ANY_OWNER  # authentication off, or an admin who asks for all
+    elif every in ("1", "true"):
+        return _error(403, "Only an admin may list every user's sessions.", auth.FORBIDDEN)
+    sessions = await rt.store(rt.store_backend.list_sessions, limit, offset, owner=owner)
     for s in sessions:
         run = rt.runs.get(s["id"])
         s["running_run_id"] = run.run_id if run else None
@@ -83,8 +112,9 @@ async def get_session(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     sid = request.match_info["session_id"]
     detail = await rt.store(rt.store_backend.get_session_detail, sid)
-    if detail is None:
+    if not can_see(principal_of(request), detail):
         return _not_found()
+    assert detail is not None
     run = rt.runs.get(sid)
     detail["running_run_id"] = run.run_id if run else None
     return _json(detail)
@@ -93,7 +123,7 @@ async def get_session(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     sid = request.match_info["session_id"]
-    if await rt.store(rt.store_backend.get_session, sid) is None:
+    if await _visible_session(request, sid) is None:
         return _not_found()
     run = rt.runs.get(sid)
     if run is not None:
@@ -109,14 +139,45 @@ async def delete_session(request: web.Request) -> web.Response:
     actor = rt.actors.get(sid)
     if actor is not None:
         rt.retire(actor)
+    rt.session_owners.pop(sid, None)
+    await asyncio.get_running_loop().run_in_executor(None, uploads.remove_session_dir, rt.config.data_path, sid)
     return _json({"ok": True, "id": sid})
 
 
 async def stop_session(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    if rt.stop(request.match_info["session_id"]):
+    sid = request.match_info["session_id"]
+    # Another user's session answers like one with no run, as an unknown session does.
+    if (principal_of(request).user is None or await _visible_session(request, sid) is not None) and rt.stop(sid):
         return _json({"ok": True})
     return _json({"ok": False, "reason": "no active run"})
+
+
+async def upload_files(request: web.Request) -> web.Response:
+    """``POST /sessions/{id}/files`` (multipart): store the files; answer the ``files`` entries naming them."""
+    rt = request.app[RUNTIME]
+    sid = request.match_info["session_id"]
+    if not valid_session_id(sid) or await _visible_session(request, sid) is None:
+        return _not_found()
+    try:
+        files = await uploads.receive(request, rt.config.data_path, sid, rt.config.upload_max_bytes)
+    except uploads.UploadError as exc:
+        return _error(exc.status, exc.message, exc.code)
+    log.info("front.upload", session_id=sid, files=len(files))
+    return _json({"files": files}, 201)
+
+
+async def ws_ticket(request: web.Request) -> web.Response:
+    """``POST /ws-ticket``: a single-use ticket for ``/ws/sessions/ID?ticket=…``, for browsers."""
+    guard = request.app[GUARD]
+    ticket = guard.tickets.issue(principal_of(request))
+    return _json({"ticket": ticket, "expires_in": guard.tickets.ttl})
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """``GET /me``: whether authentication is on, and who the token belongs to."""
+    principal = principal_of(request)
+    return _json({"auth": request.app[GUARD].enabled, "user": principal.user, "role": principal.role})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -151,18 +212,28 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if bad_after:  # closed with a reason: a browser cannot read an HTTP error on an upgrade
         await ws.close(code=CLOSE_BAD_REQUEST, message=b"after must be a non-negative integer seq")
         return ws
-    exists = valid_session_id(sid) and await rt.store(rt.store_backend.get_session, sid) is not None
-    if not exists:
+    session = await _visible_session(request, sid) if valid_session_id(sid) else None
+    if session is None:  # unknown, or another user's: the same answer
         await ws.close(code=CLOSE_NOT_FOUND, message=b"Session not found")
         return ws
+    if session.get("owner"):
+        rt.session_owners[sid] = session["owner"]  # reported with its actor (navi-actor ps, GET /runs)
+    guard = request.app[GUARD]
+    bucket = TokenBucket(rt.config.rate_limit)
     await rt.reconciled.wait()  # after a front restart: runs are adopted before anyone attaches
     viewer = Viewer(ws, request, sid, rt.config.client_max_pending_bytes)
     log.info("front.ws_connected", session_id=sid, viewer=viewer.id, after=after)
     rt.attach(viewer, after)
     try:
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await _on_client_message(rt, viewer, msg.data)
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not bucket.take():
+                wait = max(1, round(bucket.retry_after()))
+                viewer.send(orjson.dumps(protocol.ClientError(
+                    protocol.RATE_LIMITED,
+                    f"Too many messages: at most {rt.config.rate_limit} a minute. Try again in {wait} s.",
+                ).event()))
+            elif msg.type == WSMsgType.TEXT:
+                await _on_client_message(rt, guard, viewer, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 viewer.send(orjson.dumps(protocol.ClientError(protocol.INVALID_MESSAGE, protocol.EXPECTED_SHAPE).event()))
             elif msg.type == WSMsgType.ERROR:
@@ -170,12 +241,22 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         rt.detach(viewer)
         log.info("front.ws_disconnected", session_id=sid, viewer=viewer.id)
+        for gone in [s for s in rt.session_owners if s not in rt.viewers and s not in rt.actors]:
+            del rt.session_owners[gone]
     return ws
 
 
-async def _on_client_message(rt: Runtime, viewer: Viewer, raw: str) -> None:
+async def _on_client_message(rt: Runtime, guard: auth.Guard, viewer: Viewer, raw: str) -> None:
     try:
-        message = protocol.parse_client_message(raw)
+        message = protocol.parse_client_message(raw, strict_base64=True)
+        if message.files and guard.confine_files:
+            files = uploads.confine(rt.config.data_path, viewer.session_id, message.files)
+            message = protocol.UserMessage(
+                message.display_content,
+                protocol.agent_content(message.display_content, len(message.images), files),
+                message.images,
+                files,
+            )
         await rt.start_turn(viewer, message)
     except protocol.ClientError as err:
         viewer.send(orjson.dumps(err.event()))
@@ -238,12 +319,33 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     if ctype is None or name.startswith(".") or not path.is_file():
         raise web.HTTPNotFound()
     charset = "; charset=utf-8" if ctype.startswith("text/") else ""
-    return web.FileResponse(path, headers={"Content-Type": ctype + charset, "Cache-Control": "no-cache"})
+    return web.FileResponse(path, headers={"Content-Type": ctype + charset, "Cache-Control": "no-cache",
+                                           **PAGE_HEADERS})
 
 
-def make_app(runtime: Runtime) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024)
+#: The chat page may load only its own files and talk only to its own server;
+#: no other site may frame it (clickjacking). Agent text is never HTML anyway.
+#: 'unsafe-eval' only because Playwright's wait_for_function (tests/test_browser.py)
+#: evaluates strings in the page; inline scripts stay refused. Drop it once the
+#: browser tests' context sets bypass_csp=True.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self'; "
+                               "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def make_app(runtime: Runtime, guard: auth.Guard | None = None) -> web.Application:
+    guard = guard if guard is not None else auth.Guard(runtime.config, None)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[guard.middleware])
     app[RUNTIME] = runtime
+    app[GUARD] = guard
+    app.router.add_post("/ws-ticket", ws_ticket)
+    app.router.add_get("/me", whoami)
+    app.router.add_post("/sessions/{session_id}/files", upload_files)
     app.router.add_get("/", static_file)
     app.router.add_get("/static/{name:[A-Za-z0-9_-][A-Za-z0-9_.-]*}", static_file)
     app.router.add_post("/sessions", create_session)
@@ -262,19 +364,27 @@ def make_app(runtime: Runtime) -> web.Application:
 # ── process main ────────────────────────────────────────────────────────────
 
 
-def front_main(config: Config, fd: int, listen_fd: int) -> int:
+def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = None) -> int:
     """Entry point of the forked front process; returns its exit code.
 
     ``fd`` is the channel to the supervisor; ``listen_fd`` the listening
-    socket, which the supervisor owns so it survives a front restart.
+    socket, which the supervisor owns so it survives a front restart;
+    ``tokens_fd`` a memfd holding NAVI_TOKENS (the supervisor keeps its own
+    descriptor for the next front; this one is closed once read).
     """
     import uvloop
 
     logs.configure("front", config.log_format)
-    return uvloop.run(_serve(config, fd, listen_fd))
+    try:
+        guard = auth.load_guard(config, tokens_fd)
+    except auth.AuthConfigError as exc:
+        log.error("front.auth_unusable", error=str(exc))
+        print(f"navi-actor: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CANNOT_START
+    return uvloop.run(_serve(config, fd, listen_fd, guard))
 
 
-async def _serve(config: Config, fd: int, listen_fd: int) -> int:
+async def _serve(config: Config, fd: int, listen_fd: int, guard: auth.Guard | None = None) -> int:
     loop = asyncio.get_running_loop()
     try:
         store = open_store(config.data_path)
@@ -282,7 +392,7 @@ async def _serve(config: Config, fd: int, listen_fd: int) -> int:
         log.error("front.store_unusable", error=str(exc), data_dir=str(config.data_path))
         return EXIT_CANNOT_START
     runtime = Runtime(config, store, fd)
-    app = make_app(runtime)
+    app = make_app(runtime, guard)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     listener = socket.socket(fileno=listen_fd)

@@ -95,6 +95,8 @@ class Runtime:
         self.replays_served = 0
         self._control_seq = 0
         self._control_waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        #: session id → its owner (user id), set by the HTTP layer when a viewer connects; for push_status.
+        self.session_owners: dict[str, str] = {}
         self.loop.call_soon(lambda: self.loop.create_task(self._reconcile()))
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -551,7 +553,7 @@ class Runtime:
                 "idle_since": time.time() - (time.monotonic() - actor.idle_since) if run is None else None,
                 "events": run.events if run else 0,
                 "viewers": len(self.viewers.get(actor.session_id, ())),
-                "owner": None,
+                "owner": self.session_owners.get(actor.session_id),
             }
         self.link.send({"op": "status", "actors": actors})
 

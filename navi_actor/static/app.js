@@ -30,12 +30,37 @@
     }
   }
 
-  /** Builds every URL and header the page uses. A login would set `token`;
-   *  `headers()` and `socketUrl()` are the only places that would read it. */
+  const TOKEN_KEY = "navi.token";
+
+  /** Builds every URL and header the page uses, and holds the login.
+   *
+   *  With authentication on, the token (kept in sessionStorage: this tab
+   *  only, gone when it closes) goes in the Authorization header of every
+   *  fetch. A WebSocket cannot carry that header, so each connect first trades
+   *  the token for a single-use ticket (POST /ws-ticket, valid for seconds)
+   *  and puts only the ticket in the URL. `onUnauthorized` is called when the
+   *  server refuses the token. */
   class Api {
     constructor(base) {
       this.base = new URL(base);
       this.token = null;
+      this.authOn = false; // learnt from GET /me
+      this.onUnauthorized = null;
+      try {
+        this.token = window.sessionStorage.getItem(TOKEN_KEY);
+      } catch {
+        // storage disabled: the login lasts as long as the page
+      }
+    }
+
+    setToken(token) {
+      this.token = token || null;
+      try {
+        if (this.token) window.sessionStorage.setItem(TOKEN_KEY, this.token);
+        else window.sessionStorage.removeItem(TOKEN_KEY);
+      } catch {
+        // storage disabled
+      }
     }
 
     url(path, params) {
@@ -53,8 +78,8 @@
     }
 
     socketUrl(path, params) {
-      // Browsers cannot set headers on a WebSocket: a token would travel here
-      // (a query parameter or a cookie set at login).
+      // Browsers cannot set headers on a WebSocket: a single-use ticket travels
+      // here when authentication is on, never the token.
       const url = this.url(path, params);
       url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
       return url.href;
@@ -81,9 +106,17 @@
       }
       if (!response.ok) {
         const message = (data && data.error) || `The server answered ${response.status}.`;
+        if (response.status === 401 && this.onUnauthorized && path !== "/me") this.onUnauthorized(message);
         throw new ApiError(message, (data && data.code) || "http_error", response.status);
       }
       return data;
+    }
+
+    /** {auth, user, role}; learns whether a login is needed (401: the token is missing or wrong). */
+    async whoami() {
+      const me = await this.request("GET", "/me");
+      this.authOn = !!(me && me.auth);
+      return me;
     }
 
     listSessions() { return this.request("GET", "/sessions", { params: { limit: 100 } }); }
@@ -91,8 +124,11 @@
     getSession(id) { return this.request("GET", `/sessions/${encodeURIComponent(id)}`); }
     deleteSession(id) { return this.request("DELETE", `/sessions/${encodeURIComponent(id)}`); }
     stop(id) { return this.request("POST", `/sessions/${encodeURIComponent(id)}/stop`); }
-    socket(id, after) {
-      return new WebSocket(this.socketUrl(`/ws/sessions/${encodeURIComponent(id)}`, { after }));
+    /** A WebSocket for a session (a promise): with a fresh ticket when authentication is on. */
+    async socket(id, after) {
+      const params = { after };
+      if (this.authOn) params.ticket = (await this.request("POST", "/ws-ticket")).ticket;
+      return new WebSocket(this.socketUrl(`/ws/sessions/${encodeURIComponent(id)}`, params));
     }
   }
 
@@ -508,18 +544,26 @@
       this.attempt = 0;
       this.timer = null;
       this.closed = false;
+      this.connecting = false; // waiting for a ticket before the socket exists
       this.lastFrameAt = Date.now();
     }
 
-    connect() {
-      if (this.closed) return;
+    async connect() {
+      if (this.closed || this.connecting) return;
       clearTimeout(this.timer);
       this.timer = null;
+      this.connecting = true;
       let ws;
       try {
-        ws = this.api.socket(this.sessionId, this.handlers.resumeAfter());
+        ws = await this.api.socket(this.sessionId, this.handlers.resumeAfter());
       } catch (err) {
-        this.retry();
+        this.connecting = false;
+        if (err.status !== 401) this.retry(); // 401: the login takes over
+        return;
+      }
+      this.connecting = false;
+      if (this.closed) {
+        ws.close(1000);
         return;
       }
       this.ws = ws;
@@ -567,7 +611,7 @@
 
     /** Skip the rest of the backoff (the network is back, the tab is visible). */
     retryNow() {
-      if (!this.closed && !this.ws && this.timer) this.connect();
+      if (!this.closed && !this.ws && !this.connecting && this.timer) this.connect();
     }
 
     /** Drop a socket that went silent and start over. */
@@ -927,6 +971,12 @@
       this.atBottom = true;
       this.sessionsTimer = null;
       this.controls = { running: false, stopping: false, pending: false };
+      this.booted = false; // GET /me answered: the session list and routes may load
+      this.loginEl = $("login");
+      this.loginForm = $("login-form");
+      this.tokenInput = $("token-input");
+      this.loginError = $("login-error");
+      this.whoEl = $("whoami");
 
       this.emptyEl.remove(); // shown by showEmpty()
       renderQueue.onFlush = () => this.followBottom();
@@ -972,12 +1022,59 @@
       setInterval(() => this.watchdog(), 5000);
 
       this.setControls(this.controls);
+      this.api.onUnauthorized = (message) => this.showLogin(message);
+      this.loginForm.addEventListener("submit", (e) => { e.preventDefault(); this.login(); });
+      $("sign-out").addEventListener("click", () => this.logout());
+      this.boot();
+    }
+
+    // — login (only when the server has authentication on) —
+    /** Ask the server who we are; without a token it accepts, show the login first. */
+    async boot() {
+      let me;
+      try {
+        me = await this.api.whoami();
+      } catch (err) {
+        if (err.status === 401) return this.showLogin(this.api.token ? "That token was not accepted." : null);
+        this.sessionNote.textContent = `Could not reach the server: ${err.message}`;
+        this.sessionNote.hidden = false;
+        return;
+      }
+      this.loginEl.hidden = true;
+      this.whoEl.hidden = !me.auth;
+      document.getElementById("user-name").textContent = me.auth ? `${me.user} (${me.role})` : "";
+      this.booted = true;
       this.loadSessions();
       this.route();
     }
 
+    showLogin(message) {
+      this.booted = false;
+      this.closeSession(false);
+      this.sessionList.replaceChildren();
+      this.whoEl.hidden = true;
+      this.loginError.textContent = message || "";
+      this.loginError.hidden = !message;
+      this.loginEl.hidden = false;
+      this.tokenInput.focus();
+    }
+
+    login() {
+      const token = this.tokenInput.value.trim();
+      if (!token) return;
+      this.tokenInput.value = "";
+      this.api.setToken(token);
+      this.boot();
+    }
+
+    logout() {
+      this.api.setToken(null);
+      this.showLogin(null);
+    }
+
     // — routing and sessions —
     route() {
+      if (!this.booted) return; // boot() routes once it knows whether a login is needed
       const match = /^#session=([A-Za-z0-9_-]{1,64})$/.exec(location.hash);
       const id = match ? match[1] : null;
       if (!id) return this.closeSession(false);

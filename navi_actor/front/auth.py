@@ -1,0 +1,423 @@
+"""Who may do what: bearer tokens, WebSocket tickets, origins, and the HTTP guard.
+
+Authentication is on when tokens are configured, in a tokens file
+(``--tokens-file``) or in ``NAVI_TOKENS``, in one format: one entry per line
+(``NAVI_TOKENS`` may also separate entries with ``;``)::
+
+    # TOKEN                                         USER   ROLE (user or admin; default user)
+    q3J0…                                           alice  admin
+    Zk1p…                                           bob
+
+The tokens are read here, in the front, after it is forked: the supervisor
+never reads them (it forks actors, which must not inherit them). Only their
+SHA-256 digests are kept, compared with :func:`hmac.compare_digest` against
+every entry, so neither a lookup's time nor an error message tells anything
+about a token.
+
+A browser cannot set headers on a WebSocket, so it trades its token for a
+short-lived, single-use ticket (``POST /ws-ticket``) and opens
+``/ws/sessions/ID?ticket=…`` with it. Programs may send the header instead.
+
+The guard (:meth:`Guard.middleware`) runs before every handler:
+
+* with authentication off and no ``--insecure-no-auth`` (the development
+  default, bound to loopback), the ``Host`` header must be a loopback name or
+  an allowed origin's host, so a page on another site cannot reach the server
+  through DNS rebinding;
+* a request that carries an ``Origin`` header and opens a WebSocket or
+  changes something (POST, PUT, PATCH, DELETE) must come from the server's own
+  origin or one of ``--allowed-origins`` (403 otherwise), so a hostile page
+  cannot drive a user's session (cross-site WebSocket hijacking, CSRF);
+  programs send no ``Origin`` and are not affected;
+* every route but the chat page's files and ``/healthz`` needs a principal:
+  401 without a valid token (or ticket), 403 for a ``user`` on the
+  operators' routes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+import stat
+import time
+from typing import Any, Awaitable, Callable, Iterable
+
+import orjson
+from aiohttp import web
+
+from navi_actor import logs
+from navi_actor.config import Config, normalize_origin
+
+log = logs.get("navi.front.auth")
+
+ROLES = ("user", "admin")
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_.~+/=-]{20,512}$")
+MAX_TOKENS_TEXT = 1024 * 1024
+PRINCIPAL = "navi.principal"  # the request's key for its Principal
+
+#: Routes anyone may fetch: the chat page, its files, and the health check.
+PUBLIC_ROUTES = frozenset({"/", "/static/{name}", "/healthz"})
+#: Routes for operators: an ``admin`` token when authentication is on.
+ADMIN_ROUTES = frozenset({"/runs", "/runs/{session_id}/kill", "/metrics"})
+WS_ROUTE = "/ws/sessions/{session_id}"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOCAL_HOSTS = frozenset({"localhost", "localhost."})
+
+# Error codes of the HTTP answers the guard gives.
+UNAUTHORIZED = "unauthorized"
+FORBIDDEN = "forbidden"
+ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+HOST_NOT_ALLOWED = "host_not_allowed"
+
+
+class AuthConfigError(Exception):
+    """The tokens are unusable; the message says where and how to fix it (never the token)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """Who sent a request. ``user`` is None when authentication is off."""
+
+    user: str | None
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+#: The principal of every request when authentication is off: the operator.
+LOCAL = Principal(None, "admin")
+
+
+# ── tokens ──────────────────────────────────────────────────────────────────
+
+
+def parse_tokens(text: str, where: str, *, semicolons: bool = False) -> list[tuple[str, str, str]]:
+    """``(token, user, role)`` for each entry of ``text``; raise AuthConfigError naming the line.
+
+    Blank lines and lines starting with ``#`` are skipped. ``semicolons``
+    (``NAVI_TOKENS``) lets ``;`` separate entries too.
+    """
+    entries: list[tuple[str, str, str]] = []
+    seen: dict[str, int] = {}
+    lines = text.splitlines()
+    if semicolons:
+        lines = [part for line in lines for part in line.split(";")]
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        words = line.split()
+        if len(words) not in (2, 3):
+            raise AuthConfigError(f"{where}, entry {n}: expected 'TOKEN USER [ROLE]'")
+        token, user = words[0], words[1]
+        role = words[2] if len(words) == 3 else "user"
+        if not TOKEN_RE.match(token):
+            raise AuthConfigError(
+                f"{where}, entry {n}: the token must be 20 to 512 characters of A-Z a-z 0-9 _ . ~ + / = - "
+                "(make one with: navi-actor token --user NAME)"
+            )
+        if not USER_RE.match(user):
+            raise AuthConfigError(
+                f"{where}, entry {n}: the user {user[:64]!r} must be 1 to 64 characters of "
+                "A-Z a-z 0-9 _ . @ -, starting with a letter or digit"
+            )
+        if role not in ROLES:
+            raise AuthConfigError(f"{where}, entry {n}: the role {role[:20]!r} must be 'user' or 'admin'")
+        if token in seen:
+            raise AuthConfigError(f"{where}, entries {seen[token]} and {n} have the same token")
+        seen[token] = n
+        entries.append((token, user, role))
+    return entries
+
+
+def read_tokens_file(path: str) -> str:
+    """The text of a tokens file; refuse one that others may read or change."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise AuthConfigError(f"cannot open the tokens file {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise AuthConfigError(f"the tokens file {path} is not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise AuthConfigError(
+                f"the tokens file {path} is accessible by group or others (mode {mode:04o}); "
+                f"run: chmod 600 {path}"
+            )
+        if info.st_uid not in (os.getuid(), 0):
+            raise AuthConfigError(
+                f"the tokens file {path} belongs to uid {info.st_uid}, neither this user ({os.getuid()}) nor root"
+            )
+        if info.st_size > MAX_TOKENS_TEXT:
+            raise AuthConfigError(f"the tokens file {path} is larger than {MAX_TOKENS_TEXT} bytes")
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthConfigError(f"the tokens file {path} is not UTF-8 text") from None
+
+
+def load_entries(tokens_file: str, env_text: str | None) -> list[tuple[str, str, str]] | None:
+    """The configured tokens; None when none are configured (authentication off)."""
+    if tokens_file and env_text is not None:
+        raise AuthConfigError("both --tokens-file (NAVI_TOKENS_FILE) and NAVI_TOKENS are set; keep one")
+    if tokens_file:
+        where, text, semi = f"tokens file {tokens_file}", read_tokens_file(tokens_file), False
+    elif env_text is not None:
+        where, text, semi = "NAVI_TOKENS", env_text, True
+    else:
+        return None
+    entries = parse_tokens(text, where, semicolons=semi)
+    if not entries:
+        raise AuthConfigError(f"{where} holds no token; add one (navi-actor token --user NAME) or unset it")
+    return entries
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+class TokenTable:
+    """The configured tokens, as SHA-256 digests, each with its principal."""
+
+    def __init__(self, entries: Iterable[tuple[str, str, str]]) -> None:
+        self._entries = [(_digest(token), Principal(user, role)) for token, user, role in entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, token: str) -> Principal | None:
+        """The token's principal, or None. Compares with every entry, in constant time each."""
+        if not token or len(token) > 1024:
+            return None
+        digest = _digest(token)
+        found = None
+        for entry, principal in self._entries:
+            if hmac.compare_digest(entry, digest):
+                found = principal
+        return found
+
+    def users(self) -> set[str]:
+        return {p.user for _, p in self._entries if p.user}
+
+
+def new_token() -> str:
+    """A fresh random token (256 bits)."""
+    return secrets.token_urlsafe(32)
+
+
+# ── WebSocket tickets ───────────────────────────────────────────────────────
+
+
+class TicketBook:
+    """Short-lived single-use tickets that stand for a principal on one WebSocket connect."""
+
+    MAX_OUTSTANDING = 10_000
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._tickets: dict[bytes, tuple[Principal, float]] = {}  # digest → (principal, expiry)
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def issue(self, principal: Principal) -> str:
+        now = self.clock()
+        self._prune(now)
+        if len(self._tickets) >= self.MAX_OUTSTANDING:
+            del self._tickets[next(iter(self._tickets))]  # the oldest: dicts keep insertion order
+        ticket = secrets.token_urlsafe(32)
+        self._tickets[_digest(ticket)] = (principal, now + self.ttl)
+        return ticket
+
+    def redeem(self, ticket: str) -> Principal | None:
+        """The ticket's principal, once, before it expires; None otherwise."""
+        if not ticket or len(ticket) > 128:
+            return None
+        entry = self._tickets.pop(_digest(ticket), None)
+        if entry is None or self.clock() > entry[1]:
+            return None
+        return entry[0]
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, (_, expiry) in self._tickets.items() if expiry < now]:
+            del self._tickets[key]
+
+
+# ── hosts and origins ───────────────────────────────────────────────────────
+
+
+def split_host(host_header: str) -> str:
+    """The host name of a ``Host`` header, without port or brackets, in lower case."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    host = host.strip().lower().strip("[]")
+    if host in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def own_origins(host_header: str) -> set[str]:
+    """The origins of a page served from ``Host: host_header``: http and https."""
+    out = set()
+    for scheme in ("http", "https"):
+        try:
+            out.add(normalize_origin(f"{scheme}://{host_header}"))
+        except ValueError:
+            pass
+    return out
+
+
+def origin_allowed(origin: str, host_header: str, allowed: frozenset[str]) -> bool:
+    try:
+        norm = normalize_origin(origin)
+    except ValueError:
+        return False  # "null", garbage
+    return norm in allowed or norm in own_origins(host_header)
+
+
+# ── the guard ───────────────────────────────────────────────────────────────
+
+
+def _deny(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps({"error": message, "code": code}),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Guard:
+    """The server's authentication and origin policy, and the middleware that applies it."""
+
+    def __init__(self, config: Config, tokens: TokenTable | None) -> None:
+        self.tokens = tokens if tokens is not None and len(tokens) else None
+        self.enabled = self.tokens is not None
+        self.tickets = TicketBook(config.ws_ticket_ttl)
+        self.allowed_origins = frozenset(o for o in config.allowed_origins.split(",") if o)
+        self.allowed_hosts = frozenset(split_host(o.split("://", 1)[1]) for o in self.allowed_origins)
+        #: Authentication off on a loopback address: the Host header must be local too.
+        self.local_only = not self.enabled and not config.insecure_no_auth
+        #: Message ``files`` must lie in the session's upload folder (not in local development mode).
+        self.confine_files = not self.local_only
+
+    def authenticate(self, request: web.Request, allow_ticket: bool) -> Principal | None:
+        if self.tokens is None:
+            return LOCAL
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            return self.tokens.lookup(token.strip())
+        if allow_ticket and "ticket" in request.query:
+            return self.tickets.redeem(request.query["ticket"])
+        return None
+
+    def host_allowed(self, host_header: str) -> bool:
+        host = split_host(host_header)
+        return is_loopback(host) or host in self.allowed_hosts
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.local_only and not self.host_allowed(request.host):
+            log.warning("front.host_refused", host=request.host[:100], path=request.path[:200])
+            return _deny(
+                403,
+                f"Host {request.host[:100]!r} is not allowed: this server runs without authentication and "
+                "answers only to localhost. Configure tokens (--tokens-file) or list the origin in "
+                "--allowed-origins.",
+                HOST_NOT_ALLOWED,
+            )
+        resource = request.match_info.route.resource
+        canonical = resource.canonical if resource is not None else None
+        is_ws = canonical == WS_ROUTE
+        origin = request.headers.get("Origin")
+        if (
+            origin is not None
+            and (is_ws or request.method in UNSAFE_METHODS)
+            and not origin_allowed(origin, request.host, self.allowed_origins)
+        ):
+            log.warning("front.origin_refused", origin=origin[:200], path=request.path[:200])
+            return _deny(403, f"Origin {origin[:200]!r} is not allowed (see --allowed-origins).",
+                         ORIGIN_NOT_ALLOWED)
+        if canonical is None or canonical in PUBLIC_ROUTES:
+            return await handler(request)  # no principal: principal_of() refuses
+        principal = self.authenticate(request, allow_ticket=is_ws)
+        if principal is None:
+            log.info("front.auth_refused", path=request.path[:200], remote=request.remote,
+                     ticket="ticket" in request.query)
+            if is_ws and "ticket" in request.query and "Authorization" not in request.headers:
+                message = "The WebSocket ticket is invalid, used or expired; get a new one with POST /ws-ticket."
+            else:
+                message = "Authentication required: send 'Authorization: Bearer <token>'."
+            return _deny(401, message, UNAUTHORIZED, {"WWW-Authenticate": 'Bearer realm="navi-actor"'})
+        if canonical in ADMIN_ROUTES and not principal.is_admin:
+            return _deny(403, "This needs an admin token.", FORBIDDEN)
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The request's principal, set by the guard; 401 if it set none (a public route)."""
+    principal = request.get(PRINCIPAL)
+    if not isinstance(principal, Principal):
+        raise web.HTTPUnauthorized(
+            body=orjson.dumps({"error": "Authentication required.", "code": UNAUTHORIZED}),
+            content_type="application/json",
+        )
+    return principal
+
+
+def can_see(principal: Principal, session: dict[str, Any] | None) -> bool:
+    """Whether the principal may see and use the session: its owner, an admin, or anyone with auth off."""
+    if session is None:
+        return False
+    return principal.user is None or principal.is_admin or session.get("owner") == principal.user
+
+
+def load_guard(config: Config, tokens_fd: int | None) -> Guard:
+    """Read the tokens (the file, or NAVI_TOKENS handed over in ``tokens_fd``) and build the guard."""
+    env_text = None
+    if tokens_fd is not None:
+        try:
+            chunks, offset = [], 0
+            while chunk := os.pread(tokens_fd, 65536, offset):
+                chunks.append(chunk)
+                offset += len(chunk)
+        finally:
+            os.close(tokens_fd)
+        env_text = b"".join(chunks).decode("utf-8", "replace")
+    entries = load_entries(config.tokens_file, env_text)
+    return Guard(config, TokenTable(entries) if entries else None)

@@ -1,0 +1,121 @@
+"""The boundary around actors: hostile frames are refused, and actors hold no secret of the server."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator
+
+import aiohttp
+import pytest
+
+from tests.conftest import Client, Server, receive, receive_until, run_turn, text_of
+
+TOKEN = "actor-test-token-" + "T" * 30
+DB_PASSWORD = "db-password-" + "P" * 24
+URL_PASSWORD = "url-password-" + "U" * 24
+API_KEY = "sk-allowed-" + "K" * 24
+
+
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server running tests.agents:hostile with authentication off, shared by the module."""
+    server = Server(tmp_path_factory.mktemp("hostile") / "var", "tests.agents:hostile", {}, [])
+    server.start()
+    yield server
+    server.stop()
+
+
+def hexes(*values: str) -> str:
+    return " ".join(v.encode().hex() for v in values)
+
+
+async def probe(client: Any, server: Server, *needles: str) -> dict[str, Any]:
+    c = client(server)
+    ws = await c.connect(await c.new_session())
+    await receive(ws)
+    events = await run_turn(ws, f"probe {server.front_pid} {hexes(*needles)}", timeout=30)
+    await ws.close()
+    assert events[-1]["type"] == "stream_end", events[-1]
+    return json.loads(text_of(events))
+
+
+# ── hostile frames ──────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("attack, reason", [
+    ("garbage", "not valid JSON"),
+    ("oversize", "exceeds the limit"),
+    ("badseq", "does not follow"),
+    ("otherrun", "turn_done for no running turn"),
+])
+async def test_an_actor_breaking_the_protocol_is_killed_and_nothing_else_suffers(hostile_server, client, attack,
+                                                                                 reason):
+    """Garbage, an oversized length, a wrong seq or another run's turn_done written to the pipe: the actor is killed,
+    its viewers get actor_protocol_violation, the session's next turn works, and another session's turn is intact."""
+    c = client(hostile_server)
+    victim, bystander = await c.new_session(), await c.new_session()
+    ws, other = await c.connect(victim), await c.connect(bystander)
+    await receive(ws), await receive(other)
+    await other.send_json({"type": "message", "content": "slow 15 0.04"})
+    await receive_until(other, lambda e: e["type"] == "stream_delta")
+    events = await run_turn(ws, attack)
+    final = events[-1]
+    assert final["type"] == "error" and final["code"] == "actor_protocol_violation", final
+    assert reason in final["message"] and "was killed" in final["message"]
+    # (the agent found its channel: had it not, it would have failed with agent_error)
+    assert "still alive" not in text_of(events) and "forged" not in text_of(events)
+    detail = await c.wait_session(victim, lambda d: d["messages"] and d["messages"][-1]["role"] == "assistant")
+    assert (detail["messages"][-1]["status"], detail["messages"][-1]["error_code"]) == \
+        ("failed", "actor_protocol_violation")
+    done = await receive_until(other, lambda e: e["type"] in ("stream_end", "error"), timeout=15)
+    assert done[-1]["type"] == "stream_end" and done[-1]["content"] == "".join(f"w{i} " for i in range(15))
+    assert text_of(await run_turn(ws, "hello again")) == "hello again "
+    assert "front.actor_protocol_violation" in hostile_server.log_text()
+    await ws.close(), await other.close()
+
+
+# ── no secrets in actors ────────────────────────────────────────────────────
+
+
+async def test_actors_hold_no_token_or_secret_and_cannot_reach_the_front(make_server):
+    """With NAVI_TOKENS and secret variables set, an actor's environment, memory and /proc views hold none of them,
+    the allow-listed key stays, the supervisor's and front's /proc entries are closed to it, and its limits apply."""
+    server = make_server(
+        "tests.agents:hostile",
+        env={"NAVI_TOKENS": f"{TOKEN} alice admin", "MY_DB_PASSWORD": DB_PASSWORD,
+             "DATABASE_URL": f"postgres://app:{URL_PASSWORD}@db.internal/app", "NAVI_OPENAI_API_KEY": API_KEY,
+             "PLAIN_SETTING": "visible"},
+        args=["--actor-rlimits", "nofile=256,as=4G"],
+    )
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        report = await probe(lambda s: Client(s, http), server, TOKEN, DB_PASSWORD, URL_PASSWORD)
+    env = set(report["environ"])
+    assert {"NAVI_TOKENS", "MY_DB_PASSWORD", "DATABASE_URL"}.isdisjoint(env)
+    assert {"NAVI_OPENAI_API_KEY", "PLAIN_SETTING", "PATH"} <= env
+    assert report["proc_environ"] == "clean"
+    assert report["memory"] == [False, False, False], "a secret is somewhere in the actor's memory"
+    if os.geteuid() != 0:  # root's CAP_SYS_PTRACE passes the kernel's check of non-dumpable processes
+        assert report["parent_environ"] == "denied" and report["parent_fds"] == "denied"
+        assert report["front_environ"] == "denied" and report["front_mem"] == "denied"
+    else:
+        assert report["parent_environ"] == report["front_environ"] == "clean"
+    assert report["rlimits"]["nofile"] == 256 and report["rlimits"]["as"] == 4 << 30
+    assert report["no_new_privs"] is True
+    assert TOKEN not in server.log_text() and DB_PASSWORD not in server.log_text()
+
+
+async def test_without_authentication_secrets_are_still_kept_from_actors(make_server, client):
+    """With authentication off, secrets are dropped from the supervisor and actors alike; --actor-env-allow keeps one."""
+    server = make_server(
+        "tests.agents:hostile",
+        env={"MY_DB_PASSWORD": DB_PASSWORD, "OTHER_SECRET": URL_PASSWORD, "NAVI_OPENAI_API_KEY": API_KEY},
+        args=["--actor-env-allow", "MY_DB_PASSWORD"],
+    )
+    report = await probe(client, server, URL_PASSWORD, API_KEY)
+    env = set(report["environ"])
+    assert "MY_DB_PASSWORD" in env and {"OTHER_SECRET", "NAVI_OPENAI_API_KEY"}.isdisjoint(env)
+    assert report["memory"] == [False, False]
+    assert report["parent_environ"] == "clean"  # readable without authentication, but wiped
+    assert report["proc_environ"] == "clean"
+    assert report["no_new_privs"] is True
