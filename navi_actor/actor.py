@@ -238,13 +238,8 @@ class Actor:
         While the agent keeps yielding without awaiting, frames pile up here
         and go out in one write; a sparse stream is written every loop turn.
         """
-        out = self._out
-        out += data
-        if len(out) >= _FLUSH_BYTES:
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+        self._out += data
+        self._schedule_flush()
 
     def _send_event(self, data: bytes) -> None:
         """Queue one event's JSON as an ``E`` frame (the hot path: no intermediate bytes)."""
@@ -252,7 +247,10 @@ class Actor:
         out += _HEADER_PACK(len(data) + 1)
         out += b"E"
         out += data
-        if len(out) >= _FLUSH_BYTES:
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if len(self._out) >= _FLUSH_BYTES:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
