@@ -113,6 +113,7 @@ def test_every_option_is_read_from_its_env_var():
         "NAVI_UPLOAD_MAX_BYTES": "1048576",
         "NAVI_ACTOR_ENV_ALLOW": "X_KEY",
         "NAVI_ACTOR_RLIMITS": "nofile=64",
+        "NAVI_WS_COMPRESS": "1",
     }
     assert set(environ) == {o.env for o in OPTIONS}
     assert from_namespace(parse(environ=environ)) == Config(
@@ -122,7 +123,7 @@ def test_every_option_is_read_from_its_env_var():
         actor_max_rss=512, max_actors=8, warm_actors=0, drain_timeout=10.0,
         tokens_file="/etc/navi/tokens", insecure_no_auth=True, allowed_origins="https://a.example",
         ws_ticket_ttl=10.0, rate_limit=30, upload_max_bytes=1048576, actor_env_allow="X_KEY",
-        actor_rlimits="nofile=64",
+        actor_rlimits="nofile=64", ws_compress=True,
     )
 
 

@@ -284,3 +284,18 @@ async def test_factory_aclose_runs_when_the_actor_exits(make_server, client, tmp
     assert (await run_turn(ws, "hi"))[-1]["content"] == "hello"
     wait_for(marker.exists, 5, "aclose to leave its mark")
     assert marker.read_text().startswith("closed by ")
+
+
+async def test_ws_compress_streams_compressed_frames(make_server):
+    """With --ws-compress a client that offers deflate gets the whole turn, compressed."""
+    import aiohttp
+
+    server = make_server("tests.agents:scripted", args=["--ws-compress"])
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + "/sessions", json={}) as r:
+            sid = (await r.json())["id"]
+        async with http.ws_connect(f"{server.ws_url}/ws/sessions/{sid}", compress=15) as ws:
+            assert ws.compress == 15, "deflate was negotiated"
+            await receive(ws)
+            events = await run_turn(ws, "fast 500")
+    assert events[-1]["type"] == "stream_end" and text_of(events) == "".join(f"w{i} " for i in range(500))

@@ -207,7 +207,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             bad_after = after < 0
         except ValueError:
             bad_after = True
-    ws = web.WebSocketResponse(max_msg_size=protocol.MAX_WS_MESSAGE, compress=False)
+    ws = web.WebSocketResponse(max_msg_size=protocol.MAX_WS_MESSAGE, compress=rt.config.ws_compress)
     await ws.prepare(request)
     if bad_after:  # closed with a reason: a browser cannot read an HTTP error on an upgrade
         await ws.close(code=CLOSE_BAD_REQUEST, message=b"after must be a non-negative integer seq")

@@ -450,8 +450,9 @@ class Runtime:
             delta = event.get("delta")
             if type(delta) is str:
                 run.text.append(delta)
+        delta = event.get("delta") if len(event) == 3 and event["type"] == "stream_delta" else None
         for viewer in run.viewers:
-            viewer.send(payload, seq)
+            viewer.send(payload, seq, delta if type(delta) is str else None)
 
     def on_actor_control(self, actor: ActorHandle, msg: dict[str, Any]) -> None:
         op = msg["op"]

@@ -1,7 +1,8 @@
 """One connected WebSocket client: an ordered, byte-bounded outbox and its writer.
 
 Everything a client receives goes through :meth:`Viewer.send`, so replay,
-live events, errors and ``session_sync`` keep their order. The outbox is
+live events, errors and ``session_sync`` keep their order. The outbox
+(:mod:`navi_actor.front.outbox`) merges the text of a backed-up stream and is
 bounded: a client that cannot keep up past ``max_pending`` bytes is closed
 with code 4008 and told the ``seq`` to resume from (``?after=``) — the runtime
 never queues without bound for a slow client.
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from navi_actor import logs
+from navi_actor.front.outbox import Outbox
 from navi_actor.front.wsframes import FrameWriter
 
 if TYPE_CHECKING:
@@ -39,23 +40,21 @@ class Viewer:
         self.needs_sync = False  # send session_sync when that run ends
         self.delivered_seq = 0  # highest seq written to the socket
         self.closed = False
-        self._pending: deque[tuple[bytes, int]] = deque()
-        self._pending_bytes = 0
+        self._pending = Outbox(max_pending)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while nothing waits to be written
         self._idle.set()
         self._task = asyncio.get_running_loop().create_task(self._writer())
 
     def __repr__(self) -> str:
-        return f"<Viewer {self.id} session={self.session_id} pending={self._pending_bytes}B>"
+        return f"<Viewer {self.id} session={self.session_id} {self._pending!r}>"
 
-    def send(self, data: bytes, seq: int = 0) -> None:
-        """Queue one text frame; ``seq`` (when the frame has one) tracks resume points."""
+    def send(self, data: bytes, seq: int = 0, delta: str | None = None) -> None:
+        """Queue one text frame; ``seq`` (when the frame has one) tracks resume points;
+        ``delta`` is its text when it is a plain stream_delta (mergeable)."""
         if self.closed:
             return
-        self._pending.append((data, seq))
-        self._pending_bytes += len(data)
-        if self._pending_bytes > self.max_pending:
+        if not self._pending.push(data, seq, delta):
             self._too_slow()
             return
         self._idle.clear()
@@ -71,16 +70,12 @@ class Viewer:
                 while pending:
                     if out.can_batch:
                         # Everything ready goes out in one write: one syscall, not one per event.
-                        batch = [data for data, _ in pending]
-                        last = next((seq for _, seq in reversed(pending) if seq), 0)
-                        pending.clear()
-                        self._pending_bytes = 0
+                        batch, last = pending.take_all()
                         out.write_batch(batch)
                         if last:
                             self.delivered_seq = last
                     else:
-                        data, seq = pending.popleft()
-                        self._pending_bytes -= len(data)
+                        data, seq = pending.pop()
                         await out.send_one(data)
                         if seq:
                             self.delivered_seq = seq
@@ -93,7 +88,6 @@ class Viewer:
     def _too_slow(self) -> None:
         self.closed = True
         self._pending.clear()
-        self._pending_bytes = 0
         log.warning("front.client_too_slow", session_id=self.session_id, viewer=self.id,
                     resume_after=self.delivered_seq)
         self._task.cancel()

@@ -53,7 +53,13 @@ class FrameWriter:
     @property
     def can_batch(self) -> bool:
         t = self.transport
-        return t is not None and not t.is_closing() and not self.ws.closed and not self.protocol.writing_paused
+        return (
+            t is not None
+            and not t.is_closing()
+            and not self.ws.closed
+            and not self.ws.compress  # deflate needs aiohttp's writer (its compressor's state)
+            and not self.protocol.writing_paused
+        )
 
     def write_batch(self, payloads: Sequence[bytes]) -> None:
         """Write all ``payloads`` as frames in one write (call only when ``can_batch``)."""
