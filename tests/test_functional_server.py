@@ -299,3 +299,24 @@ async def test_ws_compress_streams_compressed_frames(make_server):
             await receive(ws)
             events = await run_turn(ws, "fast 500")
     assert events[-1]["type"] == "stream_end" and text_of(events) == "".join(f"w{i} " for i in range(500))
+
+
+async def test_second_interrupt_skips_the_drain(make_server, client):
+    """A second Ctrl-C during the drain stops running turns at once (stream_stopped), saves them, exits 0."""
+    server = make_server("tests.agents:scripted")
+    c = client(server)
+    sid = await c.new_session()
+    ws = await c.connect(sid)
+    await receive(ws)
+    await ws.send_json({"type": "message", "content": "slow 1000 0.02"})
+    await receive_until(ws, lambda e: e["type"] == "stream_delta")
+    server.proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "front.draining" in server.log_text(), 10, "the drain to begin")
+    t0 = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    final = (await receive_until(ws, lambda e: e["type"] in FINAL_TYPES))[-1]
+    assert final["type"] == "stream_stopped" and time.monotonic() - t0 < 2
+    assert server.proc.wait(15) == 0
+    server2 = make_server("tests.agents:scripted", data_dir=server.data_dir)
+    saved = (await client(server2).session(sid))["messages"][-1]
+    assert saved["status"] == "stopped" and saved["content"] == final["content"]
