@@ -38,7 +38,7 @@ import structlog
 from navi_actor import framing, logs, protocol
 from navi_actor.agent_loader import AgentSpec
 from navi_actor.config import Config
-from navi_actor.events import StreamEnd, TextDelta, event_to_wire
+from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
 from navi_actor.replay import ReplayBuffer
 from navi_actor.turn import Turn, current_stop_event
 
@@ -441,8 +441,10 @@ class Actor:
         err_text = err_code = None
         if error is not None:
             status = "failed"
-            err_text = f"Internal error: {error}"
-            err_code = protocol.AGENT_ERROR
+            if isinstance(error, AgentError):
+                err_text, err_code = error.message, error.code
+            else:
+                err_text, err_code = f"Internal error: {error}", protocol.AGENT_ERROR
             final = protocol.error_event(err_text, err_code, run.seq, run_id=run.run_id)
         elif run.stop_event.is_set():
             status = "stopped"

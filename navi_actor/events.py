@@ -110,6 +110,24 @@ class StreamEnd:
     tool_call_count: int | None = None
 
 
+class AgentError(Exception):
+    """Raise it to end the turn with an error the user can act on.
+
+    The client gets ``error`` with ``message`` as it is (no "Internal error:"
+    prefix) and ``code`` (lower-case letters, digits and ``_``), e.g.
+    ``AgentError("The model server refused the API key; check MY_KEY.", "model_auth")``.
+    Any other exception is an internal error (code ``agent_error``).
+    """
+
+    def __init__(self, message: str, code: str = "agent_error") -> None:
+        super().__init__(message)
+        if not (isinstance(code, str) and 0 < len(code) <= 64 and code.replace("_", "a").isalnum()
+                and code.lower() == code):
+            raise ValueError(f"AgentError code must be lower-case letters, digits and _, got {code!r}")
+        self.message = message
+        self.code = code
+
+
 def event_to_wire(event: Any) -> dict[str, Any]:
     """Return the wire dict of an agent event (without ``seq``).
 
@@ -192,6 +210,7 @@ RESERVED_TYPES = frozenset(
 )
 
 __all__ = [
+    "AgentError",
     "ContextCompressed",
     "PlanReady",
     "PlanningStatus",

@@ -8,6 +8,7 @@ can play every scenario:
 - ``fast N``: N deltas with no pause
 - ``silent SECONDS``: nothing for SECONDS (honouring stop), then one delta
 - ``fail``: one delta, then raises RuntimeError("boom")
+- ``usererr``: one delta, then raises AgentError with its own message and code
 - ``crash``: one delta, then ``os._exit(3)``
 - ``badyield``: yields an int
 - ``ignore_stop``: deltas every 20 ms forever, never looking at the stop event
@@ -31,7 +32,7 @@ import subprocess
 import time
 from typing import Any, AsyncIterator
 
-from navi_actor.events import StreamEnd, TextDelta, ToolEvent, ToolStarted
+from navi_actor.events import AgentError, StreamEnd, TextDelta, ToolEvent, ToolStarted
 from navi_actor.turn import Turn
 
 
@@ -72,6 +73,9 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
     elif cmd == "fail":
         yield TextDelta("partial ")
         raise RuntimeError("boom")
+    elif cmd == "usererr":
+        yield TextDelta("partial ")
+        raise AgentError("The model server refused the key; check MY_KEY.", "model_auth")
     elif cmd == "crash":
         yield TextDelta("partial ")
         await asyncio.sleep(0)  # let the actor write the delta to its pipe

@@ -212,6 +212,18 @@ async def test_agent_exception_is_an_internal_error_and_the_actor_stays(scripted
     assert failed["status"] == "failed" and failed["content"] == "partial " and failed["error"] == "Internal error: boom"
 
 
+async def test_agent_error_carries_the_agents_own_message_and_code(scripted_server, client):
+    """An AgentError reaches the client as its message and code, without 'Internal error:'."""
+    c = client(scripted_server)
+    sid, ws = await connected(c)
+    await receive(ws)
+    err = (await run_turn(ws, "usererr"))[-1]
+    assert (err["type"], err["code"]) == ("error", "model_auth")
+    assert err["message"] == "The model server refused the key; check MY_KEY."
+    saved = (await c.session(sid))["messages"][-1]
+    assert saved["error_code"] == "model_auth" and saved["content"] == "partial "
+
+
 async def test_agent_yielding_a_non_event_is_told_what_it_yielded(scripted_server, client):
     """An agent that yields something that is not an event gets an error naming it."""
     c = client(scripted_server)
