@@ -54,8 +54,8 @@ def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def error_of(events: list[dict[str, Any]]) -> str:
     final = events[-1]
     assert final["type"] == "error", final
-    assert final["code"] == "agent_error", final
-    assert final["message"].startswith("Internal error: "), final
+    assert final["code"] == "model_server_error", final
+    assert not final["message"].startswith("Internal error"), final
     return final["message"]
 
 

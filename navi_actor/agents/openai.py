@@ -38,6 +38,7 @@ import aiohttp
 
 from navi_actor.agents.tools import BUILTIN_TOOLS, ToolError, Tools, as_tools, result_text
 from navi_actor.events import (
+    AgentError,
     ContextCompressed,
     StreamEnd,
     TextDelta,
@@ -71,8 +72,14 @@ class ConfigError(ValueError):
     """A ``NAVI_OPENAI_*`` variable has a bad value (raised by the factory)."""
 
 
-class ModelServerError(Exception):
-    """The model server failed; the message says what happened and what to check."""
+class ModelServerError(AgentError):
+    """The model server failed; the message says what happened and what to check.
+
+    An AgentError: the user gets the message as it is, with code ``model_server_error``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "model_server_error")
 
 
 class _Stopped(Exception):
