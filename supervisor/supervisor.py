@@ -101,6 +101,7 @@ class Supervisor:
         self._shutdown_requests = 0
         self._final_code = 0
         self._next_memory_check = 0.0
+        self._memory_checks = 0
         self.ops = Operations(self, hooks.stop_term_after, hooks.stop_kill_after)
         self.pool = WarmPool(hooks.warm_actors)
         self.control: ControlServer | None = None
@@ -500,22 +501,24 @@ class Supervisor:
 
     def _check_memory(self) -> None:
         limit = self.hooks.actor_max_rss
-        for actor in list(self.actors.values()):
-            if actor.killed_for is None:
-                rss = limits.group_rss(actor.pid)
-                if limits.over_limit(rss, limit):
-                    actor.killed_for = limits.memory_message(limit)
-                    actor.kill_kind = "memory_limit"
-                    log.warning("supervisor.actor_over_memory", actor_id=actor.actor_id, actor_pid=actor.pid,
-                                rss_mb=rss // limits.MIB, limit_mb=limit // limits.MIB)
-                    _killpg(actor.pid, signal.SIGKILL)
+        self._memory_checks += 1
+        sample = limits.tree_rss if self._memory_checks % 10 == 1 else limits.own_rss
+        sizes = sample([a.pid for a in self.actors.values() if a.killed_for is None])
+        for pid, rss in sizes.items():
+            actor = self.actors.get(pid)
+            if actor is not None and limits.over_limit(rss, limit):
+                actor.killed_for = limits.memory_message(limit)
+                actor.kill_kind = "memory_limit"
+                log.warning("supervisor.actor_over_memory", actor_id=actor.actor_id, actor_pid=actor.pid,
+                            rss_mb=rss // limits.MIB, limit_mb=limit // limits.MIB)
+                _killpg(actor.pid, signal.SIGKILL)
 
     def _tick(self) -> None:
         now = time.monotonic()
         self.ops.tick(now)
         self._refill_pool()
         if self.hooks.actor_max_rss and now >= self._next_memory_check:
-            self._next_memory_check = now + 0.5
+            self._next_memory_check = now + 1.0
             self._check_memory()
         for actor in self.actors.values():
             if actor.lifeline.wants_write:
