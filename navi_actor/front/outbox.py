@@ -2,7 +2,8 @@
 
 A client that reads slower than its session streams must neither slow the
 others nor grow the front's memory without bound. Frames wait here in order.
-Once more than ``coalesce_at`` bytes wait, a text delta that follows another
+Once more than ``coalesce_at`` bytes wait (1 MiB for a viewer: far more than the
+normal lag of a fast stream), a text delta that follows another
 is merged into it (text is text: the client gets one ``stream_delta`` with the
 joined text and the later ``seq``, as a replay would give it), so a backed-up
 stream costs about its text. Past ``max_bytes`` the client is too slow and the

@@ -40,7 +40,9 @@ class Viewer:
         self.needs_sync = False  # send session_sync when that run ends
         self.delivered_seq = 0  # highest seq written to the socket
         self.closed = False
-        self._pending = Outbox(max_pending)
+        # Merge text only when well backed up (a client truly behind), never in the normal
+        # lag of a fast stream: one WebSocket message per event is the rule.
+        self._pending = Outbox(max_pending, coalesce_at=min(1024 * 1024, max_pending // 4))
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while nothing waits to be written
         self._idle.set()
