@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 import signal
 import stat
 import subprocess
@@ -164,7 +166,10 @@ async def test_metrics_count_crashes_and_stops(make_server, client):
     await receive_until(ws, lambda e: e["type"] == "stream_delta")
     await c.stop(sid)
     await receive_until(ws, lambda e: e["type"] in FINAL_TYPES)
-    after = await scrape()
+    deadline = time.monotonic() + 10  # actor states reach the supervisor once a second
+    while (after := await scrape()).get(("navi_actors", (("state", "idle"),)), 0) < 1:
+        assert time.monotonic() < deadline, "the idle actor never showed in navi_actors"
+        await asyncio.sleep(0.05)
     assert after[("navi_turns_total", (("outcome", "failed"),))] >= 1
     assert after[("navi_turns_total", (("outcome", "stopped"),))] >= 1
     assert after[("navi_stops_total", (("step", "event"),))] >= 1

@@ -202,13 +202,14 @@ class Runtime:
         )
         if run.stop_requested_at is not None:
             actor.send({"op": "stop", "run_id": run.run_id, "reason": run.stop_reason})
-        self.push_status()
 
     def _make_room(self, sid: str) -> None:
         """Keep at most --max-actors: evict the longest-idle actor, or refuse when all are busy."""
         current = self.actors.get(sid)
         if current is not None and current.alive and not current.retiring:
             return
+        if len(self.actors_by_id) < self.config.max_actors:
+            return  # the common case, without a pass over every actor
         live = [a for a in self.actors_by_id.values() if a.alive and not a.retiring]
         if len(live) < self.config.max_actors:
             return
@@ -326,7 +327,6 @@ class Runtime:
         self._drop_run(run)
         if actor is not None and actor.retiring and actor.alive:
             actor.send({"op": "shutdown"})
-        self.push_status()
 
     # ── a new front adopts running actors ─────────────────────────────────
     async def _reconcile(self) -> None:
@@ -535,7 +535,11 @@ class Runtime:
             self._control_waiting.pop(req, None)
 
     def push_status(self) -> None:
-        """Tell the supervisor what only the front knows of each actor (for ops tools)."""
+        """Tell the supervisor what only the front knows of each actor (for ops tools).
+
+        Once a second, from the ticker: its size grows with the actors, so it is
+        not sent per turn (with thousands of actors that made turns quadratic).
+        """
         actors = {}
         for actor in self.actors_by_id.values():
             run = actor.run
