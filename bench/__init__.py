@@ -1,0 +1,1 @@
+"""Benchmark of navi-actor against the in-process design; run with ``scripts/bench`` (see ``__main__``)."""
