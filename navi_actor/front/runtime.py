@@ -160,6 +160,9 @@ class Runtime:
         self._make_room(sid)
         run = Run(uuid.uuid4().hex, sid)
         self.runs[sid] = run
+        # Ask for the actor now: a warm one is handed over while the message is being
+        # made durable (an fsync), instead of after it.
+        actor = self._actor_for(sid)
         for peer in self.viewers.get(sid, ()):
             if peer.run is not None and peer.run is not run:
                 continue
@@ -181,7 +184,8 @@ class Runtime:
         run.last_event_at = time.monotonic()
         run.broadcast(run.start_bytes, run.first_seq)
         log.info("front.turn_start", session_id=sid, run_id=run.run_id)
-        actor = self._actor_for(sid)
+        if not actor.alive or actor.retiring:  # it died during the commit
+            actor = self._actor_for(sid)
         run.actor = actor
         actor.run = run
         actor.send(
