@@ -136,7 +136,6 @@ class Actor:
         self.sock = sock
         self.run: _Run | None = None
         self.runner: Callable[[Turn], AsyncIterator[Any]] | None = None
-        self.exit_code = EXIT_OK
         self._out = bytearray()  # framed bodies waiting for the next write
         self._flush_scheduled = False
         self._closing = False

@@ -172,6 +172,20 @@ class Client:
             url += f"?after={after}"
         return await self.http.ws_connect(url)
 
+    async def open_session(self) -> tuple[str, aiohttp.ClientWebSocketResponse]:
+        """A new session and a WebSocket on it, past its first message (session_sync)."""
+        sid = await self.new_session()
+        ws = await self.connect(sid)
+        assert await receive(ws) == {"type": "session_sync"}
+        return sid, ws
+
+    async def busy_session(self, content: str = "slow 500 0.02") -> tuple[str, aiohttp.ClientWebSocketResponse]:
+        """A new session whose turn (``content``) has streamed its first delta."""
+        sid, ws = await self.open_session()
+        await ws.send_json({"type": "message", "content": content})
+        await receive_until(ws, lambda e: e["type"] == "stream_delta")
+        return sid, ws
+
     async def wait_session(self, sid: str, cond: Callable[[dict[str, Any]], bool], timeout: float = 10) -> dict:
         deadline = time.monotonic() + timeout
         while True:

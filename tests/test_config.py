@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from navi_actor import cli, config
+from navi_actor import cli
 from navi_actor.config import OPTIONS, Config, from_namespace
 
 OPT = {o.name: o for o in OPTIONS}

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from tests.conftest import receive, receive_until, run_turn, text_of
-
-
-async def open_session(c):
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    assert await receive(ws) == {"type": "session_sync"}
-    return sid, ws
+from tests.conftest import receive_until, run_turn, text_of
 
 
 async def test_minimal_agent_answers(make_server, client):
     """The ten-line generator agent streams its answer and the turn ends with stream_end."""
     c = client(make_server("examples.minimal_agent:agent"))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     events = await run_turn(ws, "one two three")
     assert events[0]["type"] == "stream_start"
     assert events[-1]["type"] == "stream_end"
@@ -28,7 +21,7 @@ async def test_minimal_agent_answers(make_server, client):
 async def test_tool_agent_calls_its_tool_and_answers(make_server, client):
     """The factory agent announces and reports its tool call, then streams the answer with its token count."""
     c = client(make_server("examples.tool_agent:agent", env={"NAVI_AGENT_TOKENS_PER_SECOND": "0"}))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     events = await run_turn(ws, "the cat and the hat")
     kinds = [e["type"] for e in events]
     assert kinds.index("tool_started") < kinds.index("tool_call") < kinds.index("stream_delta")
@@ -46,7 +39,7 @@ async def test_tool_agent_calls_its_tool_and_answers(make_server, client):
 async def test_tool_agent_stops_mid_answer(make_server, client):
     """Stopping the factory agent mid-answer ends the turn at once with stream_stopped and saves the partial text."""
     c = client(make_server("examples.tool_agent:agent", env={"NAVI_AGENT_TOKENS_PER_SECOND": "2"}))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "a b c"})
     first = await receive_until(ws, lambda e: e["type"] == "stream_delta")
     assert (await c.stop(sid))["ok"] is True

@@ -45,13 +45,6 @@ def group_of(pgid: int) -> list[psutil.Process]:
     return out
 
 
-async def open_session(c):
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    assert await receive(ws) == {"type": "session_sync"}
-    return sid, ws
-
-
 async def actor_pid_of(c, ws) -> int:
     return int(text_of(await run_turn(ws, "pid")).removeprefix("pid="))
 
@@ -68,8 +61,8 @@ async def actor_pid_of(c, ws) -> int:
 async def test_actor_death_is_explained_and_the_neighbour_is_untouched(faults_server, client, command, message):
     """A dying actor gives its viewer actor_died with the cause; a session beside it streams without a gap."""
     c = client(faults_server)
-    sid, ws = await open_session(c)
-    _, healthy = await open_session(c)
+    sid, ws = await c.open_session()
+    _, healthy = await c.open_session()
     await healthy.send_json({"type": "message", "content": "slow 60 0.01"})
     neighbour = asyncio.create_task(receive_until(healthy, lambda e: e["type"] in FINAL_TYPES))
     await ws.send_json({"type": "message", "content": command})
@@ -93,7 +86,7 @@ async def test_actor_death_is_explained_and_the_neighbour_is_untouched(faults_se
 async def test_actor_killed_from_outside_is_explained(faults_server, client):
     """SIGKILL from outside mid-turn: the viewer is told the process was killed."""
     c = client(faults_server)
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "pid 500 0.02"})
     seen = await receive_until(ws, lambda e: e["type"] == "stream_delta")
     psutil.Process(int(text_of(seen).removeprefix("pid="))).kill()
@@ -105,7 +98,7 @@ async def test_actor_killed_from_outside_is_explained(faults_server, client):
 async def test_ladder_reaches_sigkill_when_sigterm_is_trapped(faults_server, client):
     """An agent that blocks its loop and ignores SIGTERM is ended by SIGKILL, on schedule."""
     c = client(faults_server)
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     pid = await actor_pid_of(c, ws)
     await ws.send_json({"type": "message", "content": "trap_term"})
     await receive_until(ws, lambda e: e["type"] == "stream_delta")
@@ -122,7 +115,7 @@ async def test_ladder_reaches_sigkill_when_sigterm_is_trapped(faults_server, cli
 async def test_ladder_leaves_no_process_of_the_actor_group(faults_server, client):
     """An agent that started `sleep 1000` and ignores stop: after the ladder, its whole group is gone."""
     c = client(faults_server)
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     pid = await actor_pid_of(c, ws)
     await ws.send_json({"type": "message", "content": "child"})
     seen = await receive_until(ws, lambda e: e["type"] == "stream_delta")
@@ -141,7 +134,7 @@ async def test_ladder_leaves_no_process_of_the_actor_group(faults_server, client
 async def test_stop_during_actor_start_up(faults_server, client):
     """A stop sent before the actor has started still ends in stream_stopped."""
     c = client(faults_server)
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "slow 100 0.02"})
     start = await receive(ws)
     assert start["type"] == "stream_start"
@@ -156,7 +149,7 @@ async def test_wall_time_limit_stops_the_turn_and_says_so(make_server, client):
     """A turn over --turn-timeout is stopped through the ladder with a reason naming the limit."""
     server = make_server("tests.agents:scripted", args=["--turn-timeout", "0.5"])
     c = client(server)
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     events = await run_turn(ws, "slow 500 0.02")
     final = events[-1]
     assert final["type"] == "stream_stopped" and final["reason"] == "turn_timeout"
@@ -169,16 +162,16 @@ async def test_capacity_evicts_idle_actors_then_refuses(make_server, client):
     """With --max-actors 2, a third session evicts the idle actor; when all are busy the client gets capacity."""
     server = make_server("tests.agents:scripted", args=["--max-actors", "2"])
     c = client(server)
-    _, idle_ws = await open_session(c)
+    _, idle_ws = await c.open_session()
     idle_pid = await actor_pid_of(c, idle_ws)
-    _, busy1 = await open_session(c)
+    _, busy1 = await c.open_session()
     await busy1.send_json({"type": "message", "content": "slow 300 0.02"})
     await receive_until(busy1, lambda e: e["type"] == "stream_delta")
-    sid2, busy2 = await open_session(c)
+    sid2, busy2 = await c.open_session()
     await busy2.send_json({"type": "message", "content": "slow 300 0.02"})
     await receive_until(busy2, lambda e: e["type"] == "stream_delta")
     wait_for(lambda: not psutil.pid_exists(idle_pid), 5, "the idle actor to be evicted")
-    sid3, full = await open_session(c)
+    sid3, full = await c.open_session()
     await full.send_json({"type": "message", "content": "hello"})
     err = await receive(full)
     assert err["type"] == "error" and err["code"] == "capacity" and "all 2 agent processes are busy" in err["message"]
@@ -197,7 +190,7 @@ def test_supervisor_death_ends_agents_child_processes(make_server, tmp_path: Pat
 
         async with aiohttp.ClientSession() as http:
             c = Client(server, http)
-            _, ws = await open_session(c)
+            _, ws = await c.open_session()
             await ws.send_json({"type": "message", "content": "child"})
             seen = await receive_until(ws, lambda e: e["type"] == "stream_delta")
             return int(text_of(seen))

@@ -27,15 +27,6 @@ def script(name: str, *args: str, timeout: float = 30) -> subprocess.CompletedPr
                           timeout=timeout, env=env)
 
 
-async def busy_session(c, content: str = "slow 500 0.02"):
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    await receive(ws)
-    await ws.send_json({"type": "message", "content": content})
-    await receive_until(ws, lambda e: e["type"] == "stream_delta")
-    return sid, ws
-
-
 def rows_of(server) -> list[dict]:
     out = script("navi-ps", "--data-dir", str(server.data_dir), "--json")
     assert out.returncode == 0, out.stderr
@@ -46,8 +37,8 @@ async def test_ps_lists_running_sessions(make_server, client):
     """navi-ps shows each actor with its session, pid, state, run and counters, as a table or JSON."""
     server = make_server("tests.agents:scripted")
     c = client(server)
-    s1, _ = await busy_session(c)
-    s2, _ = await busy_session(c)
+    s1, _ = await c.busy_session()
+    s2, _ = await c.busy_session()
     rows = wait_for(lambda: [r for r in rows_of(server) if r["state"] == "running"] if
                     len([r for r in rows_of(server) if r["state"] == "running"]) == 2 else None, 10, "two running")
     assert {r["session_id"] for r in rows} == {s1, s2}
@@ -66,8 +57,8 @@ async def test_kill_one_session_stops_it_and_spares_the_other(make_server, clien
     """navi-kill SESSION runs the ladder on that run only: its viewer gets killed_by_operator, the other goes on."""
     server = make_server("tests.agents:scripted", args=LADDER)
     c = client(server)
-    victim, vws = await busy_session(c)
-    other, ows = await busy_session(c, "slow 30 0.02")
+    victim, vws = await c.busy_session()
+    other, ows = await c.busy_session("slow 30 0.02")
     out = script("navi-kill", "--data-dir", str(server.data_dir), victim)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.split() == [victim, str(out.stdout.split()[1]), "stopped"]
@@ -82,7 +73,7 @@ async def test_force_kill_of_an_agent_that_ignores_stop(make_server, client):
     """--force SIGKILLs the actor's group at once; its viewer gets error killed_by_operator."""
     server = make_server("tests.agents:scripted", args=LADDER)
     c = client(server)
-    sid, ws = await busy_session(c, "ignore_stop")
+    sid, ws = await c.busy_session("ignore_stop")
     out = script("navi-kill", "--data-dir", str(server.data_dir), "--force", sid)
     assert out.returncode == 0 and out.stdout.split()[-1] == "killed", out.stdout + out.stderr
     final = (await receive_until(ws, lambda e: e["type"] in FINAL_TYPES))[-1]
@@ -94,7 +85,7 @@ async def test_older_than_and_dry_run_pick_only_old_turns(make_server, client):
     """--older-than selects running turns past the age; --dry-run reports and changes nothing."""
     server = make_server("tests.agents:scripted", args=LADDER)
     c = client(server)
-    old, ows = await busy_session(c)
+    old, ows = await c.busy_session()
     idle = await c.new_session()
     iws = await c.connect(idle)
     await receive(iws)
@@ -116,7 +107,7 @@ async def test_kill_works_while_the_front_is_down(make_server, client):
     """With the front killed, navi-kill still reaches the supervisor and the run ends and is saved."""
     server = make_server("tests.agents:scripted", args=LADDER)
     c = client(server)
-    sid, _ = await busy_session(c)
+    sid, _ = await c.busy_session()
     os.kill(server.front_pid, signal.SIGKILL)
     out = script("navi-kill", "--data-dir", str(server.data_dir), sid)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -55,7 +55,7 @@ async def test_a_turn_streams_in_order_with_growing_seq(scripted_server, client)
 async def test_two_sessions_run_at_once_in_two_processes(scripted_server, client):
     """Two sessions' turns overlap, each in its own actor process, reused by the next turn."""
     c = client(scripted_server)
-    (s1, ws1), (s2, ws2) = await connected(c), await connected(c)
+    (_, ws1), (_, ws2) = await connected(c), await connected(c)
     await receive(ws1), await receive(ws2)
     t1 = asyncio.create_task(run_turn(ws1, "pid 5 0.05"))
     t2 = asyncio.create_task(run_turn(ws2, "pid 5 0.05"))

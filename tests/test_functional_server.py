@@ -18,9 +18,7 @@ async def test_demo_turn_shows_every_event_kind_in_order(make_server, client):
     """The demo agent's turn: planning, thinking, plan, a real tool call, streamed text, stream_end."""
     server = make_server("demo", FAST)
     c = client(server)
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    assert await receive(ws) == {"type": "session_sync"}
+    sid, ws = await c.open_session()
     events = await run_turn(ws, "What is 2 + 40?")
     kinds = [e["type"] for e in events]
     order = ["stream_start", "planning_status", "thinking_delta", "thinking_end", "plan_ready",
@@ -42,8 +40,7 @@ async def test_echo_agent_streams_the_message_back(make_server, client):
     """The echo agent (a factory-style agent) streams the words back."""
     server = make_server("echo", FAST)
     c = client(server)
-    ws = await c.connect(await c.new_session())
-    await receive(ws)
+    _, ws = await c.open_session()
     events = await run_turn(ws, "one two  three")
     assert [e["delta"] for e in events if e["type"] == "stream_delta"] == ["one", " two", "  three"]
     assert events[-1]["content"] == "one two  three"
@@ -53,9 +50,7 @@ async def test_demo_stop_arrives_within_half_a_second(make_server, client):
     """Stopping the demo agent mid-answer gives stream_stopped within 0.5 s, partial text saved."""
     server = make_server("demo", {"NAVI_AGENT_TOKENS_PER_SECOND": "20"})
     c = client(server)
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    await receive(ws)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "hello"})
     seen = await receive_until(ws, lambda e: e["type"] == "stream_delta")
     t0 = time.monotonic()
@@ -72,9 +67,7 @@ async def test_history_survives_a_server_restart(make_server, client, tmp_path):
     data = tmp_path / "data"
     server = make_server("demo", FAST, data_dir=data)
     c = client(server)
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    await receive(ws)
+    sid, ws = await c.open_session()
     events = await run_turn(ws, "remember 7")
     await ws.close()
     assert server.stop() == 0
@@ -94,9 +87,7 @@ async def test_graceful_shutdown_lets_running_turns_finish(make_server, client):
     """SIGTERM drains: the running turn completes and is saved, then the server exits 0 with no process left."""
     server = make_server("tests.agents:scripted")
     c = client(server)
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    await receive(ws)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "slow 20 0.02"})
     await receive_until(ws, lambda e: e["type"] == "stream_delta")
     server.proc.send_signal(signal.SIGTERM)
@@ -112,8 +103,7 @@ async def test_idle_actor_exits_after_its_timeout(make_server, client):
     """An actor with no running turn exits after --idle-timeout; the session's next turn starts a new one."""
     server = make_server("tests.agents:scripted", args=["--idle-timeout", "0.5"])
     c = client(server)
-    ws = await c.connect(await c.new_session())
-    await receive(ws)
+    _, ws = await c.open_session()
     pid = int(text_of(await run_turn(ws, "pid")).removeprefix("pid="))
     wait_for(lambda: not psutil.pid_exists(pid), 5, "the idle actor to exit")
     pid2 = int(text_of(await run_turn(ws, "pid")).removeprefix("pid="))
@@ -124,8 +114,7 @@ async def test_agent_factory_failure_is_reported(make_server, client):
     """A factory that raises gives agent_failed_to_start with the cause; the server keeps serving."""
     server = make_server("tests.agents:broken_factory")
     c = client(server)
-    ws = await c.connect(await c.new_session())
-    await receive(ws)
+    _, ws = await c.open_session()
     err = (await run_turn(ws, "hi"))[-1]
     assert err["type"] == "error" and err["code"] == "agent_failed_to_start"
     assert "factory exploded" in err["message"]
@@ -178,9 +167,7 @@ async def test_front_death_loses_sockets_not_runs(make_server, client):
     """kill -9 of the front mid-turn: a new front adopts the actor; a reconnecting client gets the whole turn."""
     server = make_server("tests.agents:scripted")
     c = client(server)
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    await receive(ws)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "pid 60 0.02"})
     seen = await receive_until(ws, lambda e: e["type"] == "stream_delta" and e["seq"] >= 3)
     actor_pid = int(text_of(seen).split()[0].removeprefix("pid="))
@@ -204,9 +191,7 @@ async def test_turn_that_ends_while_the_front_is_down_is_saved(make_server, clie
     """A turn that finishes during a front restart is saved complete when the new front adopts its actor."""
     server = make_server("tests.agents:scripted")
     c = client(server)
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    await receive(ws)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "slow 3 0.01"})
     await receive_until(ws, lambda e: e["type"] == "stream_delta")
     os.kill(server.front_pid, signal.SIGKILL)
@@ -220,9 +205,7 @@ async def test_actor_lost_during_a_front_restart_is_recorded_as_interrupted(make
     """If the actor dies while no front is up, the new front marks its turn interrupted, never stuck running."""
     server = make_server("tests.agents:scripted")
     c = client(server)
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    await receive(ws)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "pid 500 0.02"})
     seen = await receive_until(ws, lambda e: e["type"] == "stream_delta" and e["seq"] >= 3)
     actor_pid = int(text_of(seen).split()[0].removeprefix("pid="))
@@ -244,9 +227,7 @@ async def test_supervisor_death_takes_every_process_with_it(make_server, client)
     """kill -9 of the supervisor ends the front and every actor (no orphans)."""
     server = make_server("tests.agents:scripted")
     c = client(server)
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    await receive(ws)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "slow 500 0.02"})
     await receive_until(ws, lambda e: e["type"] == "stream_delta")
     family = server.descendants()
@@ -268,8 +249,7 @@ async def test_agent_module_in_the_current_folder_is_found(make_server, client, 
     )
     server = make_server("myagent:agent", cwd=folder)
     c = client(server)
-    ws = await c.connect(await c.new_session())
-    await receive(ws)
+    _, ws = await c.open_session()
     assert (await run_turn(ws, "hi"))[-1]["content"] == "mine: hi"
 
 
@@ -279,8 +259,7 @@ async def test_factory_aclose_runs_when_the_actor_exits(make_server, client, tmp
     server = make_server("tests.agents:closing_factory", env={"NAVI_TEST_MARKER": str(marker)},
                          args=["--idle-timeout", "0.3"])
     c = client(server)
-    ws = await c.connect(await c.new_session())
-    await receive(ws)
+    _, ws = await c.open_session()
     assert (await run_turn(ws, "hi"))[-1]["content"] == "hello"
     wait_for(marker.exists, 5, "aclose to leave its mark")
     assert marker.read_text().startswith("closed by ")
@@ -305,9 +284,7 @@ async def test_second_interrupt_skips_the_drain(make_server, client):
     """A second Ctrl-C during the drain stops running turns at once (stream_stopped), saves them, exits 0."""
     server = make_server("tests.agents:scripted")
     c = client(server)
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    await receive(ws)
+    sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "slow 1000 0.02"})
     await receive_until(ws, lambda e: e["type"] == "stream_delta")
     server.proc.send_signal(signal.SIGINT)

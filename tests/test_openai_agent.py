@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import receive, receive_until, run_turn, text_of
+from tests.conftest import receive_until, run_turn, text_of
 from navi_actor.agents.openai import ModelServerError, OpenAIAgent, Settings, load_tools
 from navi_actor.turn import Turn
 from tests.fake_openai import MODEL, Cut, Fail, FakeOpenAI, Malformed, Reply, Slow
@@ -40,13 +40,6 @@ def openai_server(make_server, fake):
     return start
 
 
-async def open_session(c):
-    sid = await c.new_session()
-    ws = await c.connect(sid)
-    assert await receive(ws) == {"type": "session_sync"}
-    return sid, ws
-
-
 def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == kind]
 
@@ -65,7 +58,7 @@ def error_of(events: list[dict[str, Any]]) -> str:
 async def test_plain_answer(openai_server, client, fake):
     """A plain answer streams the fake's text, and stream_end carries the usage the fake reported."""
     c = client(openai_server())
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Reply("The answer is 42, as always.", usage=(25, 6)))
     events = await run_turn(ws, "what is six times seven?")
     end = events[-1]
@@ -88,7 +81,7 @@ async def test_plain_answer(openai_server, client, fake):
 async def test_reasoning_becomes_thinking(openai_server, client, fake):
     """Reasoning deltas (reasoning_content or reasoning) become thinking_delta, closed by thinking_end."""
     c = client(openai_server())
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     for field in ("reasoning_content", "reasoning"):
         fake.push(Reply("Forty-two.", reasoning="Six sevens are forty-two.", reasoning_field=field))
         events = await run_turn(ws, "six sevens?")
@@ -108,7 +101,7 @@ async def test_reasoning_becomes_thinking(openai_server, client, fake):
 async def test_tool_call_round_trip(openai_server, client, fake):
     """A streamed calculator call is run, reported, and its result is sent back to the model as a tool message."""
     c = client(openai_server())
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Reply("Let me compute that.", tool_calls=[("calculator", '{"expression": "(6 * 7) / 2"}')]),
               Reply("It is 21."))
     events = await run_turn(ws, "half of six sevens?")
@@ -136,7 +129,7 @@ async def test_tool_call_round_trip(openai_server, client, fake):
 async def test_bad_tool_arguments_and_unknown_tool_are_reported_to_the_model(openai_server, client, fake):
     """Malformed JSON arguments and an unknown tool are not run; both fail visibly and the model is told why."""
     c = client(openai_server())
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Reply(tool_calls=[("calculator", '{"expression": "1 +'), ("launch_rockets", "{}")]),
               Reply("Sorry, I could not."))
     events = await run_turn(ws, "try it")
@@ -161,7 +154,7 @@ async def test_read_upload_stays_in_the_upload_folder(openai_server, client, fak
     """read_upload reads a file of the session's folder and refuses '../' and a symlink that escapes it."""
     server = openai_server()
     c = client(server)
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     uploads = server.data_dir / "uploads" / sid
     uploads.mkdir(parents=True)
     (uploads / "notes.txt").write_text("hello from notes")
@@ -186,7 +179,7 @@ async def test_read_upload_stays_in_the_upload_folder(openai_server, client, fak
 async def test_step_limit_ends_the_turn_with_an_error(openai_server, client, fake):
     """A model that keeps calling tools is stopped at NAVI_OPENAI_MAX_STEPS with a message naming the limit."""
     c = client(openai_server(NAVI_OPENAI_MAX_STEPS="2"))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     loop = Reply(tool_calls=[("current_time", "{}")])
     fake.push(loop, loop, loop)
     events = await run_turn(ws, "loop forever")
@@ -199,7 +192,7 @@ async def test_step_limit_ends_the_turn_with_an_error(openai_server, client, fak
 async def test_extra_tools_from_nav_openai_tools(openai_server, client, fake):
     """A registry named by NAVI_OPENAI_TOOLS is offered to the model next to the built-ins, and its tools run."""
     c = client(openai_server(NAVI_OPENAI_TOOLS="examples.extra_tools:tools", NAVI_OPENAI_BUILTIN_TOOLS="calculator"))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Reply(tool_calls=[("word_count", '{"text": "one two three"}')]), Reply("Three words."))
     events = await run_turn(ws, "count")
     (call,) = of_type(events, "tool_call")
@@ -215,7 +208,7 @@ async def test_extra_tools_from_nav_openai_tools(openai_server, client, fake):
 async def test_history_is_sent_on_the_second_turn(openai_server, client, fake):
     """The second turn's request carries the first turn's message and answer, its tool call summarised."""
     c = client(openai_server(NAVI_OPENAI_SYSTEM_PROMPT="Be brief."))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Reply(tool_calls=[("calculator", '{"expression": "2+3"}')]), Reply("Five."))
     await run_turn(ws, "what is 2+3?")
     fake.push(Reply("Yes."))
@@ -233,7 +226,7 @@ async def test_history_is_sent_on_the_second_turn(openai_server, client, fake):
 async def test_history_is_trimmed_to_the_context_budget(openai_server, client, fake):
     """History beyond NAVI_OPENAI_CONTEXT_CHARS is dropped from the oldest, announced by context_compressed first."""
     c = client(openai_server(NAVI_OPENAI_SYSTEM_PROMPT="Be brief.", NAVI_OPENAI_CONTEXT_CHARS="200"))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     for ask, answer in (("a" * 60, "b" * 60), ("c" * 60, "d" * 60)):
         fake.push(Reply(answer))
         assert not of_type(await run_turn(ws, ask), "context_compressed")
@@ -251,7 +244,7 @@ async def test_history_is_trimmed_to_the_context_budget(openai_server, client, f
 async def test_stop_closes_the_model_stream(openai_server, client, fake):
     """Stop mid-stream closes the model's response at once, sends stream_stopped and saves the partial text."""
     c = client(openai_server())
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Slow(interval=0.02))
     await ws.send_json({"type": "message", "content": "talk forever"})
     first = await receive_until(ws, lambda e: e["type"] == "stream_delta" and e["delta"] == "w3 ")
@@ -276,7 +269,7 @@ async def test_connection_refused_names_the_url_and_variable(make_server, client
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
     c = client(make_server("openai", env={"NAVI_OPENAI_BASE_URL": url, "NAVI_OPENAI_MODEL": MODEL}))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     message = error_of(await run_turn(ws, "hello"))
     assert f"cannot connect to the model server at {url}" in message
     assert "Set NAVI_OPENAI_BASE_URL" in message
@@ -285,7 +278,7 @@ async def test_connection_refused_names_the_url_and_variable(make_server, client
 async def test_unauthorized_points_at_the_api_key(openai_server, client, fake):
     """HTTP 401 is not retried and the error says to check NAVI_OPENAI_API_KEY; the key is sent as a bearer token."""
     c = client(openai_server(NAVI_OPENAI_API_KEY="sk-test-123"))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Fail(401, "Incorrect API key provided"))
     message = error_of(await run_turn(ws, "hello"))
     assert "HTTP 401 (Incorrect API key provided)" in message and "check NAVI_OPENAI_API_KEY" in message
@@ -296,7 +289,7 @@ async def test_unauthorized_points_at_the_api_key(openai_server, client, fake):
 async def test_not_found_points_at_the_model_and_url(openai_server, client, fake):
     """HTTP 404 gives an error naming NAVI_OPENAI_MODEL and NAVI_OPENAI_BASE_URL."""
     c = client(openai_server())
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Fail(404, f"model '{MODEL}' not found"))
     message = error_of(await run_turn(ws, "hello"))
     assert f"NAVI_OPENAI_MODEL='{MODEL}'" in message and "NAVI_OPENAI_BASE_URL" in message
@@ -306,7 +299,7 @@ async def test_not_found_points_at_the_model_and_url(openai_server, client, fake
 async def test_rate_limit_honours_retry_after_then_gives_up(openai_server, client, fake):
     """HTTP 429 is retried after its retry-after; when it persists past the retries the error says so."""
     c = client(openai_server(NAVI_OPENAI_RETRIES="2"))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Fail(429, "slow down", {"Retry-After": "0.3"}), Reply("Made it."))
     events = await run_turn(ws, "hello")
     assert events[-1]["type"] == "stream_end" and text_of(events) == "Made it."
@@ -322,7 +315,7 @@ async def test_rate_limit_honours_retry_after_then_gives_up(openai_server, clien
 async def test_server_errors_are_retried_then_reported(openai_server, client, fake):
     """HTTP 5xx is retried with backoff; a failure that persists ends the turn with the status and a hint."""
     c = client(openai_server())
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Fail(500, "boom"), Fail(502, "bad gateway"), Reply("Recovered."))
     events = await run_turn(ws, "hello")
     assert events[-1]["type"] == "stream_end" and text_of(events) == "Recovered."
@@ -337,7 +330,7 @@ async def test_server_errors_are_retried_then_reported(openai_server, client, fa
 async def test_stream_cut_keeps_the_partial_text(openai_server, client, fake):
     """A stream cut mid-answer ends the turn with an error saying so, and the text that streamed is saved."""
     c = client(openai_server())
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     cut = Cut("The first half of")
     fake.push(cut)
     await ws.send_json({"type": "message", "content": "hello"})
@@ -355,7 +348,7 @@ async def test_stream_cut_keeps_the_partial_text(openai_server, client, fake):
 async def test_malformed_chunk_is_named(openai_server, client, fake):
     """A data line that is not JSON ends the turn with an error quoting the bad chunk."""
     c = client(openai_server())
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     fake.push(Malformed("Partial", bad="{oops, not json"))
     events = await run_turn(ws, "hello")
     message = error_of(events)
@@ -393,7 +386,7 @@ async def test_long_retry_after_is_not_waited_for(fake):
 async def test_bad_setting_fails_to_start(make_server, client):
     """A bad NAVI_OPENAI_* value makes the factory fail: agent_failed_to_start, naming the variable."""
     c = client(make_server("openai", env={"NAVI_OPENAI_MODEL": MODEL, "NAVI_OPENAI_TEMPERATURE": "hot"}))
-    sid, ws = await open_session(c)
+    sid, ws = await c.open_session()
     events = await run_turn(ws, "hello")
     final = events[-1]
     assert final["type"] == "error" and final["code"] == "agent_failed_to_start"

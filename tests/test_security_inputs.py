@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from navi_actor import protocol
-from tests.conftest import Server, receive, receive_until, run_turn, text_of
+from tests.conftest import Server, receive, run_turn, text_of
 
 DORA = "dora-" + "D" * 40
 EVE = "eve-" + "E" * 40

@@ -16,8 +16,6 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
-
 from navi_actor import framing, logs
 
 if TYPE_CHECKING:
@@ -34,7 +32,6 @@ class ActorEvents(Protocol):
     def on_actor_event(self, actor: ActorHandle, event: dict[str, Any], payload: bytes) -> None: ...
     def on_actor_control(self, actor: ActorHandle, msg: dict[str, Any]) -> None: ...
     def on_actor_violation(self, actor: ActorHandle, reason: str) -> None: ...
-    def on_actor_eof(self, actor: ActorHandle) -> None: ...
 
 
 class ActorHandle(asyncio.Protocol):
@@ -113,8 +110,7 @@ class ActorHandle(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.eof.set()
-        self.owner.on_actor_eof(self)
+        self.eof.set()  # the owner's _watch waits on it, with the exit notice
 
     def note_exit(self, notice: dict[str, Any]) -> None:
         self.exit = notice
@@ -155,6 +151,3 @@ class ActorHandle(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)

@@ -493,9 +493,6 @@ class Runtime:
                   reason=reason)
         self.link.send({"op": "signal", "actor_id": actor.actor_id, "sig": "KILL"})
 
-    def on_actor_eof(self, actor: ActorHandle) -> None:
-        pass  # _watch waits for the exit notice too
-
     def _on_supervisor(self, msg: dict[str, Any], chan: Any) -> None:
         op = msg.get("op")
         if op == "spawned":
