@@ -20,7 +20,9 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, cast
+
+from navi_actor import logs
 
 __all__ = [
     "RUN_STATUSES", "FINAL_STATUSES", "SCHEMA_VERSION", "SESSION_ID_RE",
@@ -34,6 +36,7 @@ SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DB_FILENAME = "navi.sqlite3"
 TITLE_MAX = 60
 
+log = logs.get("navi.store")
 _MESSAGE_KEYS = ("id", "role", "content", "run_id", "created_at")
 
 # Version N's statements turn a version N-1 file into version N.
@@ -146,6 +149,21 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """Run ``calls`` (store methods bound to their arguments) in order.
+
+        Returns ``(True, result)`` or ``(False, exception)`` per call. Each call
+        succeeds or fails on its own, exactly as if called alone. This default
+        runs them one after the other; `SQLiteStore` commits them together.
+        """
+        out: list[tuple[bool, Any]] = []
+        for call in calls:
+            try:
+                out.append((True, call()))
+            except Exception as exc:
+                out.append((False, exc))
+        return out
+
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -162,12 +180,16 @@ def _locked(fn: _F) -> _F:
 
 
 class SQLiteStore(SessionStore):
-    """SQLite implementation (WAL, synchronous=FULL, foreign keys on)."""
+    """SQLite implementation (WAL, synchronous=FULL, foreign keys on).
+
+    `batch` is group commit: the calls waiting for the store share one
+    transaction and one fsync, each inside a savepoint of its own.
+    """
 
     def __init__(self, path: str | Path) -> None:
         """Open (creating if needed) the database at `path` and migrate it."""
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # batch() holds it around the methods it calls
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE) so that
         # reads and writes of one method are atomic together.
         conn = sqlite3.connect(str(self.path), check_same_thread=False,
@@ -204,8 +226,14 @@ class SQLiteStore(SessionStore):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error."""
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error.
+
+        Inside `batch`, a savepoint instead: the batch commits.
+        """
         db = self._db
+        if db.in_transaction:
+            yield db  # batch() put this call in a savepoint
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -468,6 +496,45 @@ class SQLiteStore(SessionStore):
             "SELECT id, session_id, first_seq, last_seq FROM runs"
             " WHERE status = 'running' ORDER BY started_at, rowid").fetchall()
         return [dict(r) for r in rows]
+
+    def batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """Group commit: run ``calls`` in one transaction, one savepoint each, and commit once.
+
+        A call that raises has its own changes rolled back and the others are
+        kept, so each call succeeds or fails exactly as if it ran alone, but
+        the batch pays for one fsync instead of one per call. If SQLite itself
+        fails (the disk is full, say; SQLite may then have rolled back the
+        whole transaction) or the commit fails, nothing of the batch is kept
+        and the calls are run again one by one, each in its own transaction,
+        so that each gets its own outcome.
+        """
+        if len(calls) <= 1:
+            return super().batch(calls)
+        with self._lock:
+            if self._conn is None:
+                return super().batch(calls)  # each raises "the store is closed"
+            db = self._conn
+            out: list[tuple[bool, Any]] = []
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for call in calls:
+                    db.execute("SAVEPOINT call")
+                    try:
+                        result = call()
+                    except StoreError as exc:  # our own refusal: this call only
+                        db.execute("ROLLBACK TO call")
+                        db.execute("RELEASE call")
+                        out.append((False, exc))
+                    else:
+                        db.execute("RELEASE call")
+                        out.append((True, result))
+                db.execute("COMMIT")
+            except Exception as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                log.warning("store.group_commit_failed", calls=len(calls), error=str(exc))
+                return super().batch(calls)
+            return out
 
     def close(self) -> None:
         """Close the connection; later calls raise StoreError. Idempotent."""

@@ -412,3 +412,148 @@ def test_database_file_is_private(tmp_path):
         assert stat.S_IMODE((d / "navi.sqlite3-wal").stat().st_mode) == 0o600
     finally:
         s.close()
+
+
+# ── group commit ───────────────────────────────────────────────────────────
+
+
+class _CountingConnection:
+    """A real sqlite3 connection that counts COMMITs, and can fail one on request."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self.commits = 0
+        self.fail_next_commit = False
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            if self.fail_next_commit:
+                self.fail_next_commit = False
+                raise sqlite3.OperationalError("disk I/O error (injected)")
+            self.commits += 1
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+@pytest.fixture
+def counted(store):
+    conn = _CountingConnection(store._conn)
+    store._conn = conn
+    yield conn
+    store._conn = conn._conn
+
+
+def reopen(store):
+    """A second store on the same file: what another process (or a restart) would read."""
+    return SQLiteStore(store.path)
+
+
+def test_batch_commits_once_and_each_call_keeps_its_own_outcome(store, counted):
+    """Calls in a batch share one commit; a refused call changes nothing, the others are kept."""
+    a, b = store.create_session()["id"], store.create_session()["id"]
+    counted.commits = 0
+
+    def half_done_then_refused():
+        store.create_session("half")  # written, then rolled back with its savepoint
+        raise StoreError("refused after writing")
+
+    outcomes = store.batch([
+        lambda: begin(store, a, "r1", content="first"),
+        lambda: begin(store, "missing", "r2"),
+        half_done_then_refused,
+        lambda: store.finish_run("nope", status="done", content="", last_seq=1),
+        lambda: begin(store, b, "r3", content="third"),
+        lambda: store.history(a),
+    ])
+    assert counted.commits == 1
+    assert [ok for ok, _ in outcomes] == [True, False, False, False, True, True]
+    assert outcomes[0][1] == 0 and outcomes[4][1] == 0
+    assert isinstance(outcomes[1][1], SessionNotFound)
+    assert str(outcomes[2][1]) == "refused after writing"
+    assert isinstance(outcomes[3][1], RunNotRunning)
+    assert outcomes[5][1] == []  # the run it reads is still running
+    other = reopen(store)
+    try:
+        assert {r["id"] for r in other.running_runs()} == {"r1", "r3"}
+        assert [s["title"] for s in other.list_sessions()].count("half") == 0
+        assert len(other.list_sessions()) == 2
+    finally:
+        other.close()
+
+
+def test_batch_falls_back_to_one_by_one_when_the_commit_fails(store, counted):
+    """A failed group commit keeps nothing of it; the calls are run again alone and each gets its outcome."""
+    sid = store.create_session()["id"]
+    counted.fail_next_commit = True
+    counted.commits = 0
+    outcomes = store.batch([
+        lambda: begin(store, sid, "r1"),
+        lambda: begin(store, sid, "r1"),  # the same run twice: the second is refused
+        lambda: store.create_session("kept")["id"],
+    ])
+    assert [ok for ok, _ in outcomes] == [True, False, True]
+    assert "already exists" in str(outcomes[1][1])
+    assert counted.commits == 2  # the two that succeeded, alone
+    other = reopen(store)
+    try:
+        assert [r["id"] for r in other.running_runs()] == ["r1"]
+        assert other.get_session(outcomes[2][1])["title"] == "kept"
+    finally:
+        other.close()
+
+
+def test_batch_falls_back_when_a_call_fails_inside_sqlite(store, counted):
+    """An error that is not the store's own refusal aborts the batch: the calls run again one by one."""
+    sid = store.create_session()["id"]
+    calls = {"n": 0}
+
+    def broken():
+        calls["n"] += 1
+        store._db.execute("SELECT * FROM no_such_table")
+
+    counted.commits = 0
+    outcomes = store.batch([lambda: begin(store, sid, "r1"), broken, lambda: store.create_session()["id"]])
+    assert outcomes[0] == (True, 0)
+    assert not outcomes[1][0] and isinstance(outcomes[1][1], sqlite3.OperationalError)
+    assert outcomes[2][0]
+    assert calls["n"] == 2  # once in the batch, once alone
+    assert [r["id"] for r in store.running_runs()] == ["r1"]  # written once, not twice
+
+
+def test_batch_on_a_closed_store_fails_every_call(tmp_path):
+    s = open_store(tmp_path / "data")
+    s.close()
+    outcomes = s.batch([s.list_sessions, s.list_sessions])
+    assert all(not ok and "closed" in str(exc) for ok, exc in outcomes)
+
+
+async def test_store_queue_groups_waiting_calls_and_survives_a_cancelled_caller(store):
+    """Calls made while a batch is written go together in the next one; results reach the right callers."""
+    import asyncio
+
+    from navi_actor.front.storeq import StoreQueue
+
+    loop = asyncio.get_running_loop()
+    q = StoreQueue(store, loop)
+    gate = threading.Event()
+    first = asyncio.ensure_future(q.call(gate.wait, 10))  # holds the store thread
+    sids = [store.create_session()["id"] for _ in range(20)]
+    starts = [asyncio.ensure_future(q.call(begin, store, sid, f"run{i}", content=f"m{i}"))
+              for i, sid in enumerate(sids)]
+    doomed = asyncio.ensure_future(q.call(store.create_session, "cancelled caller"))
+    refused = asyncio.ensure_future(q.call(begin, store, "missing", "x"))
+    await asyncio.sleep(0)  # every call is queued behind the first
+    doomed.cancel()
+    gate.set()
+    assert await first is True
+    assert await asyncio.gather(*starts) == [0] * 20
+    with pytest.raises(SessionNotFound):
+        await refused
+    assert q.batches == 2 and q.calls == 23  # the gate's batch, then all the others together
+    assert len(store.running_runs()) == 20
+    assert any(s["title"] == "cancelled caller" for s in store.list_sessions())  # written all the same
+    await q.close()
+    with pytest.raises(StoreError, match="closed"):
+        await q.call(store.list_sessions)

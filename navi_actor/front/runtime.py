@@ -10,8 +10,6 @@ turn's end is made durable before any viewer sees it.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import os
 import time
 import uuid
@@ -25,6 +23,7 @@ from navi_actor.events import RESERVED_TYPES
 from navi_actor.front.actors import ActorHandle
 from navi_actor.front.link import SupervisorLink
 from navi_actor.front.metrics import Metrics
+from navi_actor.front.storeq import StoreQueue
 from navi_actor.front.viewer import Viewer
 from navi_actor.protocol import ClientError, UserMessage
 from navi_actor.store import SessionNotFound, SessionStore, StoreError
@@ -74,8 +73,8 @@ class Runtime:
     def __init__(self, config: Config, store: SessionStore, link_fd: int) -> None:
         self.config = config
         self.store_backend = store
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
         self.loop = asyncio.get_running_loop()
+        self.store_queue = StoreQueue(store, self.loop)
         self.link = SupervisorLink(link_fd, self._on_supervisor, self._on_supervisor_lost)
         self.viewers: dict[str, set[Viewer]] = {}
         self.runs: dict[str, Run] = {}
@@ -100,8 +99,8 @@ class Runtime:
         self.loop.call_soon(lambda: self.loop.create_task(self._reconcile()))
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store call on the store's own thread."""
-        return await self.loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        """Run a store call on the store's own thread, committed with the others waiting (group commit)."""
+        return await self.store_queue.call(fn, *args, **kwargs)
 
     # ── viewers ───────────────────────────────────────────────────────────
     def attach(self, viewer: Viewer, after: int | None) -> None:
@@ -645,8 +644,7 @@ class Runtime:
             actor.send({"op": "shutdown"})
         self._ticker.cancel()
         self.link.close()
-        self.executor.shutdown(wait=True)
-        self.store_backend.close()
+        await self.store_queue.close()
 
     async def _wait_runs(self, timeout: float, until_no_drain: bool = False) -> None:
         deadline = self.loop.time() + timeout
