@@ -43,10 +43,13 @@ class Viewer:
         # Merge text only when well backed up (a client truly behind), never in the normal
         # lag of a fast stream: one WebSocket message per event is the rule.
         self._pending = Outbox(max_pending, coalesce_at=min(1024 * 1024, max_pending // 4))
+        self._loop = asyncio.get_running_loop()
+        self._flush_soon = False  # a _flush is scheduled for this loop turn
+        self._slow = False  # the writer task is sending through aiohttp (paused socket, deflate)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while nothing waits to be written
         self._idle.set()
-        self._task = asyncio.get_running_loop().create_task(self._writer())
+        self._task = self._loop.create_task(self._writer())
 
     def __repr__(self) -> str:
         return f"<Viewer {self.id} session={self.session_id} {self._pending!r}>"
@@ -60,28 +63,57 @@ class Viewer:
             self._too_slow()
             return
         self._idle.clear()
-        self._wake.set()
+        if not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """At the end of the loop turn: everything queued goes out in one write (one syscall).
+
+        This is a plain callback, not a task woken per event: at thousands of
+        sparse streams the wake-up was a good part of the front's cost. When
+        the socket is paused (a slow client) or frames are compressed, the
+        writer task sends through aiohttp instead, which waits for the drain.
+        """
+        self._flush_soon = False
+        if self._slow or self._task.done():
+            return  # the writer task is at it (it comes back here when done), or the viewer left
+        pending = self._pending
+        if not pending:
+            self._idle.set()
+            return
+        out = self.out
+        if not out.can_batch:
+            self._slow = True
+            self._wake.set()
+            return
+        batch, last = pending.take_all()
+        try:
+            out.write_batch(batch)
+        except (ConnectionError, RuntimeError):
+            self.closed = True  # the client went away; its reader sees the close
+            return
+        if last:
+            self.delivered_seq = last
+        self._idle.set()
 
     async def _writer(self) -> None:
+        """The slow path: one frame at a time through aiohttp, waiting while the socket is paused."""
         out = self.out
         pending = self._pending
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while pending:
-                    if out.can_batch:
-                        # Everything ready goes out in one write: one syscall, not one per event.
-                        batch, last = pending.take_all()
-                        out.write_batch(batch)
-                        if last:
-                            self.delivered_seq = last
-                    else:
+                try:
+                    while pending and not out.can_batch:
                         data, seq = pending.pop()
                         await out.send_one(data)
                         if seq:
                             self.delivered_seq = seq
-                self._idle.set()
+                finally:
+                    self._slow = False
+                self._flush()  # what is left, in one write, now that the socket takes it
         except (ConnectionError, RuntimeError):
             self.closed = True  # the client went away; its reader sees the close
         except asyncio.CancelledError:
