@@ -170,6 +170,9 @@ async def test_metrics_count_crashes_and_stops(make_server, client):
     assert after[("navi_time_to_first_event_seconds_count", ())] >= 2
     assert after[("navi_actors", (("state", "idle"),))] >= 1
     assert ("navi_websocket_clients", ()) in after
+    commits, calls = after[("navi_store_commits_total", ())], after[("navi_store_calls_total", ())]
+    assert 0 < commits <= calls
+    assert calls > before[("navi_store_calls_total", ())]
 
 
 async def test_sighup_reloads_agent_code_without_cutting_a_turn(make_server, client, tmp_path):

@@ -72,6 +72,11 @@ class _Live(Collector):
             yield GaugeMetricFamily("navi_websocket_clients", "Connected WebSocket clients",
                                     value=sum(len(v) for v in rt.viewers.values()))
             yield GaugeMetricFamily("navi_runs", "Turns running now", value=len(rt.runs))
+            sq = rt.store_queue
+            yield CounterMetricFamily("navi_store_commits", "Store batches written (one transaction each)",
+                                      value=sq.batches)
+            yield CounterMetricFamily("navi_store_calls", "Store calls, grouped into those batches",
+                                      value=sq.calls)
         by_state = GaugeMetricFamily("navi_actors", "Actor processes, by state", labels=["state"])
         counts: dict[str, int] = {s: 0 for s in ("starting", "running", "idle", "stopping")}
         for row in self.m.actor_rows:
