@@ -62,6 +62,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _nice(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise ValueError(f"a nice increment is 0..19, got {text!r}")
+    return value
+
+
 def _switch(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -186,6 +193,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_actors", 256, _positive(int), "most actor processes at once; idle ones are evicted first"),
     Option(
+        "actor_nice",
+        10,
+        _nice,
+        "nice increment of actor processes (0..19), so that agents busy on the CPU cannot starve the "
+        "front that serves every session (0: same priority as the front)",
+    ),
+    Option(
         "warm_actors",
         2,
         _non_negative(int),
@@ -276,6 +290,7 @@ class Config:
     turn_timeout: float = 1800.0
     actor_max_rss: int = 1024
     max_actors: int = 256
+    actor_nice: int = 10
     warm_actors: int = 2
     ws_compress: bool = False
     drain_timeout: float = 30.0

@@ -188,7 +188,7 @@ def apply_rlimits(text: str) -> dict[str, int]:
 
 
 def enter_actor(config: Config) -> None:
-    """First thing in a forked actor: no secrets, no privilege gain, the configured limits.
+    """First thing in a forked actor: no secrets, no privilege gain, the configured limits and nice value.
 
     The actor is made dumpable again (it inherits the supervisor's setting):
     it holds nothing but its own session, and agents may read their own
@@ -198,6 +198,8 @@ def enter_actor(config: Config) -> None:
     set_dumpable(True)
     no_new_privs()
     apply_rlimits(config.actor_rlimits)
+    if config.actor_nice:
+        os.nice(config.actor_nice)
 
 
 def check_in_child(fn: Callable[[], str]) -> str:

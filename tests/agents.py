@@ -272,7 +272,7 @@ async def hostile(turn: Turn) -> AsyncIterator[Any]:
     - ``probe PID [HEX…]``: reports (as JSON text) the environment's names,
       whether any needle (hex) is in its environment, its memory, its parent's
       (the supervisor's) /proc environ and fd list, and process PID's (the
-      front's) /proc mem; plus its resource limits and no_new_privs
+      front's) /proc mem; plus its resource limits, no_new_privs and nice values (its own, the front's)
     - ``slow N DELAY``: N deltas DELAY seconds apart, honouring stop
     - anything else: echoes the words
     """
@@ -324,6 +324,8 @@ async def hostile(turn: Turn) -> AsyncIterator[Any]:
             report["front_mem"] = "denied"
         report["rlimits"] = {name: resource.getrlimit(getattr(resource, f"RLIMIT_{name.upper()}"))[0]
                              for name in ("nofile", "nproc", "as")}
+        report["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
+        report["front_nice"] = os.getpriority(os.PRIO_PROCESS, front_pid)
         with open("/proc/self/status") as f:
             report["no_new_privs"] = next(ln.split()[1] for ln in f if ln.startswith("NoNewPrivs:")) == "1"
         yield TextDelta(json.dumps(report))

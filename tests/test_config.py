@@ -103,6 +103,7 @@ def test_every_option_is_read_from_its_env_var():
         "NAVI_TURN_TIMEOUT": "60",
         "NAVI_ACTOR_MAX_RSS": "512",
         "NAVI_MAX_ACTORS": "8",
+        "NAVI_ACTOR_NICE": "0",
         "NAVI_WARM_ACTORS": "0",
         "NAVI_DRAIN_TIMEOUT": "10",
         "NAVI_TOKENS_FILE": "/etc/navi/tokens",
@@ -120,7 +121,7 @@ def test_every_option_is_read_from_its_env_var():
         host="0.0.0.0", port=0, agent="pkg.mod:agent", data_dir="/srv/navi", log_format="json",
         idle_timeout=30.5, heartbeat_interval=5.0, stop_grace=0.5, stop_term_after=3.0,
         stop_kill_after=1.0, replay_max_bytes=1024, client_max_pending_bytes=2048, turn_timeout=60.0,
-        actor_max_rss=512, max_actors=8, warm_actors=0, drain_timeout=10.0,
+        actor_max_rss=512, max_actors=8, actor_nice=0, warm_actors=0, drain_timeout=10.0,
         tokens_file="/etc/navi/tokens", insecure_no_auth=True, allowed_origins="https://a.example",
         ws_ticket_ttl=10.0, rate_limit=30, upload_max_bytes=1048576, actor_env_allow="X_KEY",
         actor_rlimits="nofile=64", ws_compress=True,
@@ -148,6 +149,8 @@ def test_flags_are_parsed_to_their_types():
         ("NAVI_REPLAY_MAX_BYTES", "1.5"),
         ("NAVI_REPLAY_MAX_BYTES", "0"),
         ("NAVI_LOG_FORMAT", "xml"),
+        ("NAVI_ACTOR_NICE", "20"),
+        ("NAVI_ACTOR_NICE", "-5"),
     ],
 )
 def test_invalid_env_value_exits_2_naming_the_variable(capsys, var, value):
@@ -188,7 +191,7 @@ def test_log_format_refuses_other_values(capsys, value):
 @pytest.mark.parametrize(
     "argv",
     [["--port", "abc"], ["--port", "65536"], ["--idle-timeout", "0"], ["--drain-timeout", "-3"],
-     ["--client-max-pending-bytes", "1e6"]],
+     ["--client-max-pending-bytes", "1e6"], ["--actor-nice", "20"], ["--actor-nice", "-1"]],
 )
 def test_invalid_flag_value_exits_2_naming_the_flag(capsys, argv):
     """A flag value the option cannot parse makes argparse exit with status 2 naming the flag."""

@@ -86,7 +86,7 @@ async def test_actors_hold_no_token_or_secret_and_cannot_reach_the_front(make_se
         env={"NAVI_TOKENS": f"{TOKEN} alice admin", "MY_DB_PASSWORD": DB_PASSWORD,
              "DATABASE_URL": f"postgres://app:{URL_PASSWORD}@db.internal/app", "NAVI_OPENAI_API_KEY": API_KEY,
              "PLAIN_SETTING": "visible"},
-        args=["--actor-rlimits", "nofile=256,as=4G"],
+        args=["--actor-rlimits", "nofile=256,as=4G", "--actor-nice", "7"],
     )
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         report = await probe(lambda s: Client(s, http), server, TOKEN, DB_PASSWORD, URL_PASSWORD)
@@ -101,6 +101,7 @@ async def test_actors_hold_no_token_or_secret_and_cannot_reach_the_front(make_se
     else:
         assert report["parent_environ"] == report["front_environ"] == "clean"
     assert report["rlimits"]["nofile"] == 256 and report["rlimits"]["as"] == 4 << 30
+    assert report["nice"] == min(report["front_nice"] + 7, 19)
     assert report["no_new_privs"] is True
     assert TOKEN not in server.log_text() and DB_PASSWORD not in server.log_text()
 
@@ -119,3 +120,4 @@ async def test_without_authentication_secrets_are_still_kept_from_actors(make_se
     assert report["parent_environ"] == "clean"  # readable without authentication, but wiped
     assert report["proc_environ"] == "clean"
     assert report["no_new_privs"] is True
+    assert report["nice"] == min(report["front_nice"] + 10, 19)  # the default --actor-nice
