@@ -567,31 +567,78 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
     return uvloop.run(main())
 
 
-def prewarm() -> None:
-    """Run the actor's I/O path once in the template process, before it forks.
+REHEARSAL_TURNS = 3
+REHEARSAL_DELTAS = 200  # enough for CPython 3.11 to specialise the hot path's bytecode
 
-    uvloop and asyncio set up module state and caches on first use; done here,
-    before ``gc.freeze()``, those pages are shared by every actor instead of
-    being written (and so copied) in each. Runs no agent code.
+
+async def _rehearsal_agent(turn: Turn) -> AsyncIterator[Any]:
+    """The agent of :func:`prewarm`'s rehearsal: every kind of event the runtime handles often."""
+    from navi_actor.events import ThinkingDelta, ThinkingEnd, ToolEvent, ToolStarted
+
+    yield ThinkingDelta("rehearsing")
+    yield ThinkingEnd()
+    yield ToolStarted("rehearsal", {"n": 1})
+    yield ToolEvent("rehearsal", {"n": 1}, "ok", True)
+    for i in range(REHEARSAL_DELTAS):
+        yield TextDelta("tok ")
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+
+
+def prewarm(log_format: str = "auto") -> int:
+    """Rehearse a few turns of the actor's own code in the template process, before it forks.
+
+    uvloop and asyncio set up module state and caches on first use, and
+    CPython 3.11 rewrites a function's bytecode in place (specialisation) once
+    it has run a few times. Done here, before ``gc.freeze()``, those writes
+    land in pages every actor shares; otherwise each actor's first turn copies
+    them (about half a MiB). The rehearsal runs a real :class:`Actor` on a
+    socketpair with a built-in agent (never the configured one), and logs to
+    nowhere. The caller configures logging again afterwards. Returns the
+    number of turns rehearsed.
     """
     import uvloop
 
-    async def round_trip() -> None:
-        loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
-        got = loop.create_future()
+    from navi_actor.agent_loader import AgentSpec
 
-        class Sink(asyncio.Protocol):
-            def data_received(self, data: bytes) -> None:
-                if not got.done():
-                    got.set_result(data)
+    async def rehearse() -> int:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        spec = AgentSpec("rehearsal", "navi_actor.actor:_rehearsal_agent", _rehearsal_agent, True)
+        actor = Actor(spec, Config(), "rehearsal", "rehearsal", theirs)
+        serving = asyncio.ensure_future(actor.serve())
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        decoder = framing.FrameDecoder(framing.MAX_ACTOR_FRAME)
 
-        ta, _ = await loop.create_unix_connection(asyncio.Protocol, sock=a)
-        tb, _ = await loop.create_unix_connection(Sink, sock=b)
-        ta.write(framing.control({"op": "hello", "pid": 0}))
-        framing.FrameDecoder(framing.MAX_ACTOR_FRAME).feed(await got)
-        ta.close()
-        tb.close()
-        await asyncio.sleep(0)
+        async def until(op: str) -> None:
+            while True:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                if not data:
+                    raise RuntimeError("the rehearsal actor closed its channel")
+                for body in decoder.feed(data):
+                    if body[0] == framing.EVENT_TAG:
+                        framing.parse_event(body[1:])
+                    elif framing.parse_control(body)["op"] == op:
+                        return
 
-    uvloop.run(round_trip())
+        await until("hello")
+        done = 0
+        for i in range(REHEARSAL_TURNS):
+            run_id = f"rehearsal{i}"
+            turn = {"session_id": "rehearsal", "content": "hi", "display_content": "hi", "images": [],
+                    "files": [], "history": [], "upload_dir": ""}
+            writer.write(framing.control({"op": "turn", "run_id": run_id,
+                                          "start": protocol.stream_start(1, run_id), "turn": turn}))
+            await until("turn_done")
+            done += 1
+            writer.write(framing.control({"op": "persisted", "run_id": run_id}))
+        writer.write(framing.control({"op": "shutdown"}))
+        await asyncio.wait_for(serving, 10)
+        actor.transport.close()
+        writer.close()
+        await writer.wait_closed()
+        return done
+
+    with open(os.devnull, "w") as nowhere:
+        logs.configure("prewarm", log_format, file=nowhere)
+        return uvloop.run(rehearse())

@@ -228,7 +228,8 @@ def serve(cfg: config_mod.Config) -> int:
     from navi_actor import actor as actor_mod
     from navi_actor.front import app as front_app
 
-    actor_mod.prewarm()
+    actor_mod.prewarm(cfg.log_format)
+    logs.configure("supervisor", cfg.log_format)  # the rehearsal logged to nowhere
     gc.collect()
     gc.freeze()
     agent = [spec]  # replaced on SIGHUP; actors forked later run the new code

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure(role: str, log_format: str = "auto") -> None:
-    """(Re)configure logging for this process; call again in each child."""
+def configure(role: str, log_format: str = "auto", file: TextIO | None = None) -> None:
+    """(Re)configure logging for this process; call again in each child. ``file``: stderr by default."""
     if log_format == "auto":
         log_format = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor
@@ -32,7 +33,7 @@ def configure(role: str, log_format: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr if file is None else file),
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()
