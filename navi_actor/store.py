@@ -534,6 +534,10 @@ class SQLiteStore(SessionStore):
                     db.execute("ROLLBACK")
                 log.warning("store.group_commit_failed", calls=len(calls), error=str(exc))
                 return super().batch(calls)
+            except BaseException:  # KeyboardInterrupt, SystemExit: never leave the transaction open
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
             return out
 
     def close(self) -> None:

@@ -557,3 +557,22 @@ async def test_store_queue_groups_waiting_calls_and_survives_a_cancelled_caller(
     await q.close()
     with pytest.raises(StoreError, match="closed"):
         await q.call(store.list_sessions)
+
+
+def test_batch_interrupted_by_a_base_exception_leaves_no_transaction_open(store):
+    """A KeyboardInterrupt inside a batch propagates, nothing of the batch is kept, and the store goes on."""
+    sid = store.create_session()["id"]
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.batch([lambda: begin(store, sid, "r1"), interrupted])
+    assert not store._db.in_transaction
+    assert store.running_runs() == []
+    begin(store, sid, "r2")
+    other = reopen(store)
+    try:
+        assert [r["id"] for r in other.running_runs()] == ["r2"]
+    finally:
+        other.close()
