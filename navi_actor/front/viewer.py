@@ -92,6 +92,7 @@ class Viewer:
             out.write_batch(batch)
         except (ConnectionError, RuntimeError):
             self.closed = True  # the client went away; its reader sees the close
+            self._idle.set()  # nothing more will be written: do not keep flush_and_close waiting
             return
         if last:
             self.delivered_seq = last
