@@ -73,7 +73,8 @@ class _Live(Collector):
                                     value=sum(len(v) for v in rt.viewers.values()))
             yield GaugeMetricFamily("navi_runs", "Turns running now", value=len(rt.runs))
             sq = rt.store_queue
-            yield CounterMetricFamily("navi_store_commits", "Store batches written (one transaction each)",
+            yield CounterMetricFamily("navi_store_batches", "Batches of store calls sent to the store thread "
+                                      "(one transaction each, unless a failed one is retried call by call)",
                                       value=sq.batches)
             yield CounterMetricFamily("navi_store_calls", "Store calls, grouped into those batches",
                                       value=sq.calls)
