@@ -263,6 +263,7 @@ def serve(cfg: config_mod.Config) -> int:
         control_path=runtime_dir(data) / SOCKET_NAME,
         on_reload=reload_agent,
         warm_actors=cfg.warm_actors,
+        use_zygote=not cfg.no_zygote,
         shutdown_grace=cfg.drain_timeout + cfg.stop_term_after + cfg.stop_kill_after + 2.0,
     )
     log.info("serve.start", agent=spec.target, data_dir=str(data), host=cfg.host, port=cfg.port,

@@ -206,6 +206,14 @@ OPTIONS: tuple[Option, ...] = (
         "actors forked ahead of need, so a new session's first turn does not wait for a fork (0: none)",
     ),
     Option(
+        "no_zygote",
+        False,
+        _switch,
+        "fork actors from the supervisor itself instead of from an idle zygote process (the zygote keeps "
+        "the pages actors share with it untouched, so each actor uses less memory and starts faster)",
+        switch=True,
+    ),
+    Option(
         "ws_compress",
         False,
         _switch,
@@ -292,6 +300,7 @@ class Config:
     max_actors: int = 256
     actor_nice: int = 10
     warm_actors: int = 2
+    no_zygote: bool = False
     ws_compress: bool = False
     drain_timeout: float = 30.0
     tokens_file: str = ""

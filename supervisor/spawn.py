@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, NoReturn
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -56,6 +56,22 @@ def fork_child(
     pid = os.fork()
     if pid:
         return pid
+    run_child(main, keep_fds, parent=parent, new_group=new_group, death_signal=death_signal)
+
+
+def run_child(
+    main: Callable[[], int],
+    keep_fds: tuple[int, ...],
+    *,
+    parent: int,
+    new_group: bool,
+    death_signal: int,
+) -> NoReturn:
+    """In a new child: settle its process state, run ``main()``, exit with its return value.
+
+    ``parent`` is the supervisor's pid: a child whose parent is already
+    someone else (the supervisor died before this ran) exits at once.
+    """
     code = EXIT_CHILD_CRASHED
     try:
         if new_group:
@@ -85,7 +101,6 @@ def fork_child(
             sys.stderr.flush()
         finally:
             os._exit(code if isinstance(code, int) else EXIT_CHILD_CRASHED)
-    raise AssertionError("unreachable")
 
 
 def _close_fds_except(keep: set[int]) -> None:

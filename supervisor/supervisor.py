@@ -38,7 +38,7 @@ from typing import Any, Callable
 import orjson
 import structlog
 
-from supervisor import limits, spawn
+from supervisor import limits, spawn, zygote
 from supervisor.causes import EXIT_CANNOT_START, describe_status
 from supervisor.control import ControlServer
 from supervisor.fdchannel import ChannelClosed, FdChannel
@@ -50,6 +50,7 @@ from supervisor.restart import RestartPolicy
 log = structlog.get_logger("navi.supervisor")
 
 _SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
+MAX_ZYGOTE_FAILURES = 3  # zygote failures in a row before actors fork from the supervisor for good
 
 
 @dataclasses.dataclass(slots=True)
@@ -67,6 +68,7 @@ class Hooks:
     control_path: Path | None = None  # where to serve the control socket
     on_reload: Callable[[], str | None] | None = None  # SIGHUP: load new agent code; None or why it failed
     warm_actors: int = 0  # actors forked ahead of need, ready for the next new session
+    use_zygote: bool = True  # fork actors from an idle zygote (supervisor/zygote.py), not from the supervisor
 
 
 @dataclasses.dataclass(slots=True)
@@ -105,6 +107,10 @@ class Supervisor:
         self.ops = Operations(self, hooks.stop_term_after, hooks.stop_kill_after)
         self.pool = WarmPool(hooks.warm_actors)
         self.control: ControlServer | None = None
+        self.zygote: zygote.Zygote | None = None
+        self._zygote_failures = 0  # in a row; at MAX_ZYGOTE_FAILURES actors fork from the supervisor
+        self._zygote_off: str | None = None if hooks.use_zygote else "--no-zygote"
+        self._retired_zygotes: set[int] = set()  # stopped on purpose; reaped quietly
 
     @property
     def stage(self) -> str:
@@ -124,6 +130,12 @@ class Supervisor:
         if self.hooks.control_path is not None:
             self.control = ControlServer(self.hooks.control_path, self.ops.handle)
             self.sel.register(self.control.sock, selectors.EVENT_READ, self._on_control_accept)
+        if self._zygote_off is None:
+            self._zygote_off = zygote.unsupported_reason()
+        if self._zygote_off is None:
+            self._ensure_zygote()  # before the front: its pages are the template's, untouched
+        else:
+            log.info("supervisor.no_zygote", reason=self._zygote_off, note="actors fork from the supervisor")
         self._start_front()
         self._refill_pool()
         try:
@@ -171,6 +183,7 @@ class Supervisor:
         for actor in self.pool.drain():  # forked before the reload: old code
             actor.kill_kind = "reload"
             _killpg(actor.pid, signal.SIGKILL)
+        self._retire_zygote()  # it holds the old code too; the next fork starts a new one
         self._refill_pool()
         log.info("supervisor.reloaded")
         sd_notify("STATUS=agent code reloaded")
@@ -345,14 +358,16 @@ class Supervisor:
             raise
         fd, life_fd = chan_actor.fileno(), life_actor.fileno()
         try:
-            # No death signal: the actor watches its lifeline and, when the
-            # supervisor is gone, kills its whole group (a signal would kill only it).
-            pid = spawn.fork_child(
-                lambda: self.hooks.actor_main(actor_id, session_id, fd, life_fd),
-                (fd, life_fd),
-                new_group=True,
-                death_signal=0,
-            )
+            pid = self._zygote_fork(actor_id, session_id, fd, life_fd)
+            if pid is None:
+                # No death signal: the actor watches its lifeline and, when the
+                # supervisor is gone, kills its whole group (a signal would kill only it).
+                pid = spawn.fork_child(
+                    lambda: self.hooks.actor_main(actor_id, session_id, fd, life_fd),
+                    (fd, life_fd),
+                    new_group=True,
+                    death_signal=0,
+                )
         except OSError:
             for sock in (chan_actor, chan_front, life_actor, life_ours):
                 sock.close()
@@ -365,6 +380,64 @@ class Supervisor:
         self.ops.on_spawn()
         log.info("supervisor.actor_spawned", actor_id=actor_id, actor_pid=pid, warm=not session_id)
         return actor, chan_front
+
+    # ── the zygote ────────────────────────────────────────────────────────
+    def _ensure_zygote(self) -> zygote.Zygote | None:
+        """The running zygote, started if need be; None when actors fork from here."""
+        if self._zygote_off is not None or self._stage != "running":
+            return None
+        if self.zygote is None:
+            try:
+                self.zygote = zygote.Zygote.start(self.hooks.actor_main)
+            except OSError as exc:
+                self._zygote_failed(f"cannot fork it: {exc}")
+                return None
+            log.info("supervisor.zygote_started", zygote_pid=self.zygote.pid)
+        return self.zygote
+
+    def _zygote_fork(self, actor_id: str, session_id: str, fd: int, life_fd: int) -> int | None:
+        """The pid of an actor the zygote cloned; None if there is no zygote to ask.
+
+        Raises OSError when clone failed, as fork would have.
+        """
+        z = self._ensure_zygote()
+        if z is None:
+            return None
+        try:
+            pid = z.fork_actor(actor_id, session_id, fd, life_fd)
+        except zygote.ZygoteFailed as exc:
+            self._retire_zygote()
+            self._zygote_failed(str(exc))
+            return None
+        self._zygote_failures = 0
+        return pid
+
+    def _zygote_failed(self, why: str) -> None:
+        self._zygote_failures += 1
+        if self._zygote_failures >= MAX_ZYGOTE_FAILURES:
+            self._zygote_off = f"the zygote failed {self._zygote_failures} times in a row; last: {why}"
+            log.error("supervisor.zygote_disabled", reason=why, failures=self._zygote_failures,
+                      note="actors fork from the supervisor from now on")
+        else:
+            log.warning("supervisor.zygote_failed", reason=why, failures=self._zygote_failures,
+                        note="a new zygote is started for the next actor")
+
+    def _retire_zygote(self) -> None:
+        if self.zygote is not None:
+            self._retired_zygotes.add(self.zygote.pid)
+            self.zygote.close()
+            self.zygote = None
+
+    def _zygote_exited(self, pid: int, status: int) -> None:
+        if pid in self._retired_zygotes:
+            self._retired_zygotes.discard(pid)
+            return
+        if self.zygote is not None:  # the running one died
+            self.zygote.sock.close()
+            self.zygote = None
+        cause = describe_status(status, "zygote")
+        if self._stage == "running":
+            self._zygote_failed(cause.message)
 
     def _refill_pool(self) -> None:
         """Fork warm actors up to the pool's size, unless failures put it in backoff."""
@@ -387,6 +460,8 @@ class Supervisor:
                 return
             if pid == self.front_pid:
                 self._front_exited(status)
+            elif pid in self._retired_zygotes or (self.zygote is not None and pid == self.zygote.pid):
+                self._zygote_exited(pid, status)
             elif pid in self.actors:
                 self._actor_exited(self.actors.pop(pid), status)
             # else: an orphaned grandchild we adopted as subreaper; reaped, nothing more
@@ -494,6 +569,7 @@ class Supervisor:
 
     def _stop_actors(self) -> None:
         self._stage = "stopping_actors"
+        self._retire_zygote()
         self._restart_at = None
         self._deadline = time.monotonic() + 2.0
         for actor in list(self.actors.values()):
@@ -553,6 +629,7 @@ class Supervisor:
         if self.control is not None:
             self.control.shutdown()
         self.pool.close()
+        self._retire_zygote()
         self._close_front_channel()
         for actor in self.actors.values():
             actor.lifeline.close()

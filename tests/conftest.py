@@ -88,7 +88,10 @@ class Server:
             return []
 
     def actor_pids(self) -> set[int]:
-        return {p.pid for p in self.descendants() if p.pid != self.front_pid}
+        return {p.pid for p in self.descendants() if p.pid != self.front_pid and not _is_zygote(p)}
+
+    def zygote_pids(self) -> set[int]:
+        return {p.pid for p in self.descendants() if _is_zygote(p)}
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Stop the server; return its exit code; fail if any process of it is left."""
@@ -105,6 +108,13 @@ class Server:
         assert left is True, f"processes left behind: {left}"
         self.log.close()
         return code
+
+
+def _is_zygote(p: psutil.Process) -> bool:
+    try:
+        return p.name() == "navi-zygote"
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _alive(p: psutil.Process) -> bool:
