@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def make_token(user: str, role: str, parser: argparse.ArgumentParser) -> int:
     """``navi-actor token``: print a comment and the tokens-file line for a new token."""
-    from navi_actor.front import auth
+    from navi_actor import tokens
 
-    if not auth.USER_RE.match(user):
+    if not tokens.USER_RE.match(user):
         parser.error(f"--user {user!r}: use 1 to 64 of A-Z a-z 0-9 _ . @ -, starting with a letter or digit")
     print(f"# bearer token for {user} ({role}); give the first word to the user, keep this line "
           "in the tokens file (mode 0600)")
-    print(f"{auth.new_token()} {user} {role}")
+    print(f"{tokens.new_token()} {user} {role}")
     return 0
 
 
@@ -111,7 +111,7 @@ def _secure(cfg: config_mod.Config) -> tuple[int | None, bool] | int:
     an exit code when the server must not start.
     """
     from navi_actor import sandbox
-    from navi_actor.front import auth
+    from navi_actor import tokens
     from supervisor.causes import EXIT_CANNOT_START
 
     log = logs.get("navi.serve")
@@ -122,7 +122,7 @@ def _secure(cfg: config_mod.Config) -> tuple[int | None, bool] | int:
         def summary() -> str:  # runs in a child: the supervisor never holds the tokens
             raw = os.environb.get(b"NAVI_TOKENS") if sandbox.env_is_set("NAVI_TOKENS") else None
             text = None if raw is None else raw.decode("utf-8", "replace")
-            return str(len(auth.load_entries(cfg.tokens_file, text) or ()))
+            return str(len(tokens.load_entries(cfg.tokens_file, text) or ()))
 
         try:
             count = int(sandbox.check_in_child(summary))
@@ -130,7 +130,7 @@ def _secure(cfg: config_mod.Config) -> tuple[int | None, bool] | int:
             log.error("serve.tokens_unusable", error=str(exc))
             print(f"navi-actor: {exc}", file=sys.stderr)
             return EXIT_CANNOT_START
-    if not configured and not auth.is_loopback(cfg.host) and not cfg.insecure_no_auth:
+    if not configured and not tokens.is_loopback(cfg.host) and not cfg.insecure_no_auth:
         log.error("serve.refused_no_auth", host=cfg.host)
         print(REFUSE_NO_AUTH.format(host=cfg.host or "every address"), file=sys.stderr)
         return EXIT_CANNOT_START
@@ -223,10 +223,11 @@ def serve(cfg: config_mod.Config) -> int:
 
     # Everything an actor needs is imported now; freeze it so forked actors
     # share these pages instead of copying them when the GC touches them.
+    # The front's own modules (aiohttp, prometheus_client, …: a third of the
+    # template's memory) come later, after the zygote is forked: see preload_front.
     import uvloop  # noqa: F401
 
     from navi_actor import actor as actor_mod
-    from navi_actor.front import app as front_app
 
     actor_mod.prewarm(cfg.log_format)
     logs.configure("supervisor", cfg.log_format)  # the rehearsal logged to nowhere
@@ -245,6 +246,18 @@ def serve(cfg: config_mod.Config) -> int:
         gc.freeze()
         return None
 
+    def preload_front() -> None:
+        """Import the front's modules once the zygote is forked, so it and its actors do without them."""
+        from navi_actor.front import app  # noqa: F401
+
+        gc.collect()
+        gc.freeze()  # actors forked from here (--no-zygote) must not have the GC walk these
+
+    def front_main(fd: int) -> int:
+        from navi_actor.front import app as front_app
+
+        return front_app.front_main(cfg, fd, listen_fd, tokens_fd)
+
     from navi_actor import sandbox
 
     def run_actor(actor_id: str, session_id: str, fd: int, life_fd: int) -> int:
@@ -253,7 +266,8 @@ def serve(cfg: config_mod.Config) -> int:
         return actor_mod.actor_main(agent[0], cfg, actor_id, session_id, fd, life_fd)
 
     hooks = Hooks(
-        front_main=lambda fd: front_app.front_main(cfg, fd, listen_fd, tokens_fd),
+        front_main=front_main,
+        preload_front=preload_front,
         front_fds=(listen_fd,) if tokens_fd is None else (listen_fd, tokens_fd),
         actor_main=run_actor,
         on_give_up=lambda: recover("server stopped during this turn"),

@@ -69,6 +69,7 @@ class Hooks:
     on_reload: Callable[[], str | None] | None = None  # SIGHUP: load new agent code; None or why it failed
     warm_actors: int = 0  # actors forked ahead of need, ready for the next new session
     use_zygote: bool = True  # fork actors from an idle zygote (supervisor/zygote.py), not from the supervisor
+    preload_front: Callable[[], None] | None = None  # imports only the front needs: after the zygote's fork
 
 
 @dataclasses.dataclass(slots=True)
@@ -136,6 +137,8 @@ class Supervisor:
             self._ensure_zygote()  # before the front: its pages are the template's, untouched
         else:
             log.info("supervisor.no_zygote", reason=self._zygote_off, note="actors fork from the supervisor")
+        if self.hooks.preload_front is not None:
+            self.hooks.preload_front()
         self._start_front()
         self._refill_pool()
         try:

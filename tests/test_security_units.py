@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from navi_actor import config, protocol, sandbox
+from navi_actor import tokens
 from navi_actor.front import auth, uploads
 from navi_actor.front.ratelimit import TokenBucket
 from navi_actor.protocol import ClientError
@@ -33,12 +34,12 @@ class Clock:
 def test_parse_tokens_reads_lines_comments_and_default_role():
     """Entries are 'TOKEN USER [ROLE]' lines; blanks and # comments are skipped; the role defaults to user."""
     text = f"# comment\n\n{TOKEN_A} alice admin\n  {TOKEN_B}   bob  \n"
-    assert auth.parse_tokens(text, "f") == [(TOKEN_A, "alice", "admin"), (TOKEN_B, "bob", "user")]
+    assert tokens.parse_tokens(text, "f") == [(TOKEN_A, "alice", "admin"), (TOKEN_B, "bob", "user")]
 
 
 def test_parse_tokens_semicolons_for_the_environment():
     """NAVI_TOKENS may separate entries with semicolons."""
-    assert len(auth.parse_tokens(f"{TOKEN_A} alice admin;{TOKEN_B} bob", "NAVI_TOKENS", semicolons=True)) == 2
+    assert len(tokens.parse_tokens(f"{TOKEN_A} alice admin;{TOKEN_B} bob", "NAVI_TOKENS", semicolons=True)) == 2
 
 
 @pytest.mark.parametrize(
@@ -53,23 +54,23 @@ def test_parse_tokens_semicolons_for_the_environment():
 )
 def test_parse_tokens_refuses_bad_entries_naming_the_entry_not_the_token(line, fragment):
     """A bad entry is refused with its entry number and what is wrong, and the message never holds the token."""
-    with pytest.raises(auth.AuthConfigError) as err:
-        auth.parse_tokens(f"# first\n{line}\n", "tokens file x")
+    with pytest.raises(tokens.AuthConfigError) as err:
+        tokens.parse_tokens(f"# first\n{line}\n", "tokens file x")
     assert fragment in str(err.value) and "entry 2" in str(err.value)
     assert TOKEN_A not in str(err.value)
 
 
 def test_parse_tokens_refuses_a_duplicate_token():
     """The same token twice is refused, naming both entries."""
-    with pytest.raises(auth.AuthConfigError, match="entries 1 and 2"):
-        auth.parse_tokens(f"{TOKEN_A} alice\n{TOKEN_A} bob\n", "f")
+    with pytest.raises(tokens.AuthConfigError, match="entries 1 and 2"):
+        tokens.parse_tokens(f"{TOKEN_A} alice\n{TOKEN_A} bob\n", "f")
 
 
 def test_token_table_looks_up_by_digest_and_keeps_no_token():
     """A table finds each token's principal, refuses others, and holds only digests."""
-    table = auth.TokenTable([(TOKEN_A, "alice", "admin"), (TOKEN_B, "bob", "user")])
-    assert table.lookup(TOKEN_A) == auth.Principal("alice", "admin")
-    assert table.lookup(TOKEN_B) == auth.Principal("bob", "user")
+    table = tokens.TokenTable([(TOKEN_A, "alice", "admin"), (TOKEN_B, "bob", "user")])
+    assert table.lookup(TOKEN_A) == tokens.Principal("alice", "admin")
+    assert table.lookup(TOKEN_B) == tokens.Principal("bob", "user")
     for wrong in ("", "a" * 42, TOKEN_A + "x", "x" * 5000):
         assert table.lookup(wrong) is None
     assert TOKEN_A.encode() not in repr(table.__dict__).encode()
@@ -80,10 +81,10 @@ def test_tokens_file_must_be_private(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(f"{TOKEN_A} alice admin\n")
     path.chmod(0o644)
-    with pytest.raises(auth.AuthConfigError, match=r"mode 0644\); run: chmod 600"):
-        auth.load_entries(str(path), None)
+    with pytest.raises(tokens.AuthConfigError, match=r"mode 0644\); run: chmod 600"):
+        tokens.load_entries(str(path), None)
     path.chmod(0o600)
-    assert auth.load_entries(str(path), None) == [(TOKEN_A, "alice", "admin")]
+    assert tokens.load_entries(str(path), None) == [(TOKEN_A, "alice", "admin")]
 
 
 def test_tokens_file_and_environment_together_or_empty_are_refused(tmp_path):
@@ -91,21 +92,21 @@ def test_tokens_file_and_environment_together_or_empty_are_refused(tmp_path):
     path = tmp_path / "tokens"
     path.write_text("# nothing yet\n")
     path.chmod(0o600)
-    with pytest.raises(auth.AuthConfigError, match="keep one"):
-        auth.load_entries(str(path), f"{TOKEN_A} a")
-    with pytest.raises(auth.AuthConfigError, match="holds no token"):
-        auth.load_entries(str(path), None)
-    with pytest.raises(auth.AuthConfigError, match="cannot open the tokens file"):
-        auth.load_entries(str(tmp_path / "missing"), None)
-    assert auth.load_entries("", None) is None
+    with pytest.raises(tokens.AuthConfigError, match="keep one"):
+        tokens.load_entries(str(path), f"{TOKEN_A} a")
+    with pytest.raises(tokens.AuthConfigError, match="holds no token"):
+        tokens.load_entries(str(path), None)
+    with pytest.raises(tokens.AuthConfigError, match="cannot open the tokens file"):
+        tokens.load_entries(str(tmp_path / "missing"), None)
+    assert tokens.load_entries("", None) is None
 
 
 def test_new_tokens_are_long_random_and_valid():
     """navi-actor token's tokens are 43 URL-safe characters, all different, accepted by the parser."""
-    tokens = {auth.new_token() for _ in range(50)}
-    assert len(tokens) == 50
-    for token in tokens:
-        assert len(token) == 43 and auth.TOKEN_RE.match(token)
+    fresh = {tokens.new_token() for _ in range(50)}
+    assert len(fresh) == 50
+    for token in fresh:
+        assert len(token) == 43 and tokens.TOKEN_RE.match(token)
 
 
 def test_token_command_prints_a_usable_tokens_file_line(tmp_path):
@@ -115,7 +116,7 @@ def test_token_command_prints_a_usable_tokens_file_line(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(out)
     path.chmod(0o600)
-    [(token, user, role)] = auth.load_entries(str(path), None)
+    [(token, user, role)] = tokens.load_entries(str(path), None)
     assert (user, role) == ("alice", "admin") and token in out
     bad = subprocess.run([sys.executable, "-m", "navi_actor", "token", "--user", "../x"], capture_output=True,
                          text=True)
@@ -129,7 +130,7 @@ def test_ticket_is_single_use_and_expires():
     """A ticket gives its principal once; a second use, an unknown ticket or a late one gives None."""
     clock = Clock()
     book = auth.TicketBook(30.0, clock)
-    alice = auth.Principal("alice", "user")
+    alice = tokens.Principal("alice", "user")
     ticket = book.issue(alice)
     assert book.redeem(ticket) == alice
     assert book.redeem(ticket) is None
@@ -144,12 +145,12 @@ def test_ticket_book_stays_bounded():
     clock = Clock()
     book = auth.TicketBook(1.0, clock)
     book.MAX_OUTSTANDING = 5
-    first = book.issue(auth.LOCAL)
+    first = book.issue(tokens.LOCAL)
     for _ in range(5):
-        book.issue(auth.LOCAL)
+        book.issue(tokens.LOCAL)
     assert len(book) == 5 and book.redeem(first) is None
     clock.now += 2
-    book.issue(auth.LOCAL)
+    book.issue(tokens.LOCAL)
     assert len(book) == 1
 
 
@@ -196,14 +197,14 @@ def test_origin_allowed_is_own_origin_or_listed():
 ])
 def test_is_loopback(host, local):
     """Only localhost and loopback addresses count as local."""
-    assert auth.is_loopback(host) is local
+    assert tokens.is_loopback(host) is local
 
 
 def test_split_host_strips_ports_and_brackets():
     """The Host header's name is taken without its port, for IPv4, IPv6 and names."""
-    assert auth.split_host("127.0.0.1:8765") == "127.0.0.1"
-    assert auth.split_host("[::1]:8765") == "::1"
-    assert auth.split_host("Example.COM") == "example.com"
+    assert tokens.split_host("127.0.0.1:8765") == "127.0.0.1"
+    assert tokens.split_host("[::1]:8765") == "::1"
+    assert tokens.split_host("Example.COM") == "example.com"
 
 
 # ── rate limit ──────────────────────────────────────────────────────────────

@@ -129,6 +129,11 @@ def test_the_zygote_clones_actors_that_report_to_the_caller_and_survives_bad_req
         z.fork_actor("late", "", a.fileno(), b.fileno())
 
 
+def _mapped_files(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
 async def test_actors_come_from_the_zygote_and_a_dead_zygote_is_replaced(make_server, client):
     """Actors are the supervisor's children but not the zygote's; kill the zygote and sessions go on."""
     server = make_server("echo")
@@ -142,6 +147,8 @@ async def test_actors_come_from_the_zygote_and_a_dead_zygote_is_replaced(make_se
     actors = server.actor_pids()
     assert actors and all(psutil.Process(pid).ppid() == server.pid for pid in actors)
     assert psutil.Process(zpid).children() == [] and psutil.Process(zpid).ppid() == supervisor.pid
+    # the zygote (and so every actor) was forked before the front's modules were imported
+    assert "/aiohttp/" in _mapped_files(server.front_pid) and "/aiohttp/" not in _mapped_files(zpid)
 
     os.kill(zpid, signal.SIGKILL)
     wait_for(lambda: "supervisor.zygote_failed" in server.log_text(), 10, "the zygote's death to be logged")

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from navi_actor import logs, protocol
+from navi_actor import logs, protocol, tokens
 from navi_actor.config import Config
 from navi_actor.front import auth, uploads
 from navi_actor.front.auth import can_see, principal_of
@@ -377,7 +377,7 @@ def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = 
     logs.configure("front", config.log_format)
     try:
         guard = auth.load_guard(config, tokens_fd)
-    except auth.AuthConfigError as exc:
+    except tokens.AuthConfigError as exc:
         log.error("front.auth_unusable", error=str(exc))
         print(f"navi-actor: {exc}", file=sys.stderr, flush=True)
         return EXIT_CANNOT_START
