@@ -53,6 +53,13 @@ def navi_supports(option: str) -> bool:
     return option in out.stdout
 
 
+def _is_zygote(p: psutil.Process) -> bool:
+    try:
+        return p.name() == "navi-zygote"
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _alive(p: psutil.Process) -> bool:
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
@@ -188,7 +195,7 @@ class NaviServer(Server):
         return [self.pid] + [p.pid for p in self.descendants()]
 
     def actor_pids(self) -> list[int]:
-        """Live actor processes: the supervisor's children other than the front."""
+        """Live actor processes: the supervisor's children other than the front and the zygote."""
         out = []
         try:
             kids = psutil.Process(self.pid).children()
@@ -196,7 +203,7 @@ class NaviServer(Server):
             return []
         for p in kids:
             self.family.setdefault(p.pid, p)
-            if p.pid != self.front_pid and _alive(p):
+            if p.pid != self.front_pid and _alive(p) and not _is_zygote(p):
                 out.append(p.pid)
         return out
 
