@@ -588,17 +588,15 @@ async def _rehearsal_agent(turn: Turn) -> AsyncIterator[Any]:
 def prewarm(log_format: str = "auto") -> int:
     """Rehearse a few turns of the actor's own code in the template process, before it forks.
 
-    uvloop and asyncio set up module state and caches on first use, and
-    CPython 3.11 rewrites a function's bytecode in place (specialisation) once
-    it has run a few times. Done here, before ``gc.freeze()``, those writes
+    asyncio sets up module state and caches on first use, and CPython 3.11
+    rewrites a function's bytecode in place (specialisation) once it has run a
+    few times. Done here, before ``gc.freeze()``, those writes
     land in pages every actor shares; otherwise each actor's first turn copies
     them (about 0.1 MiB per actor, measured). The rehearsal runs a real :class:`Actor` on a
     socketpair with a built-in agent (never the configured one), and logs to
     nowhere. The caller configures logging again afterwards. Returns the
     number of turns rehearsed.
     """
-    import uvloop
-
     from navi_actor.agent_loader import AgentSpec
 
     async def rehearse() -> int:
@@ -641,4 +639,9 @@ def prewarm(log_format: str = "auto") -> int:
 
     with open(os.devnull, "w") as nowhere:
         logs.configure("prewarm", log_format, file=nowhere)
-        return uvloop.run(rehearse())
+        # asyncio's own loop, not uvloop's: libuv's first loop makes a process-wide
+        # signal-lock pipe, and a child that inherits it closes it with the other
+        # descriptors, so every uv_signal_start in the child (an asyncio subprocess
+        # under uvloop) aborts. Actors make their own, after the fork.
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+            return runner.run(rehearse())

@@ -125,6 +125,10 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
         yield TextDelta(str(proc.pid))
         while True:
             await asyncio.sleep(0.05)
+    elif cmd == "subproc":  # a tool run the asyncio way: under uvloop, libuv's SIGCHLD watcher
+        proc = await asyncio.create_subprocess_exec("echo", *args, stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        yield TextDelta(f"{out.decode().strip()} rc={proc.returncode} loop={type(asyncio.get_running_loop()).__module__}")
     elif cmd == "tool":
         yield ToolStarted("lookup", {"q": "x"})
         yield ToolEvent("lookup", {"q": "x"}, {"answer": 42}, True, metadata={"call_id": "c1"})

@@ -197,6 +197,15 @@ async def test_stop_escalates_to_sigterm_for_a_blocked_agent(scripted_server, cl
     assert again[-1]["type"] == "stream_end" and text_of(again) != pid_text, "a fresh actor"
 
 
+async def test_an_agent_can_run_subprocesses_with_asyncio(scripted_server, client):
+    """asyncio subprocesses work in actors (uvloop's child watcher needs libuv state made after the fork)."""
+    c = client(scripted_server)
+    sid = await c.new_session()
+    ws = await c.connect(sid)
+    for word in ("first", "second"):  # a fresh actor, then the same one again
+        assert text_of(await run_turn(ws, f"subproc {word}")) == f"{word} rc=0 loop=uvloop"
+
+
 async def test_agent_exception_is_an_internal_error_and_the_actor_stays(scripted_server, client):
     """An exception in the agent ends the turn with 'Internal error: …'; the same actor serves the next turn."""
     c = client(scripted_server)

@@ -6,10 +6,8 @@ import sys
 
 SCRIPT = """
 import asyncio, json, os, threading
-import uvloop
 from navi_actor import actor, logs
 logs.configure("supervisor", "json")
-uvloop.run(asyncio.sleep(0))  # libuv's process-wide signal pipe, made once by any first loop
 before = sorted(os.listdir("/proc/self/fd"))
 turns = actor.prewarm("json")
 after = sorted(os.listdir("/proc/self/fd"))
