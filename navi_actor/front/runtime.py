@@ -158,9 +158,15 @@ class Runtime:
             raise ClientError(protocol.ALREADY_RUNNING, "Agent is already running for this session.")
         self._make_room(sid)
         run = Run(uuid.uuid4().hex, sid)
+        try:
+            # The store thread gets the message first; then the actor is asked for, and a
+            # warm one is handed over while the message is being made durable (an fsync).
+            # (Asked first, the supervisor's wake-up took the CPU before the store had it.)
+            stored = self.store_queue.submit(self._begin, sid, run.run_id, message)
+        except StoreError as exc:
+            log.error("front.store_failed", session_id=sid, error=str(exc))
+            raise ClientError(protocol.STORE_ERROR, f"Could not save your message: {exc}") from None
         self.runs[sid] = run
-        # Ask for the actor now: a warm one is handed over while the message is being
-        # made durable (an fsync), instead of after it.
         actor = self._actor_for(sid)
         for peer in self.viewers.get(sid, ()):
             if peer.run is not None and peer.run is not run:
@@ -169,7 +175,7 @@ class Runtime:
             peer.needs_sync = peer is not viewer
             run.viewers.add(peer)
         try:
-            base, history = await self.store(self._begin, sid, run.run_id, message)
+            base, history = await stored
         except SessionNotFound:
             self._drop_run(run)
             raise ClientError(protocol.SESSION_NOT_FOUND, "Session not found") from None

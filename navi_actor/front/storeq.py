@@ -38,13 +38,20 @@ class StoreQueue:
 
         A caller that is cancelled does not cancel the call: it may already be written.
         """
+        return await self.submit(fn, *args, **kwargs)
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """:meth:`call`, handed to the store thread now; await the future it returns.
+
+        Raises StoreError at once when the store is closed.
+        """
         if self._closed:
             raise StoreError("the session store is closed (the server is shutting down)")
         fut: asyncio.Future[T] = self.loop.create_future()
         self._queue.append((functools.partial(fn, *args, **kwargs), fut))
         if not self._busy:
             self._next_batch()
-        return await fut
+        return fut
 
     def _next_batch(self) -> None:
         batch, self._queue = self._queue, []
