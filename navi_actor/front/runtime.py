@@ -72,6 +72,7 @@ class Run:
 class Runtime:
     def __init__(self, config: Config, store: SessionStore, link_fd: int) -> None:
         self.config = config
+        self.uploads_dir = config.data_path / "uploads"  # resolved once: resolve() costs a stat per component
         self.store_backend = store
         self.loop = asyncio.get_running_loop()
         self.store_queue = StoreQueue(store, self.loop)
@@ -205,7 +206,7 @@ class Runtime:
                     "images": message.images,
                     "files": message.files,
                     "history": history,
-                    "upload_dir": str(self.config.data_path / "uploads" / sid),
+                    "upload_dir": str(self.uploads_dir / sid),
                 },
             }
         )
