@@ -69,6 +69,7 @@ class Operations:
             "actors": len(sup.actors) - len(sup.pool),
             "warm": len(sup.pool),
             "warm_target": sup.pool.size,
+            "zygote": sup.zygote_state(),
             "limits": {"actor_max_rss": sup.hooks.actor_max_rss, "term_after": self.term_after,
                        "kill_after": self.kill_after},
             "spawns": self.spawns,

@@ -116,6 +116,7 @@ class Supervisor:
         self._zygote_failures = 0  # in a row; at MAX_ZYGOTE_FAILURES actors fork from the supervisor
         self._zygote_off: str | None = None if hooks.use_zygote else "--no-zygote"
         self._retired_zygotes: set[int] = set()  # stopped on purpose; reaped quietly
+        self.zygote_failures = 0  # since the start, for operators (status, /metrics)
         self._refill_at: float | None = None  # when the warm pool is refilled next (REFILL_DELAY)
 
     @property
@@ -423,7 +424,13 @@ class Supervisor:
         self._zygote_failures = 0
         return pid
 
+    def zygote_state(self) -> dict[str, Any]:
+        """For operators: the zygote's pid (None when there is none), failures, and why it is off."""
+        return {"pid": self.zygote.pid if self.zygote is not None else None,
+                "failures": self.zygote_failures, "off": self._zygote_off}
+
     def _zygote_failed(self, why: str) -> None:
+        self.zygote_failures += 1
         self._zygote_failures += 1
         if self._zygote_failures >= MAX_ZYGOTE_FAILURES:
             self._zygote_off = f"the zygote failed {self._zygote_failures} times in a row; last: {why}"

@@ -170,6 +170,7 @@ async def test_metrics_count_crashes_and_stops(make_server, client):
     assert after[("navi_time_to_first_event_seconds_count", ())] >= 2
     assert after[("navi_actors", (("state", "idle"),))] >= 1
     assert ("navi_websocket_clients", ()) in after
+    assert after[("navi_zygote_up", ())] == 1 and after[("navi_zygote_failures_total", ())] == 0
     batches, calls = after[("navi_store_batches_total", ())], after[("navi_store_calls_total", ())]
     assert 0 < batches <= calls
     assert calls > before[("navi_store_calls_total", ())]

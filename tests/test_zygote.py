@@ -17,7 +17,9 @@ import textwrap
 import psutil
 import pytest
 
+from navi_actor import ops
 from supervisor import zygote
+from supervisor.control import SOCKET_NAME, runtime_dir
 from tests.conftest import ROOT, run_turn, text_of, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine not in zygote._CLONE_NR,
@@ -161,6 +163,8 @@ async def test_actors_come_from_the_zygote_and_a_dead_zygote_is_replaced(make_se
     logged = [json.loads(line) for line in server.log_text().splitlines() if "supervisor.zygote_failed" in line]
     assert logged[0]["reason"] == "zygote was killed (SIGKILL; perhaps out of memory?)"
     assert "supervisor.zygote_disabled" not in server.log_text()
+    status = ops.ask(runtime_dir(server.data_dir) / SOCKET_NAME, {"op": "status"})  # what /metrics shows
+    assert status["zygote"] == {"pid": next(iter(second)), "failures": 1, "off": None}
 
 
 async def test_no_zygote_forks_actors_from_the_supervisor(make_server, client):
@@ -172,3 +176,5 @@ async def test_no_zygote_forks_actors_from_the_supervisor(make_server, client):
     assert text_of(await run_turn(ws, "hello")) == "hello"
     assert server.zygote_pids() == set()
     assert '"reason": "--no-zygote"' in server.log_text()
+    status = ops.ask(runtime_dir(server.data_dir) / SOCKET_NAME, {"op": "status"})
+    assert status["zygote"] == {"pid": None, "failures": 0, "off": "--no-zygote"}

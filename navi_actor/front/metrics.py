@@ -101,5 +101,11 @@ class _Live(Collector):
             ladder.add_metric([step], n)
         yield ladder
         yield CounterMetricFamily("navi_front_restarts", "Front processes restarted", value=sup.get("front_restarts", 0))
+        zygote = sup.get("zygote") or {}
+        yield GaugeMetricFamily("navi_zygote_up", "1 when actors are cloned from the zygote, 0 when the "
+                                "supervisor forks them itself (--no-zygote, unsupported, or failed 3 times)",
+                                value=0 if zygote.get("off") else 1)
+        yield CounterMetricFamily("navi_zygote_failures", "Zygote processes that died or failed to answer",
+                                  value=zygote.get("failures", 0))
         yield GaugeMetricFamily("navi_supervisor_uptime_seconds", "Seconds since the server started",
                                 value=sup.get("uptime", 0))
