@@ -52,7 +52,9 @@ PR_GET_NAME = 16
 PR_GET_TID_ADDRESS = 40
 _CLONE_NR = {"x86_64": 56, "aarch64": 220}  # SYS_clone
 NAME = b"navi-zygote"  # its /proc/PID/comm, as ps and top show it
-REPLY_TIMEOUT = 10.0  # seconds the supervisor waits for a pid before it gives up on the zygote
+# Seconds the supervisor waits for a pid before it gives up on the zygote (a clone
+# takes ~2 ms); the supervisor's loop waits with it, so this is kept short.
+REPLY_TIMEOUT = 2.0
 MAX_REQUEST = 4096
 
 ActorMain = Callable[[str, str, int, int], int]

@@ -178,3 +178,23 @@ async def test_no_zygote_forks_actors_from_the_supervisor(make_server, client):
     assert '"reason": "--no-zygote"' in server.log_text()
     status = ops.ask(runtime_dir(server.data_dir) / SOCKET_NAME, {"op": "status"})
     assert status["zygote"] == {"pid": None, "failures": 0, "off": "--no-zygote"}
+
+
+async def test_a_zygote_that_does_not_answer_is_replaced_and_costs_no_turn(make_server, client):
+    """A stopped zygote: the supervisor waits REPLY_TIMEOUT, kills it, forks itself, then starts a new one."""
+    server = make_server("echo")
+    (zpid,) = wait_for(server.zygote_pids, 10, "the zygote")
+    wait_for(lambda: len(server.actor_pids()) == 2, 10, "the warm pool")
+    os.kill(zpid, signal.SIGSTOP)
+    c = client(server)
+    sid = await c.new_session()
+    ws = await c.connect(sid)
+    assert text_of(await run_turn(ws, "first")) == "first"  # a warm actor; the refill meets the stopped zygote
+    wait_for(lambda: f"no answer in {zygote.REPLY_TIMEOUT:g} s" in server.log_text(), 10, "the timeout")
+    wait_for(lambda: not psutil.pid_exists(zpid) or psutil.Process(zpid).status() == psutil.STATUS_ZOMBIE,
+             10, "the stopped zygote to be killed")
+    for n in range(3):
+        sid = await c.new_session()
+        ws = await c.connect(sid)
+        assert text_of(await run_turn(ws, f"then {n}")) == f"then {n}"
+    assert wait_for(server.zygote_pids, 10, "a new zygote") != {zpid}
