@@ -531,14 +531,17 @@ def _watch_lifeline(actor: Actor, loop: asyncio.AbstractEventLoop, sock: socket.
             os.killpg(0, signal.SIGKILL)  # the supervisor is gone: take every process of ours along
             return
         fds.extend(got)
-        for body in decoder.feed(data):
-            msg = orjson.loads(body)
-            if msg.get("op") == "front" and fds:
-                loop.call_soon_threadsafe(actor.attach_front, fds.popleft())
-            elif msg.get("op") == "stop":
-                loop.call_soon_threadsafe(actor.operator_stop, msg.get("reason"))
-            elif msg.get("op") == "assign":
-                loop.call_soon_threadsafe(actor.assign, str(msg.get("actor_id")), str(msg.get("session_id")))
+        try:
+            for body in decoder.feed(data):
+                msg = orjson.loads(body)
+                if msg.get("op") == "front" and fds:
+                    loop.call_soon_threadsafe(actor.attach_front, fds.popleft())
+                elif msg.get("op") == "stop":
+                    loop.call_soon_threadsafe(actor.operator_stop, msg.get("reason"))
+                elif msg.get("op") == "assign":
+                    loop.call_soon_threadsafe(actor.assign, str(msg.get("actor_id")), str(msg.get("session_id")))
+        except RuntimeError:  # the loop is closed: this actor is on its way out
+            return
 
 
 def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, fd: int,

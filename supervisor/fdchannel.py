@@ -52,6 +52,10 @@ class FdChannel:
             except (BlockingIOError, InterruptedError):
                 return bodies
             except ConnectionResetError:
+                # The peer closed with our last message unread. What it wrote before
+                # closing was read above: a dead actor's last word must not be lost.
+                if bodies:
+                    return bodies
                 raise ChannelClosed("connection reset") from None
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
