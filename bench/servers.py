@@ -21,6 +21,10 @@ from typing import Any
 
 import psutil
 
+from supervisor.zygote import NAME as _ZYGOTE_COMM
+
+ZYGOTE_NAME = _ZYGOTE_COMM.decode()  # its /proc/PID/comm
+
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = "bench.agents:agent"
 PR_SET_PDEATHSIG = 1
@@ -55,7 +59,7 @@ def navi_supports(option: str) -> bool:
 
 def _is_zygote(p: psutil.Process) -> bool:
     try:
-        return p.name() == "navi-zygote"
+        return p.name() == ZYGOTE_NAME
     except psutil.NoSuchProcess:
         return False
 

@@ -113,7 +113,7 @@ class Supervisor:
         self.pool = WarmPool(hooks.warm_actors)
         self.control: ControlServer | None = None
         self.zygote: zygote.Zygote | None = None
-        self._zygote_failures = 0  # in a row; at MAX_ZYGOTE_FAILURES actors fork from the supervisor
+        self._zygote_failures_in_a_row = 0  # in a row; at MAX_ZYGOTE_FAILURES actors fork from the supervisor
         self._zygote_off: str | None = None if hooks.use_zygote else "--no-zygote"
         self._retired_zygotes: set[int] = set()  # stopped on purpose; reaped quietly
         self.zygote_failures = 0  # since the start, for operators (status, /metrics)
@@ -421,7 +421,7 @@ class Supervisor:
             self._retire_zygote()
             self._zygote_failed(str(exc))
             return None
-        self._zygote_failures = 0
+        self._zygote_failures_in_a_row = 0
         return pid
 
     def zygote_state(self) -> dict[str, Any]:
@@ -431,13 +431,13 @@ class Supervisor:
 
     def _zygote_failed(self, why: str) -> None:
         self.zygote_failures += 1
-        self._zygote_failures += 1
-        if self._zygote_failures >= MAX_ZYGOTE_FAILURES:
-            self._zygote_off = f"the zygote failed {self._zygote_failures} times in a row; last: {why}"
-            log.error("supervisor.zygote_disabled", reason=why, failures=self._zygote_failures,
+        self._zygote_failures_in_a_row += 1
+        if self._zygote_failures_in_a_row >= MAX_ZYGOTE_FAILURES:
+            self._zygote_off = f"the zygote failed {self._zygote_failures_in_a_row} times in a row; last: {why}"
+            log.error("supervisor.zygote_disabled", reason=why, failures=self._zygote_failures_in_a_row,
                       note="actors fork from the supervisor from now on")
         else:
-            log.warning("supervisor.zygote_failed", reason=why, failures=self._zygote_failures,
+            log.warning("supervisor.zygote_failed", reason=why, failures=self._zygote_failures_in_a_row,
                         note="a new zygote is started for the next actor")
 
     def _retire_zygote(self) -> None:

@@ -68,9 +68,15 @@ class ZygoteFailed(Exception):
     """The zygote did not answer as it should (it died, hung or garbled): fork without it."""
 
 
+_LIBC: ctypes.PyDLL | None = None
+
+
 def _libc() -> ctypes.PyDLL:
     # PyDLL, not CDLL: the GIL stays held across the call, as os.fork holds it.
-    return ctypes.PyDLL(None, use_errno=True)
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.PyDLL(None, use_errno=True)
+    return _LIBC
 
 
 def _ulong(value: int) -> ctypes.c_ulong:

@@ -16,7 +16,10 @@ import aiohttp
 import psutil
 import pytest
 
+from supervisor.zygote import NAME as _ZYGOTE_COMM
+
 ROOT = Path(__file__).resolve().parent.parent
+ZYGOTE_NAME = _ZYGOTE_COMM.decode()  # its /proc/PID/comm
 FINAL_TYPES = ("stream_end", "stream_stopped", "error")
 
 
@@ -112,7 +115,7 @@ class Server:
 
 def _is_zygote(p: psutil.Process) -> bool:
     try:
-        return p.name() == "navi-zygote"
+        return p.name() == ZYGOTE_NAME
     except psutil.NoSuchProcess:
         return False
 

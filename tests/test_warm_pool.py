@@ -20,12 +20,12 @@ class _A:  # stands for supervisor._Actor: the pool only keeps it
         self.pid = pid
 
 
-def _pool(size: int = 2) -> tuple[WarmPool, list[socket.socket]]:
-    return WarmPool(size, random.Random(7)), []
+def _pool(size: int) -> WarmPool:
+    return WarmPool(size, random.Random(7))  # seeded: the jitter is the same every run
 
 
 def test_the_pool_hands_out_its_oldest_actor_and_wants_refills_up_to_its_size():
-    pool, _ = _pool(2)
+    pool = _pool(2)
     pairs = [socket.socketpair() for _ in range(2)]
     try:
         assert pool.wants_one(0.0)
@@ -43,7 +43,7 @@ def test_the_pool_hands_out_its_oldest_actor_and_wants_refills_up_to_its_size():
 
 
 def test_failures_back_off_doubling_with_jitter_up_to_the_cap_and_a_use_resets_them():
-    pool, _ = _pool(1)
+    pool = _pool(1)
     delays = [pool.failed(100.0) for _ in range(12)]
     for n, delay in enumerate(delays[:6]):
         base = 0.1 * 2 ** n

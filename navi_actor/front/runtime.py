@@ -69,6 +69,12 @@ class Run:
             viewer.send(data, seq)
 
 
+def _not_saved(sid: str, exc: StoreError) -> ClientError:
+    """The turn cannot start: its message could not be made durable. Logged here, told to the client."""
+    log.error("front.store_failed", session_id=sid, error=str(exc))
+    return ClientError(protocol.STORE_ERROR, f"Could not save your message: {exc}")
+
+
 class Runtime:
     def __init__(self, config: Config, store: SessionStore, link_fd: int) -> None:
         self.config = config
@@ -165,8 +171,7 @@ class Runtime:
             # (Asked first, the supervisor's wake-up took the CPU before the store had it.)
             stored = self.store_queue.submit(self._begin, sid, run.run_id, message)
         except StoreError as exc:
-            log.error("front.store_failed", session_id=sid, error=str(exc))
-            raise ClientError(protocol.STORE_ERROR, f"Could not save your message: {exc}") from None
+            raise _not_saved(sid, exc) from None
         self.runs[sid] = run
         actor = self._actor_for(sid)
         for peer in self.viewers.get(sid, ()):
@@ -182,8 +187,7 @@ class Runtime:
             raise ClientError(protocol.SESSION_NOT_FOUND, "Session not found") from None
         except StoreError as exc:
             self._drop_run(run)
-            log.error("front.store_failed", session_id=sid, error=str(exc))
-            raise ClientError(protocol.STORE_ERROR, f"Could not save your message: {exc}") from None
+            raise _not_saved(sid, exc) from None
         start = protocol.stream_start(base + 1, run.run_id)
         run.first_seq = run.last_seq = run.checkpointed_seq = base + 1
         run.start_bytes = orjson.dumps(start)
