@@ -40,11 +40,13 @@ from navi_actor.agent_loader import AgentSpec
 from navi_actor.config import Config
 from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
 from navi_actor.replay import ReplayBuffer
+from navi_actor.sandbox import policy
 from navi_actor.turn import Turn, current_stop_event
 
 EXIT_OK = 0
 EXIT_AGENT_FAILED = 3  # the agent factory raised: the supervisor must not respawn in a loop
 EXIT_UNCAUGHT = 70  # a BaseException escaped the agent
+EXIT_SANDBOX_FAILED = 4  # the sandbox could not be applied: no agent code ran under it
 
 _FLUSH_BYTES = 64 * 1024
 _HIGH_WATER = 1024 * 1024
@@ -140,6 +142,12 @@ class Actor:
         self._flush_scheduled = False
         self._closing = False
         self.lifeline: socket.socket | None = None
+        self.lifeline_reader: Any = None
+        self.plan: policy.Plan = policy.current()
+        # A warm actor is confined once it learns its session; until then its turns wait.
+        self.confined = not self.plan.on or bool(session_id)
+        self.sandbox_error: str | None = None  # why the sandbox failed at the actor's start
+        self._pending_turn: dict[str, Any] | None = None
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -293,9 +301,37 @@ class Actor:
             log.warning("actor.unknown_op", op=op)
 
     def assign(self, actor_id: str, session_id: str) -> None:
-        """A warm actor is given its session (for logs; the front already has its channel)."""
+        """A warm actor is given its session: confine it to that session, then serve its turns.
+
+        Runs on the loop (a warm actor reads its lifeline there), while the
+        actor is still single-threaded; its lifeline thread starts after.
+        """
         self.actor_id, self.session_id = actor_id, session_id
         log.info("actor.assigned", actor_id=actor_id, session_id=session_id)
+        if self.confined:
+            return
+        try:
+            if self.sandbox_error is not None:
+                raise policy.SandboxFailed(self.sandbox_error)
+            policy.confine_session(self.plan, session_id)
+        except policy.SandboxFailed as exc:
+            self.sandbox_failed(str(exc))
+            return
+        self.confined = True
+        _start_lifeline_thread(self, self.loop)
+        pending, self._pending_turn = self._pending_turn, None
+        if pending is not None:
+            self._start_turn(pending)
+
+    def sandbox_failed(self, message: str) -> None:
+        """The sandbox could not be applied: say why to the front and the supervisor, and exit."""
+        log.error("actor.sandbox_failed", error=message)
+        fatal = framing.control({"op": "fatal", "code": protocol.SANDBOX_FAILED,
+                                 "message": f"the agent's sandbox could not be applied: {message}"})
+        self._tell_supervisor(fatal)
+        self._send(fatal)
+        self._flush()
+        self._finish(EXIT_SANDBOX_FAILED)
 
     def operator_stop(self, reason: dict[str, str] | None) -> None:
         """An operator's stop, by the supervisor: stop the turn, then exit once it is saved."""
@@ -320,6 +356,12 @@ class Actor:
         run_id = msg["run_id"]
         if self.run is not None:
             self._send(framing.control({"op": "rejected", "run_id": run_id, "code": protocol.ALREADY_RUNNING}))
+            return
+        if not self.confined:  # the supervisor's assign is on its way, on the lifeline
+            if self._pending_turn is None:
+                self._pending_turn = msg
+            else:
+                self._send(framing.control({"op": "rejected", "run_id": run_id, "code": protocol.ALREADY_RUNNING}))
             return
         t = msg["turn"]
         run = _Run(run_id, msg["start"], self.config.replay_max_bytes)
@@ -514,34 +556,91 @@ class Actor:
         self._send(framing.frame(body))
 
 
-def _watch_lifeline(actor: Actor, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """Thread: read the lifeline; hand new fronts to the loop; on EOF end the group.
+class _Lifeline:
+    """The lifeline's messages: new fronts, operator stops, the session of a warm actor; EOF.
 
-    A thread, not the event loop, so that an agent blocking the loop cannot
-    keep its process group alive after the supervisor is gone.
+    A warm actor reads it on its loop (it runs no agent code yet, and must stay
+    single-threaded until it is confined); once it has its session, a thread
+    reads it, so that an agent blocking the loop cannot keep its process group
+    alive after the supervisor is gone.
     """
-    decoder = framing.FrameDecoder(1024 * 1024)
-    fds: deque[int] = deque()
-    while True:
-        try:
-            data, got, _flags, _addr = socket.recv_fds(sock, 65536, 16)
-        except OSError:
-            data, got = b"", []
+
+    def __init__(self, actor: Actor) -> None:
+        self.actor = actor
+        self.decoder = framing.FrameDecoder(1024 * 1024)
+        self.fds: deque[int] = deque()
+
+    def feed(self, data: bytes, got: list[int], call: Callable[..., Any]) -> None:
+        """Handle what was read; ``call(fn, *args)`` runs ``fn`` on the loop."""
+        actor = self.actor
         if not data:
             os.killpg(0, signal.SIGKILL)  # the supervisor is gone: take every process of ours along
             return
-        fds.extend(got)
+        self.fds.extend(got)
+        for body in self.decoder.feed(data):
+            msg = orjson.loads(body)
+            op = msg.get("op")
+            if op == "front" and self.fds:
+                call(actor.attach_front, self.fds.popleft())
+            elif op == "stop":
+                call(actor.operator_stop, msg.get("reason"))
+            elif op == "assign":
+                call(actor.assign, str(msg.get("actor_id")), str(msg.get("session_id")))
+
+
+def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    try:
+        data, got, _flags, _addr = socket.recv_fds(sock, 65536, 16)
+    except BlockingIOError:
+        raise
+    except OSError:
+        data, got = b"", []
+    return data, got
+
+
+def _watch_lifeline(lifeline: _Lifeline, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Thread: read the lifeline until the supervisor closes it (or the loop is gone)."""
+    while True:
+        data, got = _receive(sock)
         try:
-            for body in decoder.feed(data):
-                msg = orjson.loads(body)
-                if msg.get("op") == "front" and fds:
-                    loop.call_soon_threadsafe(actor.attach_front, fds.popleft())
-                elif msg.get("op") == "stop":
-                    loop.call_soon_threadsafe(actor.operator_stop, msg.get("reason"))
-                elif msg.get("op") == "assign":
-                    loop.call_soon_threadsafe(actor.assign, str(msg.get("actor_id")), str(msg.get("session_id")))
+            lifeline.feed(data, got, loop.call_soon_threadsafe)
         except RuntimeError:  # the loop is closed: this actor is on its way out
             return
+        if not data:
+            return
+
+
+def _read_lifeline_on_loop(actor: Actor, loop: asyncio.AbstractEventLoop) -> None:
+    """A warm actor: read the lifeline from the loop until :func:`_start_lifeline_thread`."""
+    sock = actor.lifeline
+    assert sock is not None
+    sock.setblocking(False)
+    lifeline = actor.lifeline_reader = _Lifeline(actor)
+
+    def readable() -> None:
+        while actor.lifeline_reader is lifeline and not actor.confined:
+            try:
+                data, got = _receive(sock)
+            except BlockingIOError:
+                return
+            lifeline.feed(data, got, lambda fn, *args: fn(*args))
+            if not data:
+                loop.remove_reader(sock.fileno())
+                return
+
+    loop.add_reader(sock.fileno(), readable)
+
+
+def _start_lifeline_thread(actor: Actor, loop: asyncio.AbstractEventLoop) -> None:
+    sock = actor.lifeline
+    assert sock is not None
+    lifeline = getattr(actor, "lifeline_reader", None) or _Lifeline(actor)
+    if getattr(actor, "lifeline_reader", None) is not None:
+        loop.remove_reader(sock.fileno())
+    actor.lifeline_reader = lifeline
+    sock.setblocking(True)
+    threading.Thread(target=_watch_lifeline, args=(lifeline, loop, sock), daemon=True,
+                     name="lifeline").start()
 
 
 def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, fd: int,
@@ -557,14 +656,33 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     lifeline = socket.socket(fileno=lifeline_fd)
-    lifeline.setblocking(True)
     actor = Actor(spec, config, actor_id, session_id, sock)
     actor.lifeline = lifeline
+    actor.lifeline_reader = None
+    try:
+        policy.enter(actor.plan)  # single-threaded, before any loop or agent code
+        if session_id:
+            policy.confine_session(actor.plan, session_id)
+    except policy.SandboxFailed as exc:
+        if session_id:
+            actor.confined = False
+        # Reported when the actor is given a session (a warm one): failing here
+        # would only have the warm pool fork another, in a loop.
+        actor.sandbox_error = str(exc)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        threading.Thread(target=_watch_lifeline, args=(actor, loop, lifeline), daemon=True,
-                         name="lifeline").start()
+        if actor.sandbox_error is not None and session_id:
+            actor.loop = loop
+            actor.finished = loop.create_future()
+            await actor._connect(sock)
+            actor.sandbox_failed(actor.sandbox_error)
+            await actor._drain()
+            return await actor.finished
+        if actor.confined:
+            _start_lifeline_thread(actor, loop)
+        else:
+            _read_lifeline_on_loop(actor, loop)
         return await actor.serve()
 
     return uvloop.run(main())

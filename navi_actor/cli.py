@@ -7,6 +7,7 @@ import gc
 import os
 import socket
 import sys
+from typing import Any
 from pathlib import Path
 
 from navi_actor import __version__, config as config_mod, logs
@@ -104,6 +105,35 @@ def make_token(user: str, role: str, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _sandbox_plan(cfg: config_mod.Config, spec: Any, log: Any) -> Any:
+    """Work out the actors' sandbox and try it in a child; an exit code if the server must not start."""
+    from navi_actor.sandbox import policy
+    from navi_actor.sandbox.probe import probe
+    from supervisor.causes import EXIT_CANNOT_START
+
+    module = sys.modules.get(getattr(spec.obj, "__module__", "") or "")
+    try:
+        plan = policy.prepare(
+            cfg.sandbox, str(cfg.data_path), extra_read=cfg.sandbox_read, extra_write=cfg.sandbox_write,
+            connect_ports=config_mod.ports(cfg.sandbox_net_connect),
+            bind_ports=config_mod.ports(cfg.sandbox_net_bind), tokens_file=cfg.tokens_file,
+            agent_file=getattr(module, "__file__", None))
+        if plan.on:
+            probe(plan)
+    except policy.SandboxConfigError as exc:
+        log.error("serve.sandbox_refused", error=str(exc))
+        print(f"navi-actor: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    if not plan.on:
+        log.warning("serve.sandbox_off", message="agents run unconfined: they can read the session "
+                    "database, other sessions' uploads and the server user's files (--sandbox off)")
+    elif plan.missing:
+        log.warning("serve.sandbox_partial", **plan.summary())
+    else:
+        log.info("serve.sandbox", **plan.summary(), rules=plan.base_rules, session_rules=len(plan.coarse) + 1)
+    return plan
+
+
 def _secure(cfg: config_mod.Config) -> tuple[int | None, bool] | int:
     """The supervisor's security set-up, before anything is forked (see navi_actor/sandbox.py).
 
@@ -197,6 +227,9 @@ def serve(cfg: config_mod.Config) -> int:
         print(f"navi-actor: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
     data = cfg.data_path
+    plan = _sandbox_plan(cfg, spec, log)
+    if isinstance(plan, int):
+        return plan
 
     def recover(reason: str) -> None:
         store = open_store(data)
@@ -261,7 +294,7 @@ def serve(cfg: config_mod.Config) -> int:
     from navi_actor import sandbox
 
     def run_actor(actor_id: str, session_id: str, fd: int, life_fd: int) -> int:
-        """In the forked actor: shed secrets and privileges, apply limits, then serve."""
+        """In the forked actor: shed secrets and privileges, apply limits, then serve (and confine)."""
         sandbox.enter_actor(cfg)
         return actor_mod.actor_main(agent[0], cfg, actor_id, session_id, fd, life_fd)
 
@@ -279,6 +312,8 @@ def serve(cfg: config_mod.Config) -> int:
         warm_actors=cfg.warm_actors,
         use_zygote=not cfg.no_zygote,
         shutdown_grace=cfg.drain_timeout + cfg.stop_term_after + cfg.stop_kill_after + 2.0,
+        actor_fds=plan.fds(),
+        sandbox=plan.summary(),
     )
     log.info("serve.start", agent=spec.target, data_dir=str(data), host=cfg.host, port=cfg.port,
              pid=os.getpid())

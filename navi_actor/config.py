@@ -23,6 +23,7 @@ class Option:
     help: str
     choices: tuple[str, ...] | None = None
     switch: bool = False  # a flag without a value (``--insecure-no-auth``); env: 1/true/yes/on
+    repeat: bool = False  # may be given several times (a tuple); env: values separated by ':'
 
     @property
     def flag(self) -> str:
@@ -132,6 +133,29 @@ def rlimit_values(text: str) -> dict[str, int]:
             raise ValueError(f"{name}: expected a positive integer, optionally with K, M, G or T, got {raw!r}")
         out[name] = int(m.group(1)) * _SIZE_SUFFIX[m.group(2)]
     return out
+
+
+def ports(text: str) -> tuple[int, ...]:
+    """``443,11434`` → ``(443, 11434)``; empty → ``()``."""
+    out: list[int] = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ValueError(f"expected TCP ports 1..65535 separated by commas, got {item!r}")
+        if int(item) not in out:
+            out.append(int(item))
+    return tuple(out)
+
+
+def _ports(text: str) -> str:
+    return ",".join(str(p) for p in ports(text))
+
+
+def _existing_path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a path")
+    return text
 
 
 def _rlimits(text: str) -> str:
@@ -278,6 +302,44 @@ OPTIONS: tuple[Option, ...] = (
         "resource limits of each actor process, e.g. nofile=1024,nproc=64,as=2G (nproc counts all "
         "processes of the server's user); empty: inherited",
     ),
+    # ── the sandbox around each actor (see SECURITY.md) ──
+    Option(
+        "sandbox",
+        "auto",
+        str,
+        "confine each actor to its own session (Landlock, seccomp, no capabilities): auto applies what "
+        "the kernel supports and logs what it lacks, strict refuses to start unless every part can be "
+        "enforced, off applies none (a warning at every start)",
+        choices=("auto", "strict", "off"),
+    ),
+    Option(
+        "sandbox_read",
+        (),
+        _existing_path,
+        "a file or folder agents may also read and execute (repeat the option for more; env: paths "
+        "separated by ':'); it must exist and must not contain the data folder",
+        repeat=True,
+    ),
+    Option(
+        "sandbox_write",
+        (),
+        _existing_path,
+        "a file or folder agents may also write (repeatable, like --sandbox-read)",
+        repeat=True,
+    ),
+    Option(
+        "sandbox_net_connect",
+        "",
+        _ports,
+        "comma-separated TCP ports agents may connect to, e.g. 443,11434; empty: every port "
+        "(UDP is not confined)",
+    ),
+    Option(
+        "sandbox_net_bind",
+        "",
+        _ports,
+        "comma-separated TCP ports agents may bind (listen on); empty: none",
+    ),
 )
 
 
@@ -311,6 +373,11 @@ class Config:
     upload_max_bytes: int = 20 * 1024 * 1024
     actor_env_allow: str = "NAVI_OPENAI_API_KEY"
     actor_rlimits: str = ""
+    sandbox: str = "auto"
+    sandbox_read: tuple[str, ...] = ()
+    sandbox_write: tuple[str, ...] = ()
+    sandbox_net_connect: str = ""
+    sandbox_net_bind: str = ""
 
     @property
     def data_path(self) -> Path:
@@ -323,7 +390,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
     for opt in OPTIONS:
         default = opt.default
         raw = env.get(opt.env)
-        if raw is not None and raw != "":
+        if raw is not None and raw != "" and opt.repeat:
+            try:
+                default = tuple(opt.parse(part) for part in raw.split(os.pathsep) if part)
+            except ValueError as exc:
+                parser.error(f"environment variable {opt.env}={raw!r} is invalid: {exc}")
+        elif raw is not None and raw != "":
             try:
                 default = opt.parse(raw)
             except ValueError as exc:
@@ -338,6 +410,18 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
                 raise argparse.ArgumentTypeError(str(exc)) from None
 
         typed.__name__ = opt.name.replace("_", "-")
+        if opt.repeat:
+            parser.add_argument(
+                opt.flag,
+                dest=opt.name,
+                type=typed,
+                action="append",
+                default=None,
+                metavar="PATH",
+                help=f"{opt.help} [env {opt.env}; default (none)]",
+            )
+            parser.set_defaults(**{f"_env_{opt.name}": default})
+            continue
         if opt.switch:
             parser.add_argument(
                 opt.flag,
@@ -359,4 +443,10 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
 
 
 def from_namespace(ns: argparse.Namespace) -> Config:
-    return Config(**{opt.name: getattr(ns, opt.name) for opt in OPTIONS})
+    values = {}
+    for opt in OPTIONS:
+        value = getattr(ns, opt.name)
+        if opt.repeat:  # flags given replace the environment's list
+            value = tuple(value) if value else tuple(getattr(ns, f"_env_{opt.name}", ()) or ())
+        values[opt.name] = value
+    return Config(**values)

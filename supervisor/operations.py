@@ -70,6 +70,7 @@ class Operations:
             "warm": len(sup.pool),
             "warm_target": sup.pool.size,
             "zygote": sup.zygote_state(),
+            "sandbox": sup.hooks.sandbox,
             "limits": {"actor_max_rss": sup.hooks.actor_max_rss, "term_after": self.term_after,
                        "kill_after": self.kill_after},
             "spawns": self.spawns,
@@ -109,6 +110,7 @@ class Operations:
                 "owner": st.get("owner"),
                 "rss": rss,
                 "cpu_percent": cpu,
+                "sandbox": self.sup.hooks.sandbox,
             })
         return out
 

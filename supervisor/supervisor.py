@@ -74,6 +74,8 @@ class Hooks:
     warm_actors: int = 0  # actors forked ahead of need, ready for the next new session
     use_zygote: bool = True  # fork actors from an idle zygote (supervisor/zygote.py), not from the supervisor
     preload_front: Callable[[], None] | None = None  # imports only the front needs: after the zygote's fork
+    actor_fds: tuple[int, ...] = ()  # descriptors every actor (and the zygote) inherits: the sandbox's rules
+    sandbox: dict[str, Any] | None = None  # what the actors' sandbox enforces, for status and ps
 
 
 @dataclasses.dataclass(slots=True)
@@ -376,7 +378,7 @@ class Supervisor:
                 # supervisor is gone, kills its whole group (a signal would kill only it).
                 pid = spawn.fork_child(
                     lambda: self.hooks.actor_main(actor_id, session_id, fd, life_fd),
-                    (fd, life_fd),
+                    (fd, life_fd, *self.hooks.actor_fds),
                     new_group=True,
                     death_signal=0,
                 )
@@ -400,7 +402,7 @@ class Supervisor:
             return None
         if self.zygote is None:
             try:
-                self.zygote = zygote.Zygote.start(self.hooks.actor_main)
+                self.zygote = zygote.Zygote.start(self.hooks.actor_main, self.hooks.actor_fds)
             except OSError as exc:
                 self._zygote_failed(f"cannot fork it: {exc}")
                 return None

@@ -152,7 +152,7 @@ def _get_name() -> bytes:
     return buf.value
 
 
-def serve(sock: socket.socket, actor_main: ActorMain, supervisor_pid: int) -> int:
+def serve(sock: socket.socket, actor_main: ActorMain, supervisor_pid: int, keep: tuple[int, ...] = ()) -> int:
     """The zygote's whole life: wait for a request, clone an actor, answer with its pid."""
     clone = Clone()
     own_name = _get_name()
@@ -181,7 +181,7 @@ def serve(sock: socket.socket, actor_main: ActorMain, supervisor_pid: int) -> in
             fd, life_fd = fds
             spawn.run_child(
                 lambda: actor_main(actor_id, session_id, fd, life_fd),
-                (fd, life_fd),
+                (fd, life_fd, *keep),
                 parent=supervisor_pid,
                 new_group=True,
                 death_signal=0,
@@ -199,14 +199,17 @@ class Zygote:
         self.sock = sock
 
     @classmethod
-    def start(cls, actor_main: ActorMain) -> Zygote:
-        """Fork a zygote from this (the supervisor's) process. Raises OSError."""
+    def start(cls, actor_main: ActorMain, keep: tuple[int, ...] = ()) -> Zygote:
+        """Fork a zygote from this (the supervisor's) process. Raises OSError.
+
+        ``keep``: descriptors the zygote and its actors inherit besides their own.
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         supervisor_pid = os.getpid()
         try:
             pid = spawn.fork_child(
-                lambda: serve(theirs, actor_main, supervisor_pid),
-                (theirs.fileno(),),
+                lambda: serve(theirs, actor_main, supervisor_pid, keep),
+                (theirs.fileno(), *keep),
                 new_group=False,
                 death_signal=signal.SIGKILL,
             )

@@ -316,9 +316,15 @@ async def hostile(turn: Turn) -> AsyncIterator[Any]:
             report["memory"] = _scan_memory(needles)
             report["parent_environ"] = _peek(f"/proc/{os.getppid()}/environ", needles)
             report["front_environ"] = _peek(f"/proc/{front_pid}/environ", needles)
+        report["parent_fd_links"] = "denied"
         try:
-            os.listdir(f"/proc/{os.getppid()}/fd")
+            names = os.listdir(f"/proc/{os.getppid()}/fd")
             report["parent_fds"] = "readable"
+            try:
+                [os.readlink(f"/proc/{os.getppid()}/fd/{n}") for n in names[:3]]
+                report["parent_fd_links"] = "readable"
+            except PermissionError:
+                pass
         except PermissionError:
             report["parent_fds"] = "denied"
         try:

@@ -116,6 +116,11 @@ def test_every_option_is_read_from_its_env_var():
         "NAVI_ACTOR_ENV_ALLOW": "X_KEY",
         "NAVI_ACTOR_RLIMITS": "nofile=64",
         "NAVI_WS_COMPRESS": "1",
+        "NAVI_SANDBOX": "strict",
+        "NAVI_SANDBOX_READ": "/opt/models:/srv/data",
+        "NAVI_SANDBOX_WRITE": "/srv/out",
+        "NAVI_SANDBOX_NET_CONNECT": "443, 11434",
+        "NAVI_SANDBOX_NET_BIND": "8080",
     }
     assert set(environ) == {o.env for o in OPTIONS}
     assert from_namespace(parse(environ=environ)) == Config(
@@ -125,8 +130,26 @@ def test_every_option_is_read_from_its_env_var():
         actor_max_rss=512, max_actors=8, actor_nice=0, warm_actors=0, no_zygote=True, drain_timeout=10.0,
         tokens_file="/etc/navi/tokens", insecure_no_auth=True, allowed_origins="https://a.example",
         ws_ticket_ttl=10.0, rate_limit=30, upload_max_bytes=1048576, actor_env_allow="X_KEY",
-        actor_rlimits="nofile=64", ws_compress=True,
+        actor_rlimits="nofile=64", ws_compress=True, sandbox="strict",
+        sandbox_read=("/opt/models", "/srv/data"), sandbox_write=("/srv/out",),
+        sandbox_net_connect="443,11434", sandbox_net_bind="8080",
     )
+
+
+def test_sandbox_paths_repeat_and_flags_replace_the_environment():
+    """--sandbox-read may be given several times; given flags replace NAVI_SANDBOX_READ's list."""
+    env = {"NAVI_SANDBOX_READ": "/a:/b"}
+    assert from_namespace(parse(environ=env)).sandbox_read == ("/a", "/b")
+    cfg = from_namespace(parse(["--sandbox-read", "/x", "--sandbox-read", "/y"], environ=env))
+    assert cfg.sandbox_read == ("/x", "/y")
+    assert from_namespace(parse([])).sandbox_write == ()
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "http", "443;80", "-1"])
+def test_sandbox_ports_are_checked(value):
+    """A port list that is not TCP ports 1..65535 is refused, with the bad item named."""
+    with pytest.raises(SystemExit):
+        parse(["--sandbox-net-connect", value])
 
 
 def test_flags_are_parsed_to_their_types():
@@ -212,7 +235,8 @@ def test_serve_help_lists_every_option_with_its_env_var(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for opt in OPTIONS:
         assert opt.flag in text, opt.name
-        assert f"[env {opt.env}; default {opt.default}]" in text, opt.name
+        default = "(none)" if opt.repeat else opt.default
+        assert f"[env {opt.env}; default {default}]" in text, opt.name
     assert "{auto,console,json}" in text
 
 

@@ -255,9 +255,10 @@ async def test_agent_module_in_the_current_folder_is_found(make_server, client, 
 
 async def test_factory_aclose_runs_when_the_actor_exits(make_server, client, tmp_path):
     """A factory object's aclose() is awaited when its actor exits in order (here: idle timeout)."""
-    marker = tmp_path / "closed.txt"
+    (tmp_path / "marks").mkdir()
+    marker = tmp_path / "marks" / "closed.txt"
     server = make_server("tests.agents:closing_factory", env={"NAVI_TEST_MARKER": str(marker)},
-                         args=["--idle-timeout", "0.3"])
+                         args=["--idle-timeout", "0.3", "--sandbox-write", str(marker.parent)])
     c = client(server)
     _, ws = await c.open_session()
     assert (await run_turn(ws, "hi"))[-1]["content"] == "hello"

@@ -78,15 +78,17 @@ async def test_an_actor_breaking_the_protocol_is_killed_and_nothing_else_suffers
 # ── no secrets in actors ────────────────────────────────────────────────────
 
 
-async def test_actors_hold_no_token_or_secret_and_cannot_reach_the_front(make_server):
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+async def test_actors_hold_no_token_or_secret_and_cannot_reach_the_front(make_server, sandbox):
     """With NAVI_TOKENS and secret variables set, an actor's environment, memory and /proc views hold none of them,
-    the allow-listed key stays, the supervisor's and front's /proc entries are closed to it, and its limits apply."""
+    the allow-listed key stays, the supervisor's and front's /proc entries are closed to it, and its limits apply.
+    With the sandbox off too: the scrub is a second line, not the sandbox's."""
     server = make_server(
         "tests.agents:hostile",
         env={"NAVI_TOKENS": f"{TOKEN} alice admin", "MY_DB_PASSWORD": DB_PASSWORD,
              "DATABASE_URL": f"postgres://app:{URL_PASSWORD}@db.internal/app", "NAVI_OPENAI_API_KEY": API_KEY,
              "PLAIN_SETTING": "visible"},
-        args=["--actor-rlimits", "nofile=256,as=4G", "--actor-nice", "7"],
+        args=["--actor-rlimits", "nofile=256,as=4G", "--actor-nice", "7", "--sandbox", sandbox],
     )
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         report = await probe(lambda s: Client(s, http), server, TOKEN, DB_PASSWORD, URL_PASSWORD)
@@ -95,8 +97,14 @@ async def test_actors_hold_no_token_or_secret_and_cannot_reach_the_front(make_se
     assert {"NAVI_OPENAI_API_KEY", "PLAIN_SETTING", "PATH"} <= env
     assert report["proc_environ"] == "clean"
     assert report["memory"] == [False, False, False], "a secret is somewhere in the actor's memory"
-    if os.geteuid() != 0:  # root's CAP_SYS_PTRACE passes the kernel's check of non-dumpable processes
+    if os.geteuid() != 0:
         assert report["parent_environ"] == "denied" and report["parent_fds"] == "denied"
+        assert report["front_environ"] == "denied" and report["front_mem"] == "denied"
+    elif sandbox != "off":
+        # A root actor without capabilities still owns root's /proc folders, so it can list the
+        # supervisor's descriptor numbers; Landlock refuses what they point to, and the rest.
+        assert report["parent_environ"] == "denied" and report["parent_fd_links"] == "denied"
+        assert report["front_environ"] == "denied" and report["front_mem"] == "denied"
         assert report["front_environ"] == "denied" and report["front_mem"] == "denied"
     else:
         assert report["parent_environ"] == report["front_environ"] == "clean"
@@ -106,18 +114,20 @@ async def test_actors_hold_no_token_or_secret_and_cannot_reach_the_front(make_se
     assert TOKEN not in server.log_text() and DB_PASSWORD not in server.log_text()
 
 
-async def test_without_authentication_secrets_are_still_kept_from_actors(make_server, client):
-    """With authentication off, secrets are dropped from the supervisor and actors alike; --actor-env-allow keeps one."""
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+async def test_without_authentication_secrets_are_still_kept_from_actors(make_server, client, sandbox):
+    """With authentication off, secrets are dropped from the supervisor and actors alike; --actor-env-allow keeps one.
+    The sandbox also closes the supervisor's /proc entries; without it they are readable, but wiped."""
     server = make_server(
         "tests.agents:hostile",
         env={"MY_DB_PASSWORD": DB_PASSWORD, "OTHER_SECRET": URL_PASSWORD, "NAVI_OPENAI_API_KEY": API_KEY},
-        args=["--actor-env-allow", "MY_DB_PASSWORD"],
+        args=["--actor-env-allow", "MY_DB_PASSWORD", "--sandbox", sandbox],
     )
     report = await probe(client, server, URL_PASSWORD, API_KEY)
     env = set(report["environ"])
     assert "MY_DB_PASSWORD" in env and {"OTHER_SECRET", "NAVI_OPENAI_API_KEY"}.isdisjoint(env)
     assert report["memory"] == [False, False]
-    assert report["parent_environ"] == "clean"  # readable without authentication, but wiped
+    assert report["parent_environ"] == ("clean" if sandbox == "off" else "denied")
     assert report["proc_environ"] == "clean"
     assert report["no_new_privs"] is True
     assert report["nice"] == min(report["front_nice"] + 10, 19)  # the default --actor-nice

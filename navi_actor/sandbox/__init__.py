@@ -52,16 +52,10 @@ _WORDS_RE = re.compile("|".join(SECRET_WORDS), re.IGNORECASE)
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
-_libc: ctypes.CDLL | None = None
-
-
 def _c() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.strlen.restype = ctypes.c_size_t
-        _libc.strlen.argtypes = [ctypes.c_void_p]
-    return _libc
+    from navi_actor.sandbox import _libc
+
+    return _libc.load()
 
 
 def _prctl(option: int, arg: int) -> None:
