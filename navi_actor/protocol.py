@@ -47,7 +47,7 @@ INVALID_FILE = "invalid_file"
 RATE_LIMITED = "rate_limited"
 SANDBOX_FAILED = "sandbox_failed"
 
-#: Every ``code`` an ``error`` event can carry (documented in the README).
+#: Every ``code`` an ``error`` event can carry (documented in docs/protocol.md).
 ERROR_CODES = (
     INVALID_JSON, INVALID_MESSAGE, TOO_MANY_IMAGES, IMAGE_TOO_LARGE, ALREADY_RUNNING, AGENT_ERROR,
     AGENT_FAILED_TO_START, ACTOR_DIED, ACTOR_PROTOCOL_VIOLATION, SHUTTING_DOWN, STORE_ERROR,

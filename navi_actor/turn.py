@@ -1,4 +1,4 @@
-"""What an agent receives for one turn (a public contract; see the README)."""
+"""What an agent receives for one turn (a public contract; see docs/agents.md)."""
 
 from __future__ import annotations
 

@@ -239,7 +239,7 @@ async def test_supervisor_death_takes_every_process_with_it(make_server, client)
 
 
 async def test_agent_module_in_the_current_folder_is_found(make_server, client, tmp_path):
-    """`navi-actor serve --agent myagent:agent` finds ./myagent.py, as the README shows."""
+    """`navi-actor serve --agent myagent:agent` finds ./myagent.py, as docs/agents.md shows."""
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "myagent.py").write_text(

@@ -9,7 +9,7 @@
  *   SessionView  one open session: history, the live turn, seq bookkeeping
  *   App          sidebar, composer, routing (#session=ID)
  *
- * The protocol is described in the README ("Protocol").
+ * The protocol is described in docs/protocol.md.
  */
 "use strict";
 
