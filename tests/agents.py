@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import os
 import signal
 import subprocess
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from navi_actor.events import AgentError, StreamEnd, TextDelta, ToolEvent, ToolStarted
 from navi_actor.turn import Turn
@@ -347,3 +348,144 @@ async def hostile(turn: Turn) -> AsyncIterator[Any]:
     else:
         for w in words:
             yield TextDelta(w + " ")
+
+
+# ── an agent that tries to leave its sandbox, for tests/test_sandbox_functional.py ──
+
+
+def _attempt(fn: Callable[[], Any]) -> str:
+    """``open`` if ``fn`` succeeded, else ``denied (ERRNO)``."""
+    try:
+        fn()
+        return "open"
+    except OSError as exc:
+        return f"denied ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+
+
+def _control_list(path: str) -> None:
+    """Ask the control socket for every run: raises unless it answers with the list."""
+    from pathlib import Path
+
+    from supervisor.control import request
+
+    reply = request(Path(path), {"op": "list"}, timeout=3)
+    if "actors" not in reply:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, f"refused by the server: {reply}")
+
+
+def _ptrace_attach(pid: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.restype = ctypes.c_long
+    if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
+
+
+def _connect(port: int) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=3):
+        pass
+
+
+def _bind(port: int) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+
+
+async def escape(turn: Turn) -> AsyncIterator[Any]:
+    """Try every way out of the session the message names; answer with a JSON report.
+
+    The message is a JSON object: the data folder, the tokens file, another
+    session's id, the pids of the supervisor, the front and another actor, a
+    TCP port that is listening but not allowed, and a free port to bind.
+    """
+    import json
+
+    if not turn.content.startswith("{"):
+        yield TextDelta("ready")
+        return
+    ask = json.loads(turn.content)
+    data, other = ask["data_dir"], ask["other_session"]
+    uploads = os.path.join(data, "uploads")
+    report = {
+        "read_database": _attempt(lambda: open(os.path.join(data, "navi.sqlite3"), "rb").close()),
+        "read_wal": _attempt(lambda: open(os.path.join(data, "navi.sqlite3-wal"), "rb").close()),
+        "list_data_folder": _attempt(lambda: os.listdir(data)),
+        "list_other_uploads": _attempt(lambda: os.listdir(os.path.join(uploads, other))),
+        "read_other_upload": _attempt(lambda: open(os.path.join(uploads, other, ask["other_file"]), "rb").close()),
+        "write_data_folder": _attempt(lambda: open(os.path.join(data, "planted.txt"), "w").close()),
+        "read_tokens": _attempt(lambda: open(ask["tokens_file"], "rb").close()),
+        "control_socket": _attempt(lambda: _control_list(os.path.join(data, "run", "control.sock"))),
+        "read_home": _attempt(lambda: os.listdir(ask["home"])),
+        "signal_supervisor": _attempt(lambda: os.kill(ask["supervisor_pid"], signal.SIGCONT)),
+        "signal_front": _attempt(lambda: os.kill(ask["front_pid"], signal.SIGCONT)),
+        "signal_other_actor": _attempt(lambda: os.kill(ask["other_pid"], signal.SIGCONT)),
+        "other_environ": _attempt(lambda: open(f"/proc/{ask['other_pid']}/environ", "rb").read()),
+        "other_mem": _attempt(lambda: open(f"/proc/{ask['other_pid']}/mem", "rb").close()),
+        "ptrace_other": _attempt(lambda: _ptrace_attach(ask["other_pid"])),
+        "bind_port": _attempt(lambda: _bind(ask["bind_port"])),
+        "connect_other_port": _attempt(lambda: _connect(ask["closed_port"])),
+    }
+    if ask.get("allowed_port"):
+        report["connect_allowed_port"] = _attempt(lambda: _connect(ask["allowed_port"]))
+    # what stays open: its own folder, and signals to itself
+    os.makedirs(turn.upload_dir, exist_ok=True)
+    report["own_folder"] = _attempt(lambda: open(os.path.join(turn.upload_dir, "mine.txt"), "w").close())
+    report["signal_self"] = _attempt(lambda: os.kill(os.getpid(), 0))
+    yield TextDelta(json.dumps(report))
+
+
+async def toolbox(turn: Turn) -> AsyncIterator[Any]:
+    """What an agent's tools do under the sandbox; answers with a JSON report of each.
+
+    ``uploaded NAME`` reads an upload of its session; anything else runs the lot.
+    """
+    import json
+    import multiprocessing
+    import socket
+    import tempfile
+
+    report: dict[str, Any] = {}
+    if turn.content.startswith("uploaded "):
+        with open(os.path.join(turn.upload_dir, turn.content.split()[1])) as f:
+            report["upload"] = f.read()
+        yield TextDelta(json.dumps(report))
+        return
+    work = os.getcwd()
+    report["cwd"] = work
+    report["tmpdir"] = tempfile.gettempdir()
+    script = ("ls -a . && python3 -c 'import colorsys; print(colorsys.rgb_to_hsv(1, 0, 0))' && "
+              "git init -q repo && cd repo && echo hi > a.txt && git add a.txt && "
+              "git -c user.email=a@b.c -c user.name=agent commit -q -m first && git log --oneline | wc -l")
+    proc = subprocess.run(script, shell=True, capture_output=True, text=True, timeout=60)
+    report["shell"] = [proc.returncode, proc.stdout.split(), proc.stderr[-300:]]
+    with open("notes.txt", "w") as f:
+        f.write("kept")
+    with open("notes.txt") as f:
+        report["file"] = f.read()
+    with tempfile.NamedTemporaryFile("w", delete=False) as f:
+        f.write("temp")
+    report["tempfile"] = os.path.dirname(f.name)
+    import wave  # noqa: F401 - a module no actor imported before: a lazy import of the stdlib
+
+    report["lazy_import"] = True
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=queue.put, args=(42,))
+    child.start()
+    report["multiprocessing"] = queue.get(timeout=30)
+    child.join(10)
+    report["dns"] = socket.getaddrinfo("localhost", 443, type=socket.SOCK_STREAM)[0][4][1]
+    try:
+        os.listdir(os.path.dirname(os.path.dirname(turn.upload_dir)))  # the data folder
+        report["denied"] = "open"
+    except PermissionError as exc:
+        report["denied"] = type(exc).__name__
+    yield TextDelta(json.dumps(report))

@@ -55,7 +55,7 @@ def test_configuration_defaults_are_the_codes():
         shown = rows[opt.flag][2]
         if opt.switch:
             assert shown == "off" and opt.default is False, (opt.flag, shown)
-        elif opt.default == "":
+        elif opt.default in ("", ()):
             assert shown.startswith("none"), (opt.flag, shown)
         else:
             value = shown.split("`")[1]
