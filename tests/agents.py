@@ -489,3 +489,20 @@ async def toolbox(turn: Turn) -> AsyncIterator[Any]:
     except PermissionError as exc:
         report["denied"] = type(exc).__name__
     yield TextDelta(json.dumps(report))
+
+
+class _Threaded:
+    """A factory that starts a thread when it is made: before ABI 8 that thread escapes the sandbox."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        threading.Thread(target=self._stop.wait, daemon=True, name="factory-thread").start()
+
+    async def run_stream(self, turn: Turn) -> AsyncIterator[Any]:
+        yield TextDelta("should not run")
+
+
+def threaded_factory() -> _Threaded:
+    return _Threaded()
