@@ -154,8 +154,21 @@ class Actor:
         self.loop = loop
         self.finished = loop.create_future()
         await self._connect(self.sock)
+        # A warm actor makes its agent once it is confined (see assign), so that
+        # whatever the factory starts (threads, clients) is confined too.
+        if self.confined and not self._make_runner():
+            await self._drain()
+            return EXIT_AGENT_FAILED
+        self._hello()
+        code = await self.finished
+        await self._close_agent()
+        return code
+
+    def _make_runner(self) -> bool:
+        """Call the agent's factory (once per actor); on failure, tell the front and the supervisor."""
         try:
             self.runner = self.spec.make_runner()
+            return True
         except Exception as exc:
             log.error("actor.agent_failed_to_start", agent=self.spec.target, error=repr(exc))
             fatal = framing.control(
@@ -168,12 +181,7 @@ class Actor:
             self._tell_supervisor(fatal)
             self._send(fatal)
             self._flush()
-            await self._drain()
-            return EXIT_AGENT_FAILED
-        self._hello()
-        code = await self.finished
-        await self._close_agent()
-        return code
+            return False
 
     async def _close_agent(self) -> None:
         """Await the factory object's ``aclose()``, if it has one (orderly exits only)."""
@@ -233,7 +241,7 @@ class Actor:
                 old.close()
             await self._connect(sock)
             log.info("actor.front_attached", run_id=self.run.run_id if self.run else None)
-            if self.runner is not None:
+            if not self.finished.done():
                 self._hello()
 
         self.loop.create_task(switch())
@@ -319,6 +327,9 @@ class Actor:
             return
         self.confined = True
         _start_lifeline_thread(self, self.loop)
+        if self.runner is None and not self._make_runner():
+            self._finish(EXIT_AGENT_FAILED)
+            return
         pending, self._pending_turn = self._pending_turn, None
         if pending is not None:
             self._start_turn(pending)

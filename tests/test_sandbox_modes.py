@@ -75,18 +75,43 @@ async def test_off_warns_at_every_start(make_server):
 
 @needs_landlock
 async def test_an_actor_that_cannot_confine_itself_fails_its_turn_with_sandbox_failed(make_server, client):
-    """A factory that starts a thread (which ABI 7 could not confine): the turn ends with error
-    sandbox_failed and the cause; the server stays up and the warm pool does not respawn in a loop."""
-    server = make_server("tests.agents:threaded_factory", args=["--warm-actors", "1"])
+    """A session whose work folder is unusable (a file where .work should be): the turn ends with error
+    sandbox_failed and the cause, no agent code runs, the server stays up, nothing respawns in a loop."""
+    server = make_server("tests.agents:scripted", args=["--warm-actors", "1"])
+    control = server.data_dir / "run" / "control.sock"
+    wait_for(lambda: request(control, {"op": "status"})["warm"] == 1, 10, "a warm actor")
+    c = client(server)
+    sid = await c.new_session()
+    folder = server.data_dir / "uploads" / sid
+    folder.mkdir(mode=0o700)
+    (folder / ".work").write_text("not a folder")
+    ws = await c.connect(sid)
+    events = await run_turn(ws, "fast 3")
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "sandbox_failed", events[-1]
+    assert ".work is not a folder" in events[-1]["message"]
+    assert not [e for e in events if e["type"] == "stream_delta"]
+    spawns = request(control, {"op": "status"})["spawns"]
+    wait_for(lambda: request(control, {"op": "status"})["warm"] == 1, 10, "the warm pool refilled")
+    assert request(control, {"op": "status"})["spawns"] <= spawns + 1, "actors are respawned in a loop"
+    assert server.proc.poll() is None
+    async with c.http.get(server.url + "/metrics") as r:
+        metrics = await r.text()
+    assert "navi_sandbox_failures_total 1.0" in metrics
+    assert 'navi_sandbox_enforced{part="files"} 1.0' in metrics
+    assert 'navi_sandbox_enforced{part="tcp_connect"} 0.0' in metrics  # no --sandbox-net-connect
+    assert f'navi_sandbox_info{{landlock_abi="{landlock.abi()}",mode="auto"}} 1.0' in metrics
+
+
+@needs_landlock
+@pytest.mark.parametrize("warm", ["0", "1"])
+async def test_threads_a_factory_starts_are_confined_too(make_server, client, warm):
+    """A factory that starts a thread: a warm actor makes its agent after it is confined, so that thread
+    cannot list the uploads root either (with or without a warm pool)."""
+    server = make_server("tests.agents:threaded_factory", args=["--warm-actors", warm])
+    if warm == "1":
+        wait_for(lambda: request(server.data_dir / "run" / "control.sock", {"op": "status"})["warm"] == 1,
+                 10, "a warm actor")
     c = client(server)
     _sid, ws = await c.open_session()
     events = await run_turn(ws, "hi")
-    assert events[-1]["type"] == "error" and events[-1]["code"] == "sandbox_failed", events[-1]
-    assert "threads were running" in events[-1]["message"]
-    assert "should not run" not in json.dumps(events)
-    status = request(server.data_dir / "run" / "control.sock", {"op": "status"})
-    wait_for(lambda: request(server.data_dir / "run" / "control.sock", {"op": "status"})["warm"] == 1, 10,
-             "the warm pool refilled once")
-    spawns = request(server.data_dir / "run" / "control.sock", {"op": "status"})["spawns"]
-    assert spawns <= status["spawns"] + 1, "actors are respawned in a loop"
-    assert server.proc.poll() is None
+    assert events[-1]["type"] == "stream_end" and events[-1]["content"] == "denied (EACCES)", events[-1]

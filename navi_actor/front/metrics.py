@@ -107,5 +107,20 @@ class _Live(Collector):
                                 value=0 if zygote.get("off") else 1)
         yield CounterMetricFamily("navi_zygote_failures", "Zygote processes that died or failed to answer",
                                   value=zygote.get("failures", 0))
+        sandbox = sup.get("sandbox") or {}
+        enforced = GaugeMetricFamily("navi_sandbox_enforced", "1 for each part of the actors' sandbox in force "
+                                     "(files, tcp_bind, tcp_connect, signals, abstract_unix, seccomp, "
+                                     "capabilities), 0 for those that are not", labels=["part"])
+        for part in ("files", "tcp_bind", "tcp_connect", "signals", "abstract_unix", "seccomp", "capabilities"):
+            enforced.add_metric([part], 1 if part in sandbox.get("enforced", ()) else 0)
+        yield enforced
+        info = GaugeMetricFamily("navi_sandbox_info", "The sandbox's mode (auto, strict, off) and the Landlock "
+                                 "ABI it uses (0: none)", labels=["mode", "landlock_abi"])
+        info.add_metric([str(sandbox.get("mode", "off")), str(sandbox.get("landlock_abi", 0))], 1)
+        yield info
+        if rt is not None:
+            yield CounterMetricFamily("navi_sandbox_failures", "Actors that could not confine themselves to "
+                                      "their session (their turn ended with sandbox_failed)",
+                                      value=rt.sandbox_failures)
         yield GaugeMetricFamily("navi_supervisor_uptime_seconds", "Seconds since the server started",
                                 value=sup.get("uptime", 0))

@@ -99,6 +99,7 @@ class Runtime:
         self.events_forwarded = 0
         self.bytes_forwarded = 0
         self.replays_served = 0
+        self.sandbox_failures = 0  # actors whose sandbox failed (their fatal said sandbox_failed)
         self._control_seq = 0
         self._control_waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         #: session id → its owner (user id), set by the HTTP layer when a viewer connects; for push_status.
@@ -482,6 +483,8 @@ class Runtime:
             self._on_replay(actor, msg)
         elif op == "fatal":
             log.error("front.actor_fatal", actor_id=actor.actor_id, message=msg["message"])
+            if msg.get("code") == protocol.SANDBOX_FAILED:
+                self.sandbox_failures += 1
             actor.fatal = msg
         elif op == "hello":
             log.info("front.actor_attached", actor_id=actor.actor_id, actor_pid=msg["pid"],

@@ -446,7 +446,8 @@ def confine_session(plan: Plan, session_id: str) -> None:
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
-                pass
+                if not os.path.isdir(path) or os.path.islink(path):
+                    raise SandboxFailed(f"{path} is not a folder: the session's work folder is unusable") from None
     except OSError as exc:
         raise SandboxFailed(f"cannot make the session's folders: {exc}") from exc
     if plan.parts.get("files"):
