@@ -59,7 +59,7 @@ SPAWN_TARGET = 500.0
 
 STOP_TIMEOUT = 15.0  # seconds from SIGTERM to SIGKILL; a slower shutdown is logged and noted in the JSON
 
-METRICS = ("ttfe_warm", "ttfe_cold", "flood", "sparse", "many", "memory", "alive", "spawn_rate")
+METRICS = ("ttfe_warm", "ttfe_cold", "flood", "sparse", "many", "memory", "alive", "spawn_rate", "sandbox")
 
 
 @dataclasses.dataclass
@@ -480,6 +480,10 @@ def run_all(bench: Bench, only: list[str]) -> list[Row]:
     want = {m for m in ("alive", "spawn_rate") if m in only}
     if want:
         plan.append(("alive,spawn_rate", lambda: bench.spawning(want)))
+    if "sandbox" in only:
+        from bench.sandbox import sandbox_rows
+
+        plan.append(("sandbox", lambda: sandbox_rows(bench)))
     for name, fn in plan:
         t0 = time.monotonic()
         try:
