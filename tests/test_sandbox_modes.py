@@ -83,7 +83,8 @@ async def test_an_actor_that_cannot_confine_itself_fails_its_turn_with_sandbox_f
     c = client(server)
     sid = await c.new_session()
     folder = server.data_dir / "uploads" / sid
-    folder.mkdir(mode=0o700)
+    assert (folder / ".work").is_dir() and (folder / ".tmp").is_dir(), "made with the session"
+    (folder / ".work").rmdir()
     (folder / ".work").write_text("not a folder")
     ws = await c.connect(sid)
     events = await run_turn(ws, "fast 3")
@@ -96,7 +97,7 @@ async def test_an_actor_that_cannot_confine_itself_fails_its_turn_with_sandbox_f
     assert server.proc.poll() is None
     async with c.http.get(server.url + "/metrics") as r:
         metrics = await r.text()
-    assert "navi_sandbox_failures_total 1.0" in metrics
+    assert "navi_sandbox_failures_total 1.0" in metrics, [l for l in metrics.splitlines() if "failures" in l]
     assert 'navi_sandbox_enforced{part="files"} 1.0' in metrics
     assert 'navi_sandbox_enforced{part="tcp_connect"} 0.0' in metrics  # no --sandbox-net-connect
     assert f'navi_sandbox_info{{landlock_abi="{landlock.abi()}",mode="auto"}} 1.0' in metrics

@@ -80,7 +80,21 @@ async def create_session(request: web.Request) -> web.Response:
     if title is not None and len(title) > TITLE_MAX:
         return _error(400, f"The title may have at most {TITLE_MAX} characters.", protocol.INVALID_MESSAGE)
     session = await rt.store(rt.store_backend.create_session, title, owner)
+    await _make_session_folders(rt, session["id"])
     return _json(session, 201)
+
+
+async def _make_session_folders(rt: Any, sid: str) -> None:
+    """With the sandbox on, make the session's work folders now, not on its first turn's path."""
+    from navi_actor.sandbox import policy
+
+    if not policy.current().on:
+        return
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, policy.make_session_folders,
+                                                         str(rt.uploads_dir), sid)
+    except (OSError, policy.SandboxFailed) as exc:  # the actor tries again, and reports what fails
+        log.warning("front.session_folders_failed", session_id=sid, error=str(exc))
 
 
 async def list_sessions(request: web.Request) -> web.Response:

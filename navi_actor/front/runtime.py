@@ -436,6 +436,8 @@ class Runtime:
             )
             final = protocol.error_event(message, code, run.last_seq, run_id=run.run_id)
             status, error = "failed", message
+            if code == protocol.SANDBOX_FAILED:
+                self.sandbox_failures += 1
         log.warning("front.actor_died", session_id=run.session_id, run_id=run.run_id, cause=message)
         stats: dict[str, Any] = {"elapsed_seconds": round(time.monotonic() - run.started_at, 3)}
         if status == "stopped":
@@ -483,8 +485,6 @@ class Runtime:
             self._on_replay(actor, msg)
         elif op == "fatal":
             log.error("front.actor_fatal", actor_id=actor.actor_id, message=msg["message"])
-            if msg.get("code") == protocol.SANDBOX_FAILED:
-                self.sandbox_failures += 1
             actor.fatal = msg
         elif op == "hello":
             log.info("front.actor_attached", actor_id=actor.actor_id, actor_pid=msg["pid"],
