@@ -99,11 +99,13 @@ async def test_a_hostile_agent_cannot_leave_its_session(make_server, tmp_path, m
     assert report["control_socket"].startswith("denied"), report
 
 
-async def test_tools_keep_working_under_the_sandbox(make_server, client):
+@pytest.mark.parametrize("zygote", ["zygote", "no-zygote"])
+async def test_tools_keep_working_under_the_sandbox(make_server, client, zygote):
     """Under the default sandbox, tools run subprocesses (ls, python, git) in the work folder, write files,
     use tempfile and multiprocessing, import lazily, resolve names, read the session's uploads; a denied
-    access is an ordinary PermissionError and the session goes on."""
-    server = make_server("tests.agents:toolbox")
+    access is an ordinary PermissionError and the session goes on. Actors cloned by the zygote or forked
+    by the supervisor (--no-zygote) alike."""
+    server = make_server("tests.agents:toolbox", args=["--no-zygote"] if zygote == "no-zygote" else [])
     c = client(server)
     sid, ws = await c.open_session()
     report = json.loads(text_of(await run_turn(ws, "run the tools")))
@@ -123,3 +125,28 @@ async def test_tools_keep_working_under_the_sandbox(make_server, client):
         async with http.post(f"{server.url}/sessions/{sid}/files", data=form) as r:
             name = (await r.json())["files"][0]["name"]
     assert json.loads(text_of(await run_turn(ws, f"uploaded {name}")))["upload"] == "uploaded by the front"
+
+
+async def test_the_openai_agent_streams_with_only_its_port_allowed(make_server, client):
+    """--sandbox-net-connect with the model server's port: the openai agent streams as before; with another
+    port only, its connection is refused by the sandbox and the turn says it could not connect."""
+    from tests.fake_openai import MODEL, FakeOpenAI, Reply
+
+    fake = await FakeOpenAI().start()
+    try:
+        port = int(fake.url.split(":")[2].split("/")[0])
+        env = {"NAVI_OPENAI_BASE_URL": fake.url, "NAVI_OPENAI_MODEL": MODEL, "NAVI_OPENAI_RETRY_BACKOFF": "0.01"}
+        c = client(make_server("openai", env=env, args=["--sandbox-net-connect", f"443,{port}"]))
+        _sid, ws = await c.open_session()
+        fake.push(Reply("Forty-two."))
+        events = await run_turn(ws, "what is six times seven?")
+        assert events[-1]["type"] == "stream_end" and text_of(events) == "Forty-two."
+        other = 1 if port != 1 else 2
+        c = client(make_server("openai", env=env, args=["--sandbox-net-connect", str(other)]))
+        _sid, ws = await c.open_session()
+        events = await run_turn(ws, "again?", timeout=30)
+        assert events[-1]["type"] == "error" and events[-1]["code"] == "model_server_error", events[-1]
+        assert f"does not allow connecting to port {port}" in events[-1]["message"]
+        assert len(fake.requests) == 1, "the second server's actor reached the model server"
+    finally:
+        await fake.close()

@@ -783,7 +783,13 @@ class OpenAIAgent:
             try:
                 resp = await stop.run(session.post(s.url, json=body, headers=self.headers()))
             except aiohttp.ClientConnectorError as exc:
-                reason = getattr(getattr(exc, "os_error", None), "strerror", None) or exc
+                os_error = getattr(exc, "os_error", None)
+                reason = getattr(os_error, "strerror", None) or exc
+                if isinstance(os_error, PermissionError):  # Landlock refused the port
+                    raise ModelServerError(
+                        f"cannot connect to the model server at {s.base_url}: the sandbox does not allow "
+                        f"connecting to port {exc.port}; add it to the server's --sandbox-net-connect"
+                    ) from None
                 raise ModelServerError(
                     f"cannot connect to the model server at {s.base_url} ({reason}); "
                     "is it running? Set NAVI_OPENAI_BASE_URL to its address"
