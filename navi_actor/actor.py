@@ -154,6 +154,13 @@ class Actor:
         self.loop = loop
         self.finished = loop.create_future()
         await self._connect(self.sock)
+        # Only now: an assign read from the lifeline needs the channel to answer on.
+        if self.lifeline is None:  # the template's rehearsal has none
+            pass
+        elif self.confined:
+            _start_lifeline_thread(self, loop)
+        else:
+            _read_lifeline_on_loop(self, loop)
         # A warm actor makes its agent once it is confined (see assign), so that
         # whatever the factory starts (threads, clients) is confined too.
         if self.confined and not self._make_runner():
@@ -690,10 +697,6 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
             actor.sandbox_failed(actor.sandbox_error)
             await actor._drain()
             return await actor.finished
-        if actor.confined:
-            _start_lifeline_thread(actor, loop)
-        else:
-            _read_lifeline_on_loop(actor, loop)
         return await actor.serve()
 
     return uvloop.run(main())

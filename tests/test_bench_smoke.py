@@ -19,7 +19,7 @@ ROWS = {
     "ttfe_warm_p50", "ttfe_warm_p99", "ttfe_cold_p50", "ttfe_cold_p99",
     "flood_rate", "flood_messages_per_event", "sparse_p50", "sparse_p99",
     "many_p99", "many_p50", "many_rate", "many_front_cpu", "many_total_cpu",
-    "memory_idle_uss", "alive", "spawn_rate",
+    "memory_idle_uss", "alive", "spawn_rate", "sandbox_start_cpu", "sandbox_idle_uss", "sandbox_ttfe_p50",
 }
 
 

@@ -156,7 +156,7 @@ async def test_read_upload_stays_in_the_upload_folder(openai_server, client, fak
     c = client(server)
     sid, ws = await c.open_session()
     uploads = server.data_dir / "uploads" / sid
-    uploads.mkdir(parents=True)
+    uploads.mkdir(parents=True, exist_ok=True)  # the front makes it with the session (sandbox)
     (uploads / "notes.txt").write_text("hello from notes")
     secret = server.data_dir / "secret.txt"
     secret.write_text("TOP SECRET")
