@@ -93,7 +93,7 @@ class StoreFailure(StoreError):
     """
 
     def __init__(self, op: str, reason: str) -> None:
-        super().__init__(f"the session store could not {op.replace('_', ' ')}: {reason}")
+        super().__init__(f"the session store failed in {op}: {reason}")
         self.op = op
         self.reason = reason
 

@@ -11,6 +11,7 @@ Mounting needs root (CI runs as root); elsewhere these tests are skipped.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
@@ -175,3 +176,32 @@ async def test_a_full_disk_ends_the_turn_refuses_new_ones_and_the_server_recover
     assert "front.result_saved" in disk_server.log_text()
     for ws in (ws_a, ws_a2, ws_b):
         await ws.close()
+
+
+async def test_a_message_that_cannot_be_saved_is_refused_and_the_store_is_probed_until_space_is_back(
+        disk_server: Server, small_disk: Path, client: Any) -> None:
+    """No answer waits here: the message's own write fails; a probe write tells when the disk has room again."""
+    c = client(disk_server)
+    sid, ws = await c.open_session()
+    fill(small_disk / "hog")
+    await ws.send_json({"type": "message", "content": "echo lost?"})
+    events = await receive_until(ws, lambda e: e["type"] in FINAL_TYPES)
+    assert [e["type"] for e in events] == ["error"], events  # no stream_start: no turn began
+    assert events[0]["code"] == "store_error" and "not saved" in events[0]["message"], events
+    assert "disk is full" in events[0]["message"]
+    status, health = await healthz(c)
+    assert status == 503 and health["store"]["op"] == "begin_run" and health["store"]["unsaved_results"] == 0
+    assert await metric(c, "navi_store_failures_total", '{op="begin_run"}') == 1
+    await ws.send_json({"type": "message", "content": "echo still?"})  # refused before anything is written
+    again = await receive_until(ws, lambda e: e["type"] in FINAL_TYPES)
+    assert [e["type"] for e in again] == ["error"] and again[0]["code"] == "store_error", again
+    assert await metric(c, "navi_store_failures_total", '{op="begin_run"}') == 1  # it did not try
+    (small_disk / "hog").unlink()
+    deadline = asyncio.get_running_loop().time() + 15
+    while (await healthz(c))[0] != 200:
+        assert asyncio.get_running_loop().time() < deadline, "the store never recovered"
+        await asyncio.sleep(0.05)
+    assert text_of(await run_turn(ws, "echo back")) == "echo back "
+    detail = await c.session(sid)
+    assert [m["content"] for m in detail["messages"] if m["role"] == "user"] == ["echo back"]
+    await ws.close()
