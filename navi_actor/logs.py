@@ -6,7 +6,9 @@ several processes sharing stderr do not interleave mid-line.
 A line that cannot be written (the log's disk is full, its pipe is closed)
 is dropped and counted (:func:`dropped_lines`); logging never raises into
 the code that logs, so a full disk cannot take a process down through its
-logs. A line cut short by a failing write is ended before the next one.
+logs. After a dropped line, a process starts its next line with a newline,
+so that a line cut short by the full disk (its own or another process's)
+does not swallow it; this may leave a blank line.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class _LineSink:
                 file.flush()  # what Python buffered before goes first
             except (OSError, ValueError):
                 pass
-        self._cut = False  # the last line was written in part: end it first
+        self._cut = False  # a line was dropped: start the next one on a fresh line
 
     def write(self, text: str) -> None:
         global _dropped
@@ -63,7 +65,7 @@ class _LineSink:
                 written += os.write(self.fd, data[written:])
         except OSError:
             _dropped += 1
-            self._cut = written > 0
+            self._cut = True  # this line, or another process's, may have been cut short
 
     def flush(self) -> None:
         pass

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+import aiohttp
 import psutil
 import pytest
 
-from navi_actor.store import StoreFailure, open_store
+from navi_actor.store import open_store
 from tests.conftest import FINAL_TYPES, Server, receive, receive_until, run_turn, text_of
 
 pytestmark = pytest.mark.skipif(
@@ -91,6 +94,7 @@ async def metric(c: Any, name: str, labels: str = "") -> float:
 
 def test_the_store_fails_and_recovers_on_a_full_disk(small_disk: Path) -> None:
     """finish_run and probe raise StoreFailure, naming SQLite's reason; the run waits; then all is written."""
+    from navi_actor.store import StoreFailure
     store = open_store(small_disk / "var")
     try:
         sid = store.create_session()["id"]
@@ -173,7 +177,15 @@ async def test_a_full_disk_ends_the_turn_refuses_new_ones_and_the_server_recover
     assert text_of(await run_turn(ws_b, "echo me too")) == "echo me too "
     await c.new_session()
     assert psutil.pid_exists(disk_server.front_pid)
-    assert "front.result_saved" in disk_server.log_text()
+    lines = []
+    for line in disk_server.log_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            pass  # cut short by the full disk, or not JSON (the serving banner)
+    saved = [line for line in lines if line["event"] in ("front.result_saved", "store.recovered")]
+    assert {line["event"] for line in saved} == {"front.result_saved", "store.recovered"}, saved
+    assert all(line["role"] == "front" and line["pid"] == disk_server.front_pid for line in saved), saved
     for ws in (ws_a, ws_a2, ws_b):
         await ws.close()
 
@@ -205,3 +217,38 @@ async def test_a_message_that_cannot_be_saved_is_refused_and_the_store_is_probed
     detail = await c.session(sid)
     assert [m["content"] for m in detail["messages"] if m["role"] == "user"] == ["echo back"]
     await ws.close()
+
+
+async def test_an_answer_kept_by_its_actor_survives_a_front_restart_on_a_full_disk(
+        disk_server: Server, small_disk: Path, client: Any) -> None:
+    """The actor keeps its turn_done until the front says persisted: a new front gets it again and saves it."""
+    c = client(disk_server)
+    sid, ws = await c.open_session()
+    await ws.send_json({"type": "message", "content": "slow 100000 0.001"})
+    events = await receive_until(ws, lambda e: e["type"] == "stream_delta" and e["delta"] == "w300 ", 30)
+    fill(small_disk / "hog")
+    assert (await c.stop(sid))["ok"]
+    events += await receive_until(ws, lambda e: e["type"] in FINAL_TYPES and "seq" in e, 15)
+    assert events[-1]["code"] == "store_error", events[-1]
+    old_front = disk_server.front_pid
+    os.kill(old_front, signal.SIGKILL)  # the front's memory, and the result it kept there, are gone
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:  # the supervisor starts a new front on the same port (server.json cannot be rewritten)
+        assert asyncio.get_running_loop().time() < deadline, "no new front"
+        try:
+            status, health = await healthz(c)
+            if health["store"]["unsaved_results"] == 1:
+                break  # the new front got the answer from the actor, and could not save it either
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    assert status == 503 and "disk is full" in health["store"]["error"], health
+    assert disk_server.proc is not None and disk_server.proc.poll() is None  # the supervisor is fine
+    (small_disk / "hog").unlink()
+    detail = await c.wait_session(sid, lambda d: d["runs"][-1]["status"] != "running", 15)
+    assert detail["runs"][-1]["status"] == "stopped"
+    assert detail["messages"][-1]["content"] == text_of(events)
+    ws2 = await c.connect(sid)
+    assert await receive(ws2) == {"type": "session_sync"}
+    assert text_of(await run_turn(ws2, "echo again")) == "echo again "
+    await ws2.close()

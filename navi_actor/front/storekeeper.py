@@ -47,10 +47,11 @@ class StoreKeeper:
         """The store as ``/healthz`` reports it: ``ok`` is false while it cannot write everything."""
         q = self.rt.store_queue
         failing = q.failing
+        oldest = next(iter(self.unsaved), None)
         return {
             "ok": failing is None and not self.unsaved and not self.recover_pending,
-            "error": failing.reason if failing is not None else None,
-            "op": failing.op if failing is not None else None,
+            "error": failing.reason if failing is not None else oldest.reason if oldest is not None else None,
+            "op": failing.op if failing is not None else "finish_run" if oldest is not None else None,
             "failing_since": q.failing_since,
             "unsaved_results": len(self.unsaved),
             "unsaved_bytes": self.unsaved.bytes,

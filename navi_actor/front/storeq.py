@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import sqlite3
 import time
@@ -85,8 +86,10 @@ class StoreQueue:
         self.batches += 1
         self.calls += len(batch)
         calls = [call for call, _fut in batch]
-        job = self._executor.submit(self.backend.batch, calls)
-        job.add_done_callback(lambda job: self.loop.call_soon_threadsafe(self._done, batch, job))
+        # The loop's context (the log's role and pid) for the store thread and for the callback.
+        job = self._executor.submit(contextvars.copy_context().run, self.backend.batch, calls)
+        ctx = contextvars.copy_context()
+        job.add_done_callback(lambda job: self.loop.call_soon_threadsafe(self._done, batch, job, context=ctx))
 
     def _done(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
               job: concurrent.futures.Future[list[tuple[bool, Any]]]) -> None:
