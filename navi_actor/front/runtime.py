@@ -4,7 +4,9 @@ The front holds nothing that only it knows for good: the turn's events and
 replay buffer live in the actor, results go to the store. It routes: a
 message starts a turn in the session's actor, the actor's events go to every
 viewer of the session, a reconnecting viewer gets the actor's replay, and a
-turn's end is made durable before any viewer sees it.
+turn's end is made durable before any viewer sees it. When the store cannot
+write it (a full disk), the turn ends with ``store_error`` all the same and
+:mod:`navi_actor.front.storekeeper` keeps the result and retries it.
 """
 
 from __future__ import annotations

@@ -73,8 +73,7 @@ class StoreQueue:
         if self._closed:
             raise StoreError("the session store is closed (the server is shutting down)")
         fut: asyncio.Future[T] = self.loop.create_future()
-        call = functools.partial(fn, *args, **kwargs)
-        self._queue.append((call, fut))
+        self._queue.append((functools.partial(fn, *args, **kwargs), fut))
         if not self._busy:
             self._next_batch()
         return fut
