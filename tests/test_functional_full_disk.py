@@ -47,20 +47,28 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mnt)], check=True)  # something still holds a file open
 
 
-def fill(path: Path) -> int:
-    """Write ``path`` until the filesystem has no byte left; return its size."""
-    with open(path, "wb", buffering=0) as f:
-        for chunk in (1 << 20, 1 << 16, 1 << 12, 1):
-            data = b"\0" * chunk
+def _write_until_full(path: Path, mode: str, fill_byte: bytes, chunks: tuple[int, ...]) -> None:
+    with open(path, mode, buffering=0) as f:
+        for chunk in chunks:
+            data = fill_byte * chunk
             while True:
                 try:
                     f.write(data)
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC, exc
                     break
-    st = os.statvfs(path.parent)
-    assert st.f_bavail == 0, "the disk still has room"
-    return path.stat().st_size
+
+
+def fill(path: Path, log: Path | None = None) -> None:
+    """Write ``path`` until the filesystem has no byte left.
+
+    With ``log`` (the server's log file), fill the rest of its last page
+    too, with newlines: else the next few lines would still fit there.
+    """
+    _write_until_full(path, "wb", b"\0", (1 << 20, 1 << 16, 1 << 12, 1))
+    if log is not None:
+        _write_until_full(log, "ab", b"\n", (1,))
+    assert os.statvfs(path.parent).f_bavail == 0, "the disk still has room"
 
 
 @pytest.fixture
@@ -127,7 +135,7 @@ async def test_a_full_disk_ends_the_turn_refuses_new_ones_and_the_server_recover
     # A long answer is streaming (its text is checkpointed every second) when the disk fills up.
     await ws_a.send_json({"type": "message", "content": "slow 100000 0.001"})
     events = await receive_until(ws_a, lambda e: e["type"] == "stream_delta" and e["delta"] == "w1000 ", 30)
-    fill(small_disk / "hog")
+    fill(small_disk / "hog", disk_server.log_path)
     assert (await c.stop(sid_a))["ok"]
     events += await receive_until(ws_a, lambda e: e["type"] in FINAL_TYPES and "seq" in e, 15)
     final = events[-1]
@@ -195,7 +203,7 @@ async def test_a_message_that_cannot_be_saved_is_refused_and_the_store_is_probed
     """No answer waits here: the message's own write fails; a probe write tells when the disk has room again."""
     c = client(disk_server)
     sid, ws = await c.open_session()
-    fill(small_disk / "hog")
+    fill(small_disk / "hog", disk_server.log_path)
     await ws.send_json({"type": "message", "content": "echo lost?"})
     events = await receive_until(ws, lambda e: e["type"] in FINAL_TYPES)
     assert [e["type"] for e in events] == ["error"], events  # no stream_start: no turn began
@@ -226,7 +234,7 @@ async def test_an_answer_kept_by_its_actor_survives_a_front_restart_on_a_full_di
     sid, ws = await c.open_session()
     await ws.send_json({"type": "message", "content": "slow 100000 0.001"})
     events = await receive_until(ws, lambda e: e["type"] == "stream_delta" and e["delta"] == "w300 ", 30)
-    fill(small_disk / "hog")
+    fill(small_disk / "hog", disk_server.log_path)
     assert (await c.stop(sid))["ok"]
     events += await receive_until(ws, lambda e: e["type"] in FINAL_TYPES and "seq" in e, 15)
     assert events[-1]["code"] == "store_error", events[-1]

@@ -29,8 +29,10 @@ from navi_actor.store import SessionStore, StoreError, StoreFailure
 T = TypeVar("T")
 log = logs.get("navi.front.store")
 
-#: Store methods that only read: their success says nothing of whether the store can write.
-READ_OPS = frozenset({"get_session", "list_sessions", "get_session_detail", "history", "running_runs"})
+#: Store methods whose success says nothing of whether the store can write: reads, and
+#: the start-up recovery, which most often has nothing to write.
+NOT_PROOF_OPS = frozenset({"get_session", "list_sessions", "get_session_detail", "history", "running_runs",
+                           "recover_interrupted"})
 
 
 def _failure(exc: BaseException, op: str) -> StoreFailure | None:
@@ -117,7 +119,7 @@ class StoreQueue:
         for (call, _fut), (ok, value) in zip(batch, outcomes):
             op = getattr(getattr(call, "func", call), "__name__", "call")
             if ok:
-                wrote = wrote or op not in READ_OPS
+                wrote = wrote or op not in NOT_PROOF_OPS
                 continue
             failure = _failure(value, op)
             if failure is not None:
