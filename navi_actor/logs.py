@@ -2,6 +2,13 @@
 
 Each line is written with a single ``write`` of the whole line, so lines from
 several processes sharing stderr do not interleave mid-line.
+
+A line that cannot be written (the log's disk is full, its pipe is closed)
+is dropped and counted (:func:`dropped_lines`); logging never raises into
+the code that logs, so a full disk cannot take a process down through its
+logs. After a dropped line, a process starts its next line with a newline,
+so that a line cut short by the full disk (its own or another process's)
+does not swallow it; this may leave a blank line.
 """
 
 from __future__ import annotations
@@ -12,6 +19,56 @@ import sys
 from typing import TextIO
 
 import structlog
+
+_dropped = 0  # lines this process could not write
+
+
+def dropped_lines() -> int:
+    """Log lines this process dropped because they could not be written."""
+    return _dropped
+
+
+class _LineSink:
+    """What structlog writes to: one ``os.write`` per line on a real file, errors swallowed and counted.
+
+    Python's own buffering is bypassed where there is a descriptor: a buffer
+    that failed to flush would keep its bytes and fail again with every line.
+    """
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        try:
+            self.fd: int | None = file.fileno()
+        except (AttributeError, OSError, ValueError):  # io.StringIO, pytest's capture
+            self.fd = None
+        else:
+            try:
+                file.flush()  # what Python buffered before goes first
+            except (OSError, ValueError):
+                pass
+        self._cut = False  # a line was dropped: start the next one on a fresh line
+
+    def write(self, text: str) -> None:
+        global _dropped
+        if self.fd is None:
+            try:
+                self.file.write(text)
+                self.file.flush()
+            except (OSError, ValueError):
+                _dropped += 1
+            return
+        data = memoryview(("\n" + text if self._cut else text).encode("utf-8", "replace"))
+        self._cut = False
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+        except OSError:
+            _dropped += 1
+            self._cut = True  # this line, or another process's, may have been cut short
+
+    def flush(self) -> None:
+        pass
 
 
 def configure(role: str, log_format: str = "auto", file: TextIO | None = None) -> None:
@@ -33,7 +90,8 @@ def configure(role: str, log_format: str = "auto", file: TextIO | None = None) -
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr if file is None else file),
+        logger_factory=structlog.WriteLoggerFactory(
+            file=_LineSink(sys.stderr if file is None else file)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()

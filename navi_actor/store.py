@@ -26,7 +26,7 @@ from navi_actor import logs
 
 __all__ = [
     "RUN_STATUSES", "FINAL_STATUSES", "SCHEMA_VERSION", "SESSION_ID_RE",
-    "StoreError", "SessionNotFound", "RunNotRunning", "ANY_OWNER",
+    "StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "ANY_OWNER",
     "SessionStore", "SQLiteStore", "open_store", "valid_session_id",
 ]
 
@@ -84,6 +84,20 @@ class StoreError(Exception):
     """The session store refused or failed an operation."""
 
 
+class StoreFailure(StoreError):
+    """The database itself failed (the disk is full, an I/O error, a locked file).
+
+    Not a refusal of this one call: the same call may succeed later. ``op`` is
+    the store method that failed; ``reason`` SQLite's own words
+    ("database or disk is full").
+    """
+
+    def __init__(self, op: str, reason: str) -> None:
+        super().__init__(f"the session store failed in {op}: {reason}")
+        self.op = op
+        self.reason = reason
+
+
 class SessionNotFound(StoreError):
     """The session does not exist (or its id is invalid)."""
 
@@ -137,7 +151,7 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def checkpoint_runs(self, items: list[tuple[str, str, int]]) -> None: ...
     @abc.abstractmethod
-    def finish_run(self, run_id: str, *, status: str, content: str, last_seq: int,
+    def finish_run(self, run_id: str, *, status: str, content: str | None, last_seq: int,
                    tool_calls: list[dict] | None = None, thinking: str = "",
                    error: str | None = None, error_code: str | None = None,
                    stats: dict | None = None) -> None: ...
@@ -148,6 +162,9 @@ class SessionStore(abc.ABC):
     def running_runs(self) -> list[dict]: ...
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def probe(self) -> None:
+        """A write that changes nothing: raises `StoreFailure` while the store cannot write."""
 
     def batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         """Run ``calls`` (store methods bound to their arguments) in order.
@@ -169,13 +186,21 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _locked(fn: _F) -> _F:
-    """Run the method under the store's lock; refuse if the store is closed."""
+    """Run the method under the store's lock; refuse if the store is closed.
+
+    SQLite's own errors leave as `StoreFailure`, naming the method.
+    """
+    op = fn.__name__
+
     @functools.wraps(fn)
     def wrapper(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             if self._conn is None:
                 raise StoreError("the session store is closed; open a new one with open_store()")
-            return fn(self, *args, **kwargs)
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise StoreFailure(op, str(exc)) from exc
     return cast(_F, wrapper)
 
 
@@ -433,27 +458,31 @@ class SQLiteStore(SessionStore):
              None if stats is None else _dumps(stats), rid))
 
     @_locked
-    def finish_run(self, run_id: str, *, status: str, content: str, last_seq: int,
+    def finish_run(self, run_id: str, *, status: str, content: str | None, last_seq: int,
                    tool_calls: list[dict] | None = None, thinking: str = "",
                    error: str | None = None, error_code: str | None = None,
                    stats: dict | None = None) -> None:
         """Write the run's tool and assistant messages and close it with `status`.
 
-        Raises StoreError for a non-final status, RunNotRunning if the run is
-        unknown or already finished (a result is never written twice).
+        ``content=None``: the text last checkpointed (`checkpoint_runs`) is the
+        answer. Raises StoreError for a non-final status, RunNotRunning if the
+        run is unknown or already finished (a result is never written twice),
+        StoreFailure if SQLite fails (the disk is full, say).
         """
         if status not in FINAL_STATUSES:
             raise StoreError(f"cannot finish a run with status {status!r}; "
                              f"use one of {', '.join(FINAL_STATUSES)}")
         now = time.time()
         with self._tx() as db:
-            run = db.execute("SELECT id, session_id, status FROM runs WHERE id = ?",
+            run = db.execute("SELECT id, session_id, status, partial_content FROM runs WHERE id = ?",
                              (run_id,)).fetchone()
             if run is None:
                 raise RunNotRunning(f"run {run_id!r} does not exist; start it with begin_run()")
             if run["status"] != "running":
                 raise RunNotRunning(f"run {run_id!r} is already {run['status']!r}; "
                                     "its result was written before, do not write it again")
+            if content is None:
+                content = run["partial_content"] or ""
             self._finish(db, run, status=status, content=content, last_seq=int(last_seq),
                          tool_calls=tool_calls or [], thinking=thinking, error=error,
                          error_code=error_code, stats=stats, now=now)
@@ -497,6 +526,12 @@ class SQLiteStore(SessionStore):
             " WHERE status = 'running' ORDER BY started_at, rowid").fetchall()
         return [dict(r) for r in rows]
 
+    @_locked
+    def probe(self) -> None:
+        """A write transaction that changes nothing (the schema version, rewritten): one page, one fsync."""
+        with self._tx() as db:
+            db.execute(f"PRAGMA user_version = {self._user_version()}")
+
     def batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         """Group commit: run ``calls`` in one transaction, one savepoint each, and commit once.
 
@@ -521,6 +556,8 @@ class SQLiteStore(SessionStore):
                     db.execute("SAVEPOINT call")
                     try:
                         result = call()
+                    except StoreFailure:  # SQLite failed: it may have rolled back the whole batch
+                        raise
                     except StoreError as exc:  # our own refusal: this call only
                         db.execute("ROLLBACK TO call")
                         db.execute("RELEASE call")

@@ -322,8 +322,11 @@ class Supervisor:
             "url": f"http://{msg.get('host')}:{msg.get('port')}",
         }
         tmp = self.server_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(self.server_file)
+        try:
+            tmp.write_text(json.dumps(info))
+            tmp.replace(self.server_file)
+        except OSError as exc:  # a full disk must not take the supervisor down with a restarted front
+            log.error("supervisor.server_file_failed", path=str(self.server_file), error=str(exc))
         log.info("supervisor.serving", url=info["url"], front_pid=self.front_pid)
         if self.generation == 1:
             print(f"navi-actor: serving on {info['url']} (Ctrl-C to stop)", flush=True)

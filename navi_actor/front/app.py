@@ -20,7 +20,7 @@ from navi_actor.front.metrics import CONTENT_TYPE
 from navi_actor.front.ratelimit import TokenBucket
 from navi_actor.front.runtime import Runtime
 from navi_actor.front.viewer import Viewer
-from navi_actor.store import ANY_OWNER, open_store, valid_session_id
+from navi_actor.store import ANY_OWNER, StoreFailure, open_store, valid_session_id
 from supervisor.causes import EXIT_CANNOT_START
 
 log = logs.get("navi.front.http")
@@ -195,15 +195,19 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """The front's health; 503 while the session store cannot write (``store.ok`` false)."""
     rt = request.app[RUNTIME]
+    store = rt.store_keeper.health()
     return _json(
         {
-            "ok": not rt.shutting_down,
+            "ok": not rt.shutting_down and store["ok"],
             "shutting_down": rt.shutting_down,
             "actors": len(rt.actors_by_id),
             "runs": len(rt.runs),
             "viewers": sum(len(v) for v in rt.viewers.values()),
-        }
+            "store": store,
+        },
+        200 if store["ok"] else 503,
     )
 
 
@@ -352,9 +356,18 @@ PAGE_HEADERS = {
 }
 
 
+@web.middleware
+async def _store_failures(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request the store could not serve (the disk is full, say) answers 503 ``store_error``, not 500."""
+    try:
+        return await handler(request)
+    except StoreFailure as exc:
+        return _error(503, str(exc), protocol.STORE_ERROR)
+
+
 def make_app(runtime: Runtime, guard: auth.Guard | None = None) -> web.Application:
     guard = guard if guard is not None else auth.Guard(runtime.config, None)
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[guard.middleware])
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[guard.middleware, _store_failures])
     app[RUNTIME] = runtime
     app[GUARD] = guard
     app.router.add_post("/ws-ticket", ws_ticket)

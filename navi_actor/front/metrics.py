@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from navi_actor import logs
+
 if TYPE_CHECKING:
     from navi_actor.front.runtime import Runtime
 
@@ -78,6 +80,25 @@ class _Live(Collector):
                                       value=sq.batches)
             yield CounterMetricFamily("navi_store_calls", "Store calls, grouped into those batches",
                                       value=sq.calls)
+            failures = CounterMetricFamily("navi_store_failures", "Store calls that failed in the database "
+                                           "(disk full, I/O error), by store method", labels=["op"])
+            for op, n in sorted(sq.failures.items()):
+                failures.add_metric([op], n)
+            yield failures
+            keeper = rt.store_keeper
+            health = keeper.health()
+            yield GaugeMetricFamily("navi_store_up", "1 when the session store writes, 0 while it fails or "
+                                    "answers wait to be saved", value=1 if health["ok"] else 0)
+            yield GaugeMetricFamily("navi_store_unsaved_results", "Turn results kept by the front until "
+                                    "the store can write them", value=health["unsaved_results"])
+            yield GaugeMetricFamily("navi_store_unsaved_bytes", "Text of those results, in bytes "
+                                    f"(at most {keeper.unsaved.max_bytes})", value=health["unsaved_bytes"])
+            yield CounterMetricFamily("navi_store_unsaved_reduced", "Kept results whose text was dropped to "
+                                      "stay within that bound", value=keeper.unsaved.reduced_total)
+            yield CounterMetricFamily("navi_store_refused_turns", "Turns refused (store_error) because the "
+                                      "store could not write", value=keeper.refused)
+            yield CounterMetricFamily("navi_log_lines_dropped", "Log lines the front could not write "
+                                      "(its log's disk full, say)", value=logs.dropped_lines())
         by_state = GaugeMetricFamily("navi_actors", "Actor processes, by state", labels=["state"])
         counts: dict[str, int] = {s: 0 for s in ("starting", "running", "idle", "stopping")}
         for row in self.m.actor_rows:

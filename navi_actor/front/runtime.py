@@ -4,7 +4,9 @@ The front holds nothing that only it knows for good: the turn's events and
 replay buffer live in the actor, results go to the store. It routes: a
 message starts a turn in the session's actor, the actor's events go to every
 viewer of the session, a reconnecting viewer gets the actor's replay, and a
-turn's end is made durable before any viewer sees it.
+turn's end is made durable before any viewer sees it. When the store cannot
+write it (a full disk), the turn ends with ``store_error`` all the same and
+:mod:`navi_actor.front.storekeeper` keeps the result and retries it.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from navi_actor.events import RESERVED_TYPES
 from navi_actor.front.actors import ActorHandle
 from navi_actor.front.link import SupervisorLink
 from navi_actor.front.metrics import Metrics
+from navi_actor.front.storekeeper import StoreKeeper
 from navi_actor.front.storeq import StoreQueue
 from navi_actor.front.viewer import Viewer
 from navi_actor.protocol import ClientError, UserMessage
-from navi_actor.store import SessionNotFound, SessionStore, StoreError
+from navi_actor.store import SessionNotFound, SessionStore, StoreError, StoreFailure
 
 log = logs.get("navi.front")
 T = TypeVar("T")
@@ -72,7 +75,7 @@ class Run:
 def _not_saved(sid: str, exc: StoreError) -> ClientError:
     """The turn cannot start: its message could not be made durable. Logged here, told to the client."""
     log.error("front.store_failed", session_id=sid, error=str(exc))
-    return ClientError(protocol.STORE_ERROR, f"Could not save your message: {exc}")
+    return ClientError(protocol.STORE_ERROR, f"Your message was not saved and no turn started: {exc}")
 
 
 class Runtime:
@@ -104,6 +107,7 @@ class Runtime:
         self._control_waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         #: session id → its owner (user id), set by the HTTP layer when a viewer connects; for push_status.
         self.session_owners: dict[str, str] = {}
+        self.store_keeper = StoreKeeper(self)  # while the store cannot write (navi_actor.front.storekeeper)
         self.loop.call_soon(lambda: self.loop.create_task(self._reconcile()))
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -164,6 +168,7 @@ class Runtime:
             raise ClientError(protocol.SHUTTING_DOWN, "Server is shutting down; try again in a moment.")
         if sid in self.runs:
             raise ClientError(protocol.ALREADY_RUNNING, "Agent is already running for this session.")
+        self.store_keeper.refuse_if_cannot_write(sid)
         self._make_room(sid)
         run = Run(uuid.uuid4().hex, sid)
         try:
@@ -308,23 +313,28 @@ class Runtime:
         run.finishing = True
         for timer in run.ladder:
             timer.cancel()
+        saved = {
+            "status": result["status"],
+            "content": result["content"],
+            "tool_calls": result.get("tool_calls") or [],
+            "thinking": result.get("thinking") or "",
+            "error": result.get("error"),
+            "error_code": result.get("error_code"),
+            "stats": result.get("stats"),
+        }
+        kept = False
         try:
-            await self.store(
-                self.store_backend.finish_run,
-                run.run_id,
-                status=result["status"],
-                content=result["content"],
-                last_seq=final["seq"],
-                tool_calls=result.get("tool_calls") or [],
-                thinking=result.get("thinking") or "",
-                error=result.get("error"),
-                error_code=result.get("error_code"),
-                stats=result.get("stats"),
-            )
+            await self.store(self.store_backend.finish_run, run.run_id, last_seq=final["seq"], **saved)
+        except StoreFailure as exc:  # the database cannot write: the keeper keeps the result and retries
+            final, kept = self.store_keeper.keep(run, final, saved, exc), True
         except StoreError as exc:
             log.error("front.finish_failed", run_id=run.run_id, error=str(exc))
-            final = protocol.error_event(f"The turn could not be saved: {exc}", protocol.STORE_ERROR, final["seq"],
-                                         run_id=run.run_id)
+            final = protocol.error_event(f"The answer could not be saved: {exc}", protocol.STORE_ERROR,
+                                         final["seq"], run_id=run.run_id)
+        except Exception as exc:  # never leave the turn without an end for its viewers
+            log.exception("front.finish_failed", run_id=run.run_id)
+            final = protocol.error_event(f"The answer could not be saved: {exc!r}", protocol.STORE_ERROR,
+                                         final["seq"], run_id=run.run_id)
         run.broadcast(orjson.dumps(final), final["seq"])
         now = time.monotonic()
         self.metrics.turns.labels(result["status"]).inc()
@@ -337,7 +347,7 @@ class Runtime:
             seconds=round(time.monotonic() - run.started_at, 3), stop_step=final.get("stop_step"),
         )
         actor = run.actor
-        if actor is not None and actor.alive:
+        if actor is not None and actor.alive and not kept:  # a kept result's actor keeps its turn_done
             actor.send({"op": "persisted", "run_id": run.run_id})
         self._drop_run(run)
         if actor is not None and actor.retiring and actor.alive:
@@ -359,6 +369,7 @@ class Runtime:
             lost = await self.store(self.store_backend.recover_interrupted, LOST_IN_RESTART, keep=keep)
         except StoreError as exc:
             log.error("front.reconcile_failed", error=str(exc))
+            self.store_keeper.recover_pending = isinstance(exc, StoreFailure)  # the keeper retries it
             lost = []
         if self._adopted or lost:
             log.info("front.adopted", actors=len(self._adopted), runs=len(keep), interrupted=len(lost))
@@ -631,7 +642,13 @@ class Runtime:
                     run.text = [text]
                     items.append((run.run_id, text, run.last_seq))
             if items:
-                await self.store(self.store_backend.checkpoint_runs, items)
+                try:
+                    await self.store(self.store_backend.checkpoint_runs, items)
+                except StoreError as exc:
+                    log.warning("front.checkpoint_failed", runs=len(items), error=str(exc))
+                    for run in self.runs.values():  # written again at the next checkpoint
+                        run.checkpointed_seq = min(run.checkpointed_seq, run.first_seq)
+        self.store_keeper.tick()
 
     # ── shutdown ──────────────────────────────────────────────────────────
     def request_shutdown(self, drain: bool = True) -> None:
@@ -658,6 +675,7 @@ class Runtime:
             actor.send({"op": "shutdown"})
         self._ticker.cancel()
         self.link.close()
+        await self.store_keeper.close()
         await self.store_queue.close()
 
     async def _wait_runs(self, timeout: float, until_no_drain: bool = False) -> None:

@@ -6,18 +6,42 @@ queue; when the batch is done, everything queued goes to the store as the
 next batch, which `SessionStore.batch` commits together (one fsync). One
 call alone is as fast as before; a thousand turns starting at once share a
 few commits instead of queuing for a thousand.
+
+The queue also knows the store's health, from the outcomes it hands back:
+a call that fails inside the database (`StoreFailure`: the disk is full, an
+I/O error) makes the store *failing*; the next write that succeeds makes it
+healthy again. Failures are counted by the store method that failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
+import sqlite3
+import time
 from typing import Any, Callable, TypeVar
 
-from navi_actor.store import SessionStore, StoreError
+from navi_actor import logs
+from navi_actor.store import SessionStore, StoreError, StoreFailure
 
 T = TypeVar("T")
+log = logs.get("navi.front.store")
+
+#: Store methods whose success says nothing of whether the store can write: reads, and
+#: the start-up recovery, which most often has nothing to write.
+NOT_PROOF_OPS = frozenset({"get_session", "list_sessions", "get_session_detail", "history", "running_runs",
+                           "recover_interrupted"})
+
+
+def _failure(exc: BaseException, op: str) -> StoreFailure | None:
+    """The database's own failure in ``exc`` (not a refusal such as an unknown session), or None."""
+    if isinstance(exc, StoreFailure):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        return StoreFailure(op, str(exc))
+    return None
 
 
 class StoreQueue:
@@ -32,6 +56,9 @@ class StoreQueue:
         self._closed = False
         self.batches = 0  #: batches written (for metrics and tests)
         self.calls = 0  #: calls made through them
+        self.failures: dict[str, int] = {}  #: store method → calls that failed in the database
+        self.failing: StoreFailure | None = None  #: the failure since which no write succeeded
+        self.failing_since: float | None = None  #: when (unix time) it began
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` (a store method) on the store thread; its result or its exception.
@@ -60,8 +87,10 @@ class StoreQueue:
         self.batches += 1
         self.calls += len(batch)
         calls = [call for call, _fut in batch]
-        job = self._executor.submit(self.backend.batch, calls)
-        job.add_done_callback(lambda job: self.loop.call_soon_threadsafe(self._done, batch, job))
+        # The loop's context (the log's role and pid) for the store thread and for the callback.
+        job = self._executor.submit(contextvars.copy_context().run, self.backend.batch, calls)
+        ctx = contextvars.copy_context()
+        job.add_done_callback(lambda job: self.loop.call_soon_threadsafe(self._done, batch, job, context=ctx))
 
     def _done(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
               job: concurrent.futures.Future[list[tuple[bool, Any]]]) -> None:
@@ -69,6 +98,7 @@ class StoreQueue:
             outcomes = job.result()
         except Exception as exc:  # batch() itself failed: every call fails with it
             outcomes = [(False, exc)] * len(batch)
+        self._note_health(batch, outcomes)
         for (_call, fut), (ok, value) in zip(batch, outcomes):
             if fut.done():
                 continue  # its caller was cancelled
@@ -81,6 +111,29 @@ class StoreQueue:
         else:
             self._busy = False
             self._idle.set()
+
+    def _note_health(self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
+                     outcomes: list[tuple[bool, Any]]) -> None:
+        failed: StoreFailure | None = None
+        wrote = False
+        for (call, _fut), (ok, value) in zip(batch, outcomes):
+            op = getattr(getattr(call, "func", call), "__name__", "call")
+            if ok:
+                wrote = wrote or op not in NOT_PROOF_OPS
+                continue
+            failure = _failure(value, op)
+            if failure is not None:
+                self.failures[failure.op] = self.failures.get(failure.op, 0) + 1
+                failed = failure
+        if failed is not None:  # a failure wins over the writes that succeeded beside it
+            if self.failing is None:
+                self.failing_since = time.time()
+                log.error("store.failing", op=failed.op, error=failed.reason)
+            self.failing = failed
+        elif wrote and self.failing is not None:
+            log.info("store.recovered", failing_for=round(time.time() - (self.failing_since or 0), 3),
+                     error=self.failing.reason)
+            self.failing = self.failing_since = None
 
     async def close(self) -> None:
         """Let queued calls finish, then stop the thread and close the store."""
