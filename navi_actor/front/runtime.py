@@ -19,6 +19,7 @@ import orjson
 
 from navi_actor import logs, protocol
 from navi_actor.config import Config
+from navi_actor.front import resume
 from navi_actor.events import RESERVED_TYPES
 from navi_actor.front.actors import ActorHandle
 from navi_actor.front.link import SupervisorLink
@@ -112,12 +113,29 @@ class Runtime:
 
     # ── viewers ───────────────────────────────────────────────────────────
     def attach(self, viewer: Viewer, after: int | None) -> None:
-        """A client connected: replay the running turn, or tell it to sync."""
+        """A client connected: replay the running turn, or the one that ended while it was
+        away (front/resume.py), or tell it to sync."""
         self.viewers.setdefault(viewer.session_id, set()).add(viewer)
+        viewer.resume_after = after
         run = self.runs.get(viewer.session_id)
         if run is None:
-            viewer.send(protocol.SESSION_SYNC)
+            if not resume.ask(self, viewer, after):
+                viewer.send(protocol.SESSION_SYNC)
             return
+        self._join(viewer, run, after)
+
+    def resumed(self, viewer: Viewer, last_seq: int | None) -> None:
+        """The viewer has what the actor kept of the ended turn (``last_seq``, or None: not
+        that turn): it follows the turn started meanwhile, or is told to sync."""
+        run = self.runs.get(viewer.session_id)
+        if viewer.closed:
+            return
+        if run is not None and viewer.run is None:
+            self._join(viewer, run, last_seq if last_seq is not None else viewer.resume_after)
+        else:
+            viewer.send(protocol.session_sync(last_seq))
+
+    def _join(self, viewer: Viewer, run: Run, after: int | None) -> None:
         viewer.needs_sync = True
         viewer.run = run
         if run.start_bytes is None:  # nothing sent yet: it sees the whole turn live
@@ -129,6 +147,7 @@ class Runtime:
 
     def detach(self, viewer: Viewer) -> None:
         viewer.detach()
+        resume.forget(viewer)
         peers = self.viewers.get(viewer.session_id)
         if peers is not None:
             peers.discard(viewer)
@@ -141,9 +160,11 @@ class Runtime:
 
     def _on_replay(self, actor: ActorHandle, msg: dict[str, Any]) -> None:
         run = actor.run
-        viewer = run.pending_replays.pop(msg["viewer"], None) if run is not None else None
-        if run is None or viewer is None or msg.get("run_id") != run.run_id:
-            return  # the viewer left, or the turn ended and it was told to sync
+        if run is None or msg.get("run_id") != run.run_id:
+            return  # the turn ended, and the viewer was told to sync or asked for it again
+        viewer = run.pending_replays.pop(msg["viewer"], None)
+        if viewer is None:
+            return  # the viewer left
         assert run.start_bytes is not None
         self.replays_served += 1
         viewer.send(run.start_bytes, run.first_seq)
@@ -176,8 +197,8 @@ class Runtime:
         self.runs[sid] = run
         actor = self._actor_for(sid)
         for peer in self.viewers.get(sid, ()):
-            if peer.run is not None and peer.run is not run:
-                continue
+            if (peer.run is not None and peer.run is not run) or peer.resuming is not None:
+                continue  # (a resuming one joins when it has the turn before: resumed())
             peer.run = run
             peer.needs_sync = peer is not viewer
             run.viewers.add(peer)
@@ -262,12 +283,17 @@ class Runtime:
             del self.runs[run.session_id]
         for timer in run.ladder:
             timer.cancel()
+        last_seq = run.last_seq if run.finishing else None  # its final event's, once it ended
         for viewer in list(run.viewers) + list(run.pending_replays.values()):
             if viewer.run is run:
                 viewer.run = None
             if viewer.needs_sync:
-                viewer.send(protocol.SESSION_SYNC)
                 viewer.needs_sync = False
+                if viewer.id in run.pending_replays and last_seq is not None:
+                    # It ended before the actor's replay came: ask again (after `persisted`).
+                    if resume.ask(self, viewer, viewer.resume_after):
+                        continue
+                viewer.send(protocol.session_sync(last_seq))
         run.viewers.clear()
         run.pending_replays.clear()
         if run.actor is not None and run.actor.run is run:
@@ -306,6 +332,7 @@ class Runtime:
     async def _finish(self, run: Run, final: dict[str, Any], result: dict[str, Any]) -> None:
         """Make the result durable, then show every viewer the end of the turn."""
         run.finishing = True
+        sent = None  # the final event the viewers got, when it is not the actor's
         for timer in run.ladder:
             timer.cancel()
         try:
@@ -325,6 +352,7 @@ class Runtime:
             log.error("front.finish_failed", run_id=run.run_id, error=str(exc))
             final = protocol.error_event(f"The turn could not be saved: {exc}", protocol.STORE_ERROR, final["seq"],
                                          run_id=run.run_id)
+            sent = final
         run.broadcast(orjson.dumps(final), final["seq"])
         now = time.monotonic()
         self.metrics.turns.labels(result["status"]).inc()
@@ -338,7 +366,8 @@ class Runtime:
         )
         actor = run.actor
         if actor is not None and actor.alive:
-            actor.send({"op": "persisted", "run_id": run.run_id})
+            # The actor keeps the turn for late resumes, ending with what the viewers got.
+            actor.send({"op": "persisted", "run_id": run.run_id, **({"final": sent} if sent else {})})
         self._drop_run(run)
         if actor is not None and actor.retiring and actor.alive:
             actor.send({"op": "shutdown"})
@@ -412,6 +441,7 @@ class Runtime:
     async def _watch(self, actor: ActorHandle) -> None:
         """Wait for the actor's end; explain it to its turn's viewers."""
         await actor.wait_gone()
+        resume.release(self, actor)
         self.actors_by_id.pop(actor.actor_id, None)
         if self.actors.get(actor.session_id) is actor:
             del self.actors[actor.session_id]
@@ -483,6 +513,8 @@ class Runtime:
             self.loop.create_task(self._finish(run, msg["final"], msg["result"]))
         elif op == "replay":
             self._on_replay(actor, msg)
+        elif op == "replay_ended":
+            resume.answer(self, actor, msg)
         elif op == "fatal":
             log.error("front.actor_fatal", actor_id=actor.actor_id, message=msg["message"])
             actor.fatal = msg
