@@ -138,15 +138,19 @@ async def test_a_cursor_from_an_earlier_turn_gets_session_sync_alone(scripted_se
     assert len(await resume(c, sid, start2 - 1)) > 1, "the last turn is kept"
 
 
-async def test_after_the_actor_exits_a_resume_gets_session_sync(make_server, client):
-    """The ended turn lives as long as its actor: past --idle-timeout it is gone, and a
-    resume gets session_sync alone."""
-    server = make_server("tests.agents:scripted", args=["--idle-timeout", "0.5"])
-    c = client(server)
+async def test_the_ended_turn_lives_as_long_as_its_actor(scripted_server, client):
+    """A resume works until the actor exits (here an operator stops the idle actor, as
+    --idle-timeout would); then it gets session_sync alone."""
+    c = client(scripted_server)
     sid, seen = await ended_turn(c, "pid")
     pid = int(text_of([ev for _, ev in seen]).removeprefix("pid="))
+    assert [ev["type"] for _, ev in await resume(c, sid, seen[0][1]["seq"])] == [
+        "replay_start", "stream_delta", "replay_end", "stream_end", "session_sync"]
+    async with c.http.post(f"{scripted_server.url}/runs/{sid}/kill", json={}) as r:
+        assert r.status == 200, await r.text()
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
              15, "the idle actor to exit")
+    wait_for(lambda: pid not in scripted_server.actor_pids(), 15, "the actor to be reaped")
     got = await resume(c, sid, seen[0][1]["seq"])
     assert [ev for _, ev in got] == [{"type": "session_sync"}]
 
