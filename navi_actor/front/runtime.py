@@ -19,8 +19,8 @@ import orjson
 
 from navi_actor import logs, protocol
 from navi_actor.config import Config
-from navi_actor.front import resume
 from navi_actor.events import RESERVED_TYPES
+from navi_actor.front import resume
 from navi_actor.front.actors import ActorHandle
 from navi_actor.front.link import SupervisorLink
 from navi_actor.front.metrics import Metrics
@@ -127,9 +127,9 @@ class Runtime:
     def resumed(self, viewer: Viewer, last_seq: int | None) -> None:
         """The viewer has what the actor kept of the ended turn (``last_seq``, or None: not
         that turn): it follows the turn started meanwhile, or is told to sync."""
-        run = self.runs.get(viewer.session_id)
         if viewer.closed:
             return
+        run = self.runs.get(viewer.session_id)
         if run is not None and viewer.run is None:
             self._join(viewer, run, last_seq if last_seq is not None else viewer.resume_after)
         else:
@@ -441,10 +441,10 @@ class Runtime:
     async def _watch(self, actor: ActorHandle) -> None:
         """Wait for the actor's end; explain it to its turn's viewers."""
         await actor.wait_gone()
-        resume.release(self, actor)
         self.actors_by_id.pop(actor.actor_id, None)
         if self.actors.get(actor.session_id) is actor:
             del self.actors[actor.session_id]
+        resume.release(self, actor)  # viewers waiting for its ended turn: told to sync
         actor.close()
         run = actor.run
         if run is None or run.finishing or run.ended.is_set():
