@@ -3,9 +3,10 @@
 An actor is forked by the supervisor with one end of a socketpair; the front
 holds the other end. It runs on uvloop and serves one turn at a time:
 
-front → actor: ``turn``, ``stop``, ``replay``, ``persisted``, ``shutdown``
+front → actor: ``turn``, ``stop``, ``replay``, ``replay_ended``, ``persisted``,
+``shutdown``
 actor → front: ``hello``, events (``E`` frames), ``turn_done``, ``replay``,
-``fatal`` (the agent could not start), ``rejected``.
+``replay_ended``, ``fatal`` (the agent could not start), ``rejected``.
 
 If the front dies, the actor carries on: events go to the replay buffer, the
 turn's end waits, and when the supervisor hands over a channel to the new
@@ -17,8 +18,12 @@ process group, the agent's own child processes included.
 A turn's events are encoded to JSON once, here; the front forwards those bytes.
 The final event (``stream_end``/``stream_stopped``/``error``) travels inside
 ``turn_done`` with the result, so the front can make the result durable before
-any viewer sees the end. The replay buffer is kept until the front says
-``persisted``.
+any viewer sees the end. When the front says ``persisted``, the run is
+over for the front; the actor keeps only its replay buffer, with that final
+event at its end (:class:`~navi_actor.replay.EndedTurn`, within ``--replay-max-bytes``), so that a
+client that was away when the turn ended can still resume it with
+``?after=SEQ``. It is kept until the session's next turn starts or the actor
+exits.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from navi_actor import framing, logs, protocol
 from navi_actor.agent_loader import AgentSpec
 from navi_actor.config import Config
 from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
-from navi_actor.replay import ReplayBuffer
+from navi_actor.replay import EndedTurn, ReplayBuffer
 from navi_actor.sandbox import policy
 from navi_actor.turn import Turn, current_stop_event
 
@@ -137,6 +142,7 @@ class Actor:
         self.session_id = session_id
         self.sock = sock
         self.run: _Run | None = None
+        self.ended: EndedTurn | None = None  # the last turn, finished and persisted, for late resumes
         self.runner: Callable[[Turn], AsyncIterator[Any]] | None = None
         self._out = bytearray()  # framed bodies waiting for the next write
         self._flush_scheduled = False
@@ -299,9 +305,14 @@ class Actor:
             self._stop(msg.get("run_id"), msg.get("reason"))
         elif op == "replay":
             self._replay(msg["viewer"], msg.get("after"))
+        elif op == "replay_ended":
+            after = msg.get("after")
+            self._send(framing.frame(self._replay_ended(msg["viewer"], after if type(after) is int else None)))
         elif op == "persisted":
-            if self.run is not None and self.run.run_id == msg.get("run_id") and self.run.done:
+            run = self.run
+            if run is not None and run.run_id == msg.get("run_id") and run.done:
                 self.run = None
+                self.ended = self._keep_ended(run, msg.get("final"))
                 if self._closing:
                     self._finish(EXIT_OK)
                 else:
@@ -381,6 +392,7 @@ class Actor:
             else:
                 self._send(framing.control({"op": "rejected", "run_id": run_id, "code": protocol.ALREADY_RUNNING}))
             return
+        self.ended = None  # a new turn: the last one can no longer be resumed here
         t = msg["turn"]
         run = _Run(run_id, msg["start"], self.config.replay_max_bytes)
         turn = Turn(
@@ -572,6 +584,35 @@ class Actor:
             )
             body = head[:-1] + b',"events":[' + b",".join(part.events) + b"]}"
         self._send(framing.frame(body))
+
+    @staticmethod
+    def _keep_ended(run: _Run, final: Any) -> EndedTurn | None:
+        """Keep the persisted ``run``'s replay, ending with ``final`` when the front says its
+        viewers got that one (it replaced the actor's), else the one sent in ``turn_done``."""
+        if type(final) is not dict:
+            assert run.done_frame is not None
+            final = orjson.loads(run.done_frame[framing.HEADER.size:])["final"]
+        return EndedTurn.keep(run.run_id, run.start, run.buffer, final.get("seq"), dumps(final))
+
+    def _replay_ended(self, viewer: int, after: int | None) -> bytes:
+        """The kept finished turn after ``after``, its final event last (``replay_ended``);
+        no run when none is kept or the cursor is outside it (:meth:`EndedTurn.covers`)."""
+        ended = self.ended
+        if ended is None or not ended.covers(after):
+            return dumps({"op": "replay_ended", "viewer": viewer, "run_id": None, "events": []})
+        part = ended.buffer.after(after)
+        head = dumps(
+            {
+                "op": "replay_ended",
+                "viewer": viewer,
+                "run_id": ended.run_id,
+                "last_seq": ended.last_seq,
+                "truncated": part.truncated,
+                "first_seq": part.first_seq,
+                "start": ended.start,
+            }
+        )
+        return head[:-1] + b',"events":[' + b",".join(part.events) + b"]}"
 
 
 class _Lifeline:

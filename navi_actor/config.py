@@ -181,7 +181,13 @@ OPTIONS: tuple[Option, ...] = (
         "auto = console on a terminal, json otherwise",
         choices=("auto", "console", "json"),
     ),
-    Option("idle_timeout", 120.0, _positive(float), "seconds an actor with no running turn lives before it exits"),
+    Option(
+        "idle_timeout",
+        120.0,
+        _positive(float),
+        "seconds an actor with no running turn lives before it exits "
+        "(so, at most, how long a client can resume the turn that ended last with ?after=)",
+    ),
     Option(
         "heartbeat_interval",
         20.0,
@@ -200,7 +206,8 @@ OPTIONS: tuple[Option, ...] = (
         "replay_max_bytes",
         16 * 1024 * 1024,
         _positive(int),
-        "byte bound of a turn's replay buffer (deltas are merged, so this is about text size)",
+        "byte bound of a turn's replay buffer (deltas are merged, so this is about text size); "
+        "an idle actor keeps at most this much of its last turn, for late resumes",
     ),
     Option(
         "client_max_pending_bytes",

@@ -151,6 +151,8 @@ _ACTOR_OPS: dict[str, dict[str, Any]] = {
     },
     "rejected": {"run_id": lambda v: type(v) is str, "code": lambda v: type(v) is str},
 }
+#: The answer about the actor's last finished turn (navi_actor.front.resume checks the rest).
+_ACTOR_OPS["replay_ended"] = _ACTOR_OPS["replay"]
 
 _RESULT_FIELDS = {
     "status": lambda v: v in ("done", "stopped", "failed"),
@@ -190,7 +192,7 @@ def parse_control(body: bytes, allowed: dict[str, dict[str, Any]] | None = None)
         for key, ok in _RESULT_FIELDS.items():
             _check(key in result and ok(result[key]), f"turn_done: result has malformed {key!r}")
         _check_event(msg["final"], "turn_done final")
-    elif op == "replay":
+    elif op == "replay" or op == "replay_ended":
         for ev in msg["events"]:
             _check_event(ev, "replay")
     elif op == "hello" and msg.get("run") is not None:

@@ -205,6 +205,14 @@ def stream_stopped(seq: int, run_id: str, stop_step: str, content: str,
 
 HEARTBEAT = orjson.dumps({"type": "heartbeat"})
 SESSION_SYNC = orjson.dumps({"type": "session_sync"})
+
+
+def session_sync(last_seq: int | None = None) -> bytes:
+    """``session_sync``: no turn runs; reload the history, unless ``last_seq`` (the seq
+    of the session's last event, when the server knows it) is the last one you have."""
+    if last_seq is None:
+        return SESSION_SYNC
+    return orjson.dumps({"type": "session_sync", "last_seq": last_seq})
 REPLAY_END = orjson.dumps({"type": "replay_end"})
 
 

@@ -136,6 +136,19 @@ class ReplayBuffer:
         if self._bytes > self.max_bytes:
             self._enforce_bound()
 
+    def end(self, seq: int, encoded: bytes) -> bool:
+        """Add the turn's terminal event, keeping the finished turn for a late resume.
+
+        Older entries make room for it as for any event, so the buffer stays
+        within ``max_bytes`` and ends with it. When the event alone is over the
+        bound nothing can be kept: it returns False and adds nothing (the
+        caller drops the buffer).
+        """
+        if len(encoded) + _ENTRY_OVERHEAD > self.max_bytes:
+            return False
+        self.append(seq, encoded)
+        return True
+
     def _enforce_bound(self) -> None:
         while self._bytes > self.max_bytes and len(self._entries) > 1:
             old = self._entries.popleft()
@@ -178,3 +191,40 @@ class ReplayBuffer:
             and len(event) == 3
             and "seq" in event
         )
+
+
+class EndedTurn:
+    """A finished turn kept for clients that resume it late: its start, its replay, its
+    final event last. Kept within the buffer's bound (see :meth:`ReplayBuffer.end`)."""
+
+    __slots__ = ("run_id", "start", "buffer")
+
+    def __init__(self, run_id: str, start: dict[str, Any], buffer: ReplayBuffer) -> None:
+        self.run_id = run_id
+        self.start = start
+        self.buffer = buffer
+
+    def __repr__(self) -> str:
+        return f"<EndedTurn {self.run_id} {self.buffer!r}>"
+
+    @classmethod
+    def keep(cls, run_id: str, start: dict[str, Any], buffer: ReplayBuffer, final_seq: Any,
+             final: bytes) -> EndedTurn | None:
+        """The turn with its final event (seq ``final_seq``, JSON ``final``) added to
+        ``buffer``; None, keeping nothing, when that event alone is over the bound."""
+        if type(final_seq) is not int or final_seq <= buffer.last_seq or not buffer.end(final_seq, final):
+            return None
+        return cls(run_id, start, buffer)
+
+    @property
+    def last_seq(self) -> int:
+        """The final event's seq."""
+        return self.buffer.last_seq
+
+    def covers(self, after: int | None) -> bool:
+        """True for a cursor in this turn or just before its ``stream_start``.
+
+        An older cursor missed earlier turns too, which only the history holds;
+        a newer one is not of this session's last turn; None is no cursor.
+        """
+        return after is not None and self.start["seq"] - 1 <= after <= self.last_seq

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, Server, wait_for
 
 CHROMIUM = os.environ.get("NAVI_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -284,6 +284,76 @@ def test_dropped_socket_reconnects_and_resumes_after_the_last_seq(make_server: A
     texts = page.evaluate("window.__naviTexts")
     assert all(reply["content"].startswith(t) for t in texts), texts
     expect(page.locator(".turn")).to_have_count(1)
+
+
+# Counts the page's history loads (GET /sessions/ID) as they are asked for, and records
+# the type of every WebSocket frame once the page's own handler is done with it (a task
+# queued while the frame is dispatched runs after its handlers).
+WATCH_HISTORY = """
+(() => {
+  const loads = (window.__naviHistoryLoads = []);
+  const fetch0 = window.fetch;
+  window.fetch = function (input, init) {
+    const url = new URL(String(input instanceof Request ? input.url : input), location.href);
+    if (/^\\/sessions\\/[^/]+$/.test(url.pathname) && (!init || !init.method || init.method === "GET")) loads.push(url.pathname);
+    return fetch0.apply(this, arguments);
+  };
+  const frames = (window.__naviFrames = []);
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (m) => {
+        let type;
+        try { type = JSON.parse(m.data).type; } catch { return; }
+        setTimeout(() => frames.push(type), 0);
+      });
+    }
+  };
+})();
+"""
+
+
+def test_reconnect_after_the_turn_ended_shows_the_end_without_a_reload(make_server: Any, page: Any) -> None:
+    """The socket drops mid-turn and the turn ends before the page is back: the resume replays
+    the rest and the end, so the whole answer shows with no history load and no redraw."""
+    from playwright.sync_api import expect
+
+    server = make_server("demo", env={"NAVI_AGENT_TOKENS_PER_SECOND": "25"})
+    page.add_init_script(WATCH_HISTORY)
+    sockets: list[tuple[Any, Any]] = []
+    held: dict[str, str] = {}
+
+    def through(ws: Any) -> None:
+        if sockets:  # the reconnect: let it through once the turn has ended without the page
+            wait_for(lambda: [r for r in saved_replies(server, held["sid"]) if r["status"] == "done"], 15,
+                     "the turn to end while the page is away")
+        sockets.append((ws, ws.connect_to_server()))
+
+    page.route_web_socket(re.compile(r"/ws/sessions/"), through)
+    page.goto(server.url)
+    send(page, "what is 5 + 5?")
+    turn = page.locator(".turn").last
+    expect(turn.locator(".block.text")).to_contain_text("add up to 10")
+    held["sid"] = session_id(page)
+    turn.evaluate("el => { el.__naviMark = true; }")
+    loads = page.evaluate("window.__naviHistoryLoads.length")  # the first socket's session_sync is long done
+
+    to_page, to_server = sockets[0]
+    to_server.close()
+    to_page.close(code=4000, reason="dropped by the test")
+    page.wait_for_function("window.__naviFrames.filter((t) => t === 'session_sync').length === 2")
+
+    assert len(sockets) == 2 and re.search(r"after=\d+", sockets[1][0].url), [s[0].url for s in sockets]
+    [reply] = saved_replies(server, held["sid"])
+    end = page.evaluate("window.__naviTurnEnds[0]")
+    assert (end["status"], end["streamedText"], end["renderedText"]) == ("done", reply["content"], reply["content"])
+    assert page.evaluate("window.__naviHistoryLoads.length") == loads, "no history reload after the resume"
+    assert turn.evaluate("el => el.__naviMark === true"), "the turn on screen is the one that streamed"
+    expect(page.locator(".turn")).to_have_count(1)
+    expect(turn).to_have_attribute("data-status", "done")
+    assert answer_text(turn) == reply["content"]
+    expect(page.locator("#conn")).to_have_text("live")
 
 
 def test_images_are_attached_within_the_limits(scripted_server: Server, page: Any) -> None:

@@ -78,7 +78,8 @@ async def test_every_viewer_of_a_session_gets_the_same_stream(scripted_server, c
     mine = await run_turn(ws1, "slow 5 0.01")
     theirs = await receive_until(ws2, lambda e: e["type"] in FINAL_TYPES)
     assert theirs == mine
-    assert await receive(ws2) == {"type": "session_sync"}, "a bystander is told to reload history"
+    assert await receive(ws2) == {"type": "session_sync", "last_seq": mine[-1]["seq"]}, \
+        "a bystander is told the turn ended, and where the session ends: it has all of it"
 
 
 async def test_reconnect_mid_turn_gets_replay_then_live(scripted_server, client):
@@ -97,8 +98,8 @@ async def test_reconnect_mid_turn_gets_replay_then_live(scripted_server, client)
     replayed = [await receive(ws2) for _ in range(replay_start["count"])]
     assert await receive(ws2) == {"type": "replay_end"}
     live = await receive_until(ws2, lambda e: e["type"] in FINAL_TYPES)
-    assert await receive(ws2) == {"type": "session_sync"}
     end = live[-1]
+    assert await receive(ws2) == {"type": "session_sync", "last_seq": end["seq"]}
     assert end["type"] == "stream_end"
     assert text_of(replayed + live) == end["content"] == "".join(f"w{i} " for i in range(40))
     seqs = [e["seq"] for e in replayed + live]
@@ -122,13 +123,14 @@ async def test_resume_after_seq_replays_only_later_events(scripted_server, clien
     assert text_of(seen) + text_of(rest) == rest[-1]["content"]
 
 
-async def test_resume_after_the_turn_ended_says_sync(scripted_server, client):
-    """Reconnecting after the turn ended (any after=) gets session_sync, as the original did."""
+async def test_connecting_without_after_once_the_turn_ended_says_sync(scripted_server, client):
+    """Connecting with no ?after= after the turn ended gets session_sync alone, as the original
+    did (a resume with a cursor: tests/test_functional_resume.py)."""
     c = client(scripted_server)
     sid, ws = await connected(c)
     await receive(ws)
-    events = await run_turn(ws, "hi")
-    ws2 = await c.connect(sid, after=events[1]["seq"])
+    await run_turn(ws, "hi")
+    ws2 = await c.connect(sid)
     assert await receive(ws2) == {"type": "session_sync"}
 
 

@@ -263,6 +263,8 @@ def test_runtime_event_builders():
     }
     assert orjson.loads(protocol.HEARTBEAT) == {"type": "heartbeat"}
     assert orjson.loads(protocol.SESSION_SYNC) == {"type": "session_sync"}
+    assert protocol.session_sync(None) == protocol.SESSION_SYNC
+    assert orjson.loads(protocol.session_sync(12)) == {"type": "session_sync", "last_seq": 12}
     assert orjson.loads(protocol.REPLAY_END) == {"type": "replay_end"}
 
 

@@ -6,7 +6,7 @@ import tracemalloc
 import orjson
 import pytest
 
-from navi_actor.replay import ReplayBuffer, ReplaySlice, ReplayStats
+from navi_actor.replay import EndedTurn, ReplayBuffer, ReplaySlice, ReplayStats
 
 BIG = 1 << 30
 
@@ -278,6 +278,55 @@ def test_single_entry_larger_than_bound_is_kept_until_another_arrives():
     buf.append(2, nxt)
     assert buf.after(None) == ReplaySlice([nxt], True, 2)
     assert buf.statistics().dropped_events == 1
+
+
+# ── the ended turn, kept for late resumes ───────────────────────────────────
+
+
+def _finished(max_bytes, deltas=5):
+    buf = ReplayBuffer(max_bytes)
+    for i in range(deltas):
+        buf.append_delta("stream_delta", 2 + i, f"w{i} ")
+    return buf
+
+
+def test_end_adds_the_final_event_within_the_bound():
+    """end() keeps the final event last, dropping the oldest entries so the whole stays within max_bytes."""
+    buf = _finished(800)  # the delta run: about 100 bytes
+    buf.append(7, _ev(7, "tool_call", result="r" * 500))  # about 600: 700 in all
+    final = _ev(8, "stream_end", content="w0 w1 w2 w3 w4 ")  # about 130: the delta run must go
+    assert buf.end(8, final) is True
+    assert [orjson.loads(e)["type"] for e in buf.after(None).events] == ["tool_call", "stream_end"]
+    assert buf.after(7).events == [final]
+    assert buf.statistics().bytes <= buf.max_bytes
+    assert buf.after(1).truncated and buf.last_seq == 8
+
+
+def test_end_refuses_a_final_event_over_the_bound_and_adds_nothing():
+    """A final event that alone exceeds max_bytes is not kept, and the buffer is left as it was."""
+    buf = _finished(300)
+    before = buf.after(None)
+    assert buf.end(7, _ev(7, "stream_end", content="x" * 400)) is False
+    assert buf.after(None) == before and buf.last_seq == 6
+
+
+def test_ended_turn_covers_cursors_from_just_before_its_start_to_its_end():
+    """A kept turn (stream_start seq 1, final seq 7) answers cursors 0..7, not older, newer or none."""
+    start = {"type": "stream_start", "seq": 1, "run_id": "r"}
+    ended = EndedTurn.keep("r", start, _finished(BIG), 7, _ev(7, "stream_end"))
+    assert ended is not None and ended.last_seq == 7
+    assert [a for a in range(-2, 10) if ended.covers(a)] == list(range(0, 8))
+    assert not ended.covers(None)
+    assert _decoded(ended.buffer.after(6)) == [{"type": "stream_end", "seq": 7}]
+    assert _decoded(ended.buffer.after(3))[0] == {"type": "stream_delta", "delta": "w2 w3 w4 ", "seq": 6}
+
+
+def test_ended_turn_is_not_kept_when_its_final_is_too_big_or_out_of_order():
+    """keep() gives None (nothing kept) for a final over the bound, or one whose seq does not follow."""
+    start = {"type": "stream_start", "seq": 1, "run_id": "r"}
+    assert EndedTurn.keep("r", start, _finished(300), 7, _ev(7, "stream_end", content="x" * 400)) is None
+    assert EndedTurn.keep("r", start, _finished(BIG), 6, _ev(6, "stream_end")) is None
+    assert EndedTurn.keep("r", start, _finished(BIG), None, _ev(7, "stream_end")) is None
 
 
 # ── compactness ─────────────────────────────────────────────────────────────

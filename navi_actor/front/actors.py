@@ -20,6 +20,7 @@ from navi_actor import framing, logs
 
 if TYPE_CHECKING:
     from navi_actor.front.runtime import Run
+    from navi_actor.front.viewer import Viewer
 
 log = logs.get("navi.front.actors")
 parse_event = framing.parse_event
@@ -41,6 +42,7 @@ class ActorHandle(asyncio.Protocol):
         self.owner = owner
         self.pid: int | None = None
         self.run: Run | None = None
+        self.resumes: dict[int, Viewer] = {}  # viewers waiting for its finished turn (front/resume.py)
         self.idle_since = time.monotonic()
         self.retiring = False  # told to shut down; takes no new turn
         self.requested_at: float | None = None  # when the front asked for it (None: adopted)

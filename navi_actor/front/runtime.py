@@ -22,6 +22,7 @@ import orjson
 from navi_actor import logs, protocol
 from navi_actor.config import Config
 from navi_actor.events import RESERVED_TYPES
+from navi_actor.front import resume
 from navi_actor.front.actors import ActorHandle
 from navi_actor.front.link import SupervisorLink
 from navi_actor.front.metrics import Metrics
@@ -116,12 +117,29 @@ class Runtime:
 
     # ── viewers ───────────────────────────────────────────────────────────
     def attach(self, viewer: Viewer, after: int | None) -> None:
-        """A client connected: replay the running turn, or tell it to sync."""
+        """A client connected: replay the running turn, or the one that ended while it was
+        away (front/resume.py), or tell it to sync."""
         self.viewers.setdefault(viewer.session_id, set()).add(viewer)
+        viewer.resume_after = after
         run = self.runs.get(viewer.session_id)
         if run is None:
-            viewer.send(protocol.SESSION_SYNC)
+            if not resume.ask(self, viewer, after):
+                viewer.send(protocol.SESSION_SYNC)
             return
+        self._join(viewer, run, after)
+
+    def resumed(self, viewer: Viewer, last_seq: int | None) -> None:
+        """The viewer has what the actor kept of the ended turn (``last_seq``, or None: not
+        that turn): it follows the turn started meanwhile, or is told to sync."""
+        if viewer.closed:
+            return
+        run = self.runs.get(viewer.session_id)
+        if run is not None and viewer.run is None:
+            self._join(viewer, run, last_seq if last_seq is not None else viewer.resume_after)
+        else:
+            viewer.send(protocol.session_sync(last_seq))
+
+    def _join(self, viewer: Viewer, run: Run, after: int | None) -> None:
         viewer.needs_sync = True
         viewer.run = run
         if run.start_bytes is None:  # nothing sent yet: it sees the whole turn live
@@ -133,6 +151,7 @@ class Runtime:
 
     def detach(self, viewer: Viewer) -> None:
         viewer.detach()
+        resume.forget(viewer)
         peers = self.viewers.get(viewer.session_id)
         if peers is not None:
             peers.discard(viewer)
@@ -145,9 +164,11 @@ class Runtime:
 
     def _on_replay(self, actor: ActorHandle, msg: dict[str, Any]) -> None:
         run = actor.run
-        viewer = run.pending_replays.pop(msg["viewer"], None) if run is not None else None
-        if run is None or viewer is None or msg.get("run_id") != run.run_id:
-            return  # the viewer left, or the turn ended and it was told to sync
+        if run is None or msg.get("run_id") != run.run_id:
+            return  # the turn ended, and the viewer was told to sync or asked for it again
+        viewer = run.pending_replays.pop(msg["viewer"], None)
+        if viewer is None:
+            return  # the viewer left
         assert run.start_bytes is not None
         self.replays_served += 1
         viewer.send(run.start_bytes, run.first_seq)
@@ -181,8 +202,8 @@ class Runtime:
         self.runs[sid] = run
         actor = self._actor_for(sid)
         for peer in self.viewers.get(sid, ()):
-            if peer.run is not None and peer.run is not run:
-                continue
+            if (peer.run is not None and peer.run is not run) or peer.resuming is not None:
+                continue  # (a resuming one joins when it has the turn before: resumed())
             peer.run = run
             peer.needs_sync = peer is not viewer
             run.viewers.add(peer)
@@ -267,12 +288,17 @@ class Runtime:
             del self.runs[run.session_id]
         for timer in run.ladder:
             timer.cancel()
+        last_seq = run.last_seq if run.finishing else None  # its final event's, once it ended
         for viewer in list(run.viewers) + list(run.pending_replays.values()):
             if viewer.run is run:
                 viewer.run = None
             if viewer.needs_sync:
-                viewer.send(protocol.SESSION_SYNC)
                 viewer.needs_sync = False
+                if viewer.id in run.pending_replays and last_seq is not None:
+                    # It ended before the actor's replay came: ask again (after `persisted`).
+                    if resume.ask(self, viewer, viewer.resume_after):
+                        continue
+                viewer.send(protocol.session_sync(last_seq))
         run.viewers.clear()
         run.pending_replays.clear()
         if run.actor is not None and run.actor.run is run:
@@ -311,6 +337,7 @@ class Runtime:
     async def _finish(self, run: Run, final: dict[str, Any], result: dict[str, Any]) -> None:
         """Make the result durable, then show every viewer the end of the turn."""
         run.finishing = True
+        sent = None  # the final event the viewers got, when it is not the actor's
         for timer in run.ladder:
             timer.cancel()
         saved = {
@@ -331,10 +358,12 @@ class Runtime:
             log.error("front.finish_failed", run_id=run.run_id, error=str(exc))
             final = protocol.error_event(f"The answer could not be saved: {exc}", protocol.STORE_ERROR,
                                          final["seq"], run_id=run.run_id)
+            sent = final
         except Exception as exc:  # never leave the turn without an end for its viewers
             log.exception("front.finish_failed", run_id=run.run_id)
             final = protocol.error_event(f"The answer could not be saved: {exc!r}", protocol.STORE_ERROR,
                                          final["seq"], run_id=run.run_id)
+            sent = final
         run.broadcast(orjson.dumps(final), final["seq"])
         now = time.monotonic()
         self.metrics.turns.labels(result["status"]).inc()
@@ -348,7 +377,8 @@ class Runtime:
         )
         actor = run.actor
         if actor is not None and actor.alive and not kept:  # a kept result's actor keeps its turn_done
-            actor.send({"op": "persisted", "run_id": run.run_id})
+            # The actor keeps the turn for late resumes, ending with what the viewers got.
+            actor.send({"op": "persisted", "run_id": run.run_id, **({"final": sent} if sent else {})})
         self._drop_run(run)
         if actor is not None and actor.retiring and actor.alive:
             actor.send({"op": "shutdown"})
@@ -426,6 +456,7 @@ class Runtime:
         self.actors_by_id.pop(actor.actor_id, None)
         if self.actors.get(actor.session_id) is actor:
             del self.actors[actor.session_id]
+        resume.release(self, actor)  # viewers waiting for its ended turn: told to sync
         actor.close()
         run = actor.run
         if run is None or run.finishing or run.ended.is_set():
@@ -494,6 +525,8 @@ class Runtime:
             self.loop.create_task(self._finish(run, msg["final"], msg["result"]))
         elif op == "replay":
             self._on_replay(actor, msg)
+        elif op == "replay_ended":
+            resume.answer(self, actor, msg)
         elif op == "fatal":
             log.error("front.actor_fatal", actor_id=actor.actor_id, message=msg["message"])
             actor.fatal = msg

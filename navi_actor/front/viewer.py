@@ -21,6 +21,7 @@ from navi_actor.front.outbox import Outbox
 from navi_actor.front.wsframes import FrameWriter
 
 if TYPE_CHECKING:
+    from navi_actor.front.actors import ActorHandle
     from navi_actor.front.runtime import Run
 
 log = logs.get("navi.front.viewer")
@@ -38,6 +39,9 @@ class Viewer:
         self.max_pending = max_pending
         self.run: Run | None = None  # the run it receives live events of
         self.needs_sync = False  # send session_sync when that run ends
+        self.resume_after: int | None = None  # the ?after= it connected with
+        self.resuming: ActorHandle | None = None  # waiting for this actor's finished turn (front/resume.py)
+        self.resume_timer: asyncio.TimerHandle | None = None  # gives up on that answer
         self.delivered_seq = 0  # highest seq written to the socket
         self.closed = False
         # Merge text only when well backed up (a client truly behind), never in the normal

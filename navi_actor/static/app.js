@@ -692,7 +692,7 @@
       }
       const turn = this.live;
       switch (ev.type) {
-        case "session_sync": return this.onSync();
+        case "session_sync": return this.onSync(ev);
         case "stream_start": return this.onStreamStart(ev);
         case "replay_start":
           if (ev.truncated && turn) turn.note("truncated", `The start of this turn is no longer held by the server; it resumes at event ${ev.first_seq}.`);
@@ -727,12 +727,16 @@
       this.app.followBottom();
     }
 
-    onSync() {
+    onSync(ev) {
       this.ready = true;
       // Our message went out but the socket dropped before its stream_start:
       // the history says whether it arrived.
       if (this.pending && this.pending.sent) this.lost = this.pending;
-      this.loadHistory();
+      // last_seq: the session's last event. Already rendered (a resume replayed the end of
+      // the turn, or we watched it to its end): the page shows it all, and a reload would
+      // only redraw it. Otherwise (or without last_seq) the history has what we missed.
+      const current = typeof ev.last_seq === "number" && ev.last_seq === this.lastSeq && !this.live && !this.lost;
+      if (!current) this.loadHistory();
       this.flushOutbox();
       this.update();
     }
