@@ -126,6 +126,8 @@ def ask(path: Path, message: dict[str, Any]) -> dict[str, Any]:
         raise NoServer(f"no navi-actor server answers at {path} (a stale socket?)") from None
     except OSError as exc:
         raise NoServer(f"cannot talk to the server at {path}: {exc}") from None
+    if reply.get("code") == "control_refused":
+        raise NoServer(str(reply.get("error")))
     if not reply.get("ok"):
         raise NoServer(f"the server refused: {reply.get('error')}")
     return reply

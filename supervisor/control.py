@@ -1,7 +1,10 @@
 """The supervisor's control socket: operators list, stop and kill runs through it.
 
 A Unix stream socket in the runtime folder (folder 0700, socket 0600). A
-connection from another uid is refused (``SO_PEERCRED``). One request per
+connection from another uid is refused (``SO_PEERCRED``), and so is one from
+any process the server started: actors run as the server's uid, so its pid's
+ancestry decides (supervisor/peers.py). A refusal is answered with an error,
+logged (``control.refused`` with the peer's pid) and counted. One request per
 connection: a length-framed JSON object in, one framed JSON object out. It is
 served by the supervisor's own loop, so it answers while the front is down or
 restarting. The requests themselves are the supervisor's business
@@ -13,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import struct
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,11 +24,14 @@ import orjson
 import structlog
 
 from navi_actor.framing import HEADER, FrameDecoder, FrameError
+from supervisor import peers
 
 log = structlog.get_logger("navi.supervisor.control")
 
 MAX_REQUEST = 64 * 1024
 SOCKET_NAME = "control.sock"
+REFUSED_LOG_BURST = 5  # refusals logged per second at most; the rest are counted into the next line
+REFUSED = "refused: this connection comes from a process the server started (an actor or its child)"
 
 
 def runtime_dir(data_dir: Path) -> Path:
@@ -71,6 +77,9 @@ class ControlServer:
         self.sock.listen(64)
         self.sock.setblocking(False)
         self.conns: dict[int, _Conn] = {}
+        self.refused = 0  # connections refused since the start (for operators: status, /metrics)
+        self._log_window = (0.0, 0)  # (second, lines logged in it)
+        self._unlogged = 0  # refusals not logged since the last line
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -81,15 +90,34 @@ class ControlServer:
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError):
             return None
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        if uid != os.getuid():
-            log.warning("control.refused", peer_uid=uid)
-            conn.close()
+        verdict = peers.check(conn)
+        if not verdict.allowed:
+            self._refuse(conn, verdict)
             return None
         conn.setblocking(False)
         self.conns[conn.fileno()] = _Conn(conn)
         return conn
+
+    def _refuse(self, conn: socket.socket, verdict: peers.Verdict) -> None:
+        self.refused += 1
+        try:  # a reply the client can show; never waited for
+            conn.send(_frame({"ok": False, "error": REFUSED if verdict.chain else f"refused: {verdict.reason}",
+                              "code": "control_refused"}), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        conn.close()
+        second, logged = self._log_window
+        now = time.monotonic()
+        if now - second >= 1.0:
+            second, logged = now, 0
+        if logged >= REFUSED_LOG_BURST:
+            self._unlogged += 1
+            self._log_window = (second, logged)
+            return
+        self._log_window = (second, logged + 1)
+        log.warning("control.refused", peer_pid=verdict.pid, peer_uid=verdict.uid, reason=verdict.reason,
+                    peer_chain=list(verdict.chain[:8]), not_logged_before=self._unlogged, refused=self.refused)
+        self._unlogged = 0
 
     def on_readable(self, fd: int) -> bool:
         """Read from a connection; True once its answer is ready to write."""
@@ -173,7 +201,10 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(_frame(message))
+        try:
+            sock.sendall(_frame(message))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it read the request: its answer may be waiting all the same
         decoder = FrameDecoder(64 * 1024 * 1024)
         while True:
             data = sock.recv(65536)

@@ -76,6 +76,7 @@ class Operations:
             "spawns": self.spawns,
             "deaths": dict(self.deaths),
             "ladder": dict(self.ladder),
+            "control_refused": sup.control.refused if sup.control is not None else 0,
         }
 
     def rows(self) -> list[dict[str, Any]]:

@@ -100,6 +100,9 @@ class _Live(Collector):
         for step, n in sorted(sup.get("ladder", {}).items()):
             ladder.add_metric([step], n)
         yield ladder
+        yield CounterMetricFamily("navi_control_refused", "Connections to the control socket refused because "
+                                  "they came from a process the server started (an agent, say)",
+                                  value=sup.get("control_refused", 0))
         yield CounterMetricFamily("navi_front_restarts", "Front processes restarted", value=sup.get("front_restarts", 0))
         zygote = sup.get("zygote") or {}
         yield GaugeMetricFamily("navi_zygote_up", "1 when actors are cloned from the zygote, 0 when the "
