@@ -42,6 +42,7 @@ from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
 from navi_actor.replay import ReplayBuffer
 from navi_actor.sandbox import policy
 from navi_actor.turn import Turn, current_stop_event
+from supervisor import proctitle
 
 EXIT_OK = 0
 EXIT_AGENT_FAILED = 3  # the agent factory raised: the supervisor must not respawn in a loop
@@ -149,7 +150,12 @@ class Actor:
         self.sandbox_error: str | None = None  # why the sandbox failed at the actor's start
         self._pending_turn: dict[str, Any] | None = None
 
+    def _title(self, state: str) -> None:
+        """``navi-actor: actor SESSION STATE`` in ps/top: on state changes only (warm, idle, running, stopping, exiting)."""
+        proctitle.set_title(proctitle.actor_title(self.session_id, state), comm=b"navi-actor")
+
     async def serve(self) -> int:
+        self._title("idle" if self.session_id else "warm")
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.finished = loop.create_future()
@@ -301,6 +307,7 @@ class Actor:
                     self.loop.call_soon(_give_back_memory)
         elif op == "shutdown":
             self._closing = True
+            self._title("exiting" if self.run is None else "stopping")
             if self.run is None:
                 self._finish(EXIT_OK)
             else:
@@ -348,6 +355,7 @@ class Actor:
         """An operator's stop, by the supervisor: stop the turn, then exit once it is saved."""
         log.info("actor.operator_stop", run_id=self.run.run_id if self.run else None)
         self._closing = True
+        self._title("exiting" if self.run is None else "stopping")
         if self.run is None:
             self._finish(EXIT_OK)
         else:
@@ -388,6 +396,7 @@ class Actor:
             upload_dir=t.get("upload_dir") or "",
         )
         self.run = run
+        self._title("running")
         run.task = self.loop.create_task(self._drive(run, turn))
 
     async def _drive(self, run: _Run, turn: Turn) -> None:
@@ -519,6 +528,7 @@ class Actor:
             "error_code": err_code,
         }
         run.done = True
+        self._title("exiting" if self._closing else "idle")
         log.info(
             "actor.turn_end", run_id=run.run_id, status=status, events=len(run.buffer),
             elapsed=elapsed,
@@ -536,6 +546,7 @@ class Actor:
             run.stop_reason = reason
         if not run.stop_event.is_set():
             log.info("actor.stop", run_id=run_id)
+            self._title("stopping")
             run.stop_event.set()
             run.grace_timer = self.loop.call_later(self.config.stop_grace, self._cancel, run)
 

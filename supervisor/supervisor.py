@@ -38,7 +38,7 @@ from typing import Any, Callable
 import orjson
 import structlog
 
-from supervisor import limits, spawn, zygote
+from supervisor import limits, proctitle, spawn, zygote
 from supervisor.causes import EXIT_CANNOT_START, describe_status
 from supervisor.control import ControlServer
 from supervisor.fdchannel import ChannelClosed, FdChannel
@@ -127,6 +127,7 @@ class Supervisor:
 
     # ── main loop ─────────────────────────────────────────────────────────
     def run(self) -> int:
+        proctitle.set_title("navi-actor: supervisor", comm=b"navi-supervisor")
         spawn.become_subreaper()
         rsock, wsock = socket.socketpair()
         rsock.setblocking(False)

@@ -21,6 +21,7 @@ from navi_actor.front.ratelimit import TokenBucket
 from navi_actor.front.runtime import Runtime
 from navi_actor.front.viewer import Viewer
 from navi_actor.store import ANY_OWNER, open_store, valid_session_id
+from supervisor import proctitle
 from supervisor.causes import EXIT_CANNOT_START
 
 log = logs.get("navi.front.http")
@@ -389,6 +390,7 @@ def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = 
     import uvloop
 
     logs.configure("front", config.log_format)
+    proctitle.set_title("navi-actor: front", comm=b"navi-front")
     try:
         guard = auth.load_guard(config, tokens_fd)
     except tokens.AuthConfigError as exc:
