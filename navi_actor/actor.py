@@ -320,9 +320,13 @@ class Actor:
 
         Runs on the loop (a warm actor reads its lifeline there), while the
         actor is still single-threaded; its lifeline thread starts after.
+        From now on every line of this process carries the assigned id, as the
+        supervisor's and the front's do; this line also names the warm one.
         """
-        self.actor_id, self.session_id = actor_id, session_id
-        log.info("actor.assigned", actor_id=actor_id, session_id=session_id)
+        warm_id, self.actor_id, self.session_id = self.actor_id, actor_id, session_id
+        logs.bind_process(actor_id=actor_id, session_id=session_id, warm_id=None)
+        log.info("actor.assigned", warm_id=warm_id)
+        self._title("running" if self.run is not None else "idle")
         if self.confined:
             return
         try:
@@ -670,10 +674,10 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
     """Entry point in the forked actor process; returns its exit code."""
     import uvloop
 
-    logs.rebind("actor")  # the supervisor configured logging before forking us
-    structlog.contextvars.bind_contextvars(actor_id=actor_id)
-    if session_id:
-        structlog.contextvars.bind_contextvars(session_id=session_id)
+    # The supervisor configured logging before forking us. A warm actor (no session yet)
+    # is named warm_id until it is assigned, then actor_id like every other line of it.
+    logs.rebind("actor", **({"actor_id": actor_id, "session_id": session_id} if session_id
+                            else {"warm_id": actor_id}))
     logs.get().info("actor.spawned", warm=not session_id)
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)

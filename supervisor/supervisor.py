@@ -338,8 +338,10 @@ class Supervisor:
             return
         t0 = time.perf_counter()
         warm = self.pool.take()
+        warm_id = None
         if warm is not None:
             actor, chan_front = warm
+            warm_id = actor.actor_id
             self.by_id.pop(actor.actor_id, None)
             actor.actor_id, actor.session_id = actor_id, session_id
             try:
@@ -356,7 +358,7 @@ class Supervisor:
         self.by_id[actor_id] = actor.pid
         self._send_front({"op": "spawned", "actor_id": actor_id, "pid": actor.pid}, [chan_front.detach()])
         log.info("supervisor.actor_assigned", actor_id=actor_id, actor_pid=actor.pid, session_id=session_id,
-                 warm=warm is not None, ms=round((time.perf_counter() - t0) * 1000, 2))
+                 warm=warm is not None, warm_id=warm_id, ms=round((time.perf_counter() - t0) * 1000, 2))
         if warm is not None:
             self._refill_at = self._refill_at or time.monotonic() + REFILL_DELAY
         else:
@@ -393,7 +395,7 @@ class Supervisor:
         self.actors[pid] = actor
         self.by_id[actor_id] = pid
         self.ops.on_spawn()
-        log.info("supervisor.actor_spawned", actor_id=actor_id, actor_pid=pid, warm=not session_id)
+        log.info("supervisor.actor_spawned", **_ids(actor), actor_pid=pid, warm=not session_id)
         return actor, chan_front
 
     # ── the zygote ────────────────────────────────────────────────────────
@@ -500,7 +502,7 @@ class Supervisor:
             else "clean" if cause.exitcode == 0 else f"exit_{cause.exitcode}"
         )
         self.ops.on_exit(actor, kind)
-        log.info("supervisor.actor_exited", actor_id=actor.actor_id, actor_pid=actor.pid,
+        log.info("supervisor.actor_exited", **_ids(actor), actor_pid=actor.pid,
                  exitcode=cause.exitcode, signal=cause.signal_name, cause=message, warm=was_warm)
         if was_warm:
             if self._stage == "running":
@@ -606,7 +608,7 @@ class Supervisor:
             if actor is not None and limits.over_limit(rss, limit):
                 actor.killed_for = limits.memory_message(limit)
                 actor.kill_kind = "memory_limit"
-                log.warning("supervisor.actor_over_memory", actor_id=actor.actor_id, actor_pid=actor.pid,
+                log.warning("supervisor.actor_over_memory", **_ids(actor), actor_pid=actor.pid,
                             rss_mb=rss // limits.MIB, limit_mb=limit // limits.MIB)
                 _killpg(actor.pid, signal.SIGKILL)
 
@@ -661,6 +663,12 @@ class Supervisor:
         except FileNotFoundError:
             pass
         log.info("supervisor.exit", code=self.exit_code, uptime=round(time.time() - self.started, 1))
+
+
+def _ids(actor: _Actor) -> dict[str, str]:
+    """How log lines name an actor: ``actor_id`` once it has a session (the id the front and every
+    later line use), ``warm_id`` before (its ``actor.assigned`` line carries both)."""
+    return {"actor_id": actor.actor_id} if actor.session_id else {"warm_id": actor.actor_id}
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -35,6 +35,54 @@ def log_lines(server) -> list[dict[str, Any]]:
     return out
 
 
+async def test_every_line_has_pid_and_role_and_each_actor_one_id(make_server, client):
+    """A real server takes turns on warm actors, a user's stop, an operator's stop and an operator's kill; then
+    every line of its JSON log has pid and role, and all the lines about one actor process (its own, the
+    supervisor's, the front's) name it by one actor_id, the one it was assigned."""
+    server = make_server("tests.agents:scripted", args=[*LADDER, "--warm-actors", "2"])
+    c = client(server)
+    _, ws = await c.open_session()
+    assert text_of(await run_turn(ws, "hello")) == "hello "
+    stopped, sws = await c.busy_session()
+    await c.stop(stopped)
+    assert (await receive_until(sws, lambda e: e["type"] in FINAL_TYPES))[-1]["type"] == "stream_stopped"
+    operator, ows = await c.busy_session()
+    out = script("navi-kill", "--data-dir", str(server.data_dir), operator)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (await receive_until(ows, lambda e: e["type"] in FINAL_TYPES))[-1]["reason"] == "killed_by_operator"
+    killed, kws = await c.busy_session("ignore_stop")
+    out = script("navi-kill", "--data-dir", str(server.data_dir), "--force", killed)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (await receive_until(kws, lambda e: e["type"] in FINAL_TYPES))[-1]["code"] == "killed_by_operator"
+    for w in (ws, sws, ows, kws):
+        await w.close()
+    assert server.stop() == 0
+
+    lines = log_lines(server)
+    untagged = [ln for ln in lines if type(ln.get("pid")) is not int or ln.get("role") not in ROLES]
+    assert not untagged, f"{len(untagged)} lines without pid or role, e.g. {untagged[:3]}"
+    events = {ln["event"] for ln in lines}
+    assert {"actor.assigned", "actor.stop", "actor.operator_stop", "supervisor.actor_assigned"} <= events
+
+    assigned = {ln["actor_pid"]: ln["actor_id"] for ln in lines if ln["event"] == "supervisor.actor_assigned"}
+    assert len(assigned) >= 4 and any(ln.get("warm") for ln in lines if ln["event"] == "supervisor.actor_assigned")
+    ids: dict[int, set[str]] = defaultdict(set)  # actor pid → every actor_id a line gives it
+    for ln in lines:
+        pid = ln["pid"] if ln["role"] == "actor" else ln.get("actor_pid")
+        if pid is not None and "actor_id" in ln:
+            ids[pid].add(ln["actor_id"])
+    for pid, actor_id in assigned.items():
+        assert ids[pid] == {actor_id}, f"actor {pid} is named {ids[pid]}, assigned {actor_id}"
+    for ln in lines:
+        if ln["role"] == "actor" and ln["event"] == "actor.assigned":
+            own = [x for x in lines if x["pid"] == ln["pid"] and x["role"] == "actor"]
+            after = own[own.index(ln):]
+            assert all(x.get("actor_id") == assigned[ln["pid"]] for x in after), after
+            assert ln["warm_id"] != ln["actor_id"]
+            spawned = [x for x in lines if x["event"] == "supervisor.actor_spawned" and x["actor_pid"] == ln["pid"]]
+            assert spawned and spawned[0]["warm_id"] == ln["warm_id"]  # the warm life, found by its own id
+
+
 # ── process titles ──────────────────────────────────────────────────────────
 
 
