@@ -1,8 +1,11 @@
 """``navi-actor ps`` and ``navi-actor kill``: see and end what runs, from a shell.
 
 Both talk to the supervisor's control socket (``DATA_DIR/run/control.sock``),
-so they work while the front is down. Exit codes: 0 success; 1 (kill) some
-targets did not end; 2 usage error or no server running there.
+so they work while the front is down. A row's state is the front's as of the
+moment of asking; when the front cannot answer, its last report, and the
+table says how old (``running (12s ago)``). Exit codes: 0 success; 1 (kill)
+some targets did not end, or none matched; 2 usage error or no server
+running there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from supervisor.control import SOCKET_NAME, request, runtime_dir
 COLUMNS = ("session_id", "pid", "state", "run_id", "turn_age", "events", "viewers", "rss", "cpu_percent", "owner")
 HEADERS = ("SESSION", "PID", "STATE", "RUN", "AGE", "EVENTS", "VIEWERS", "RSS", "CPU%", "OWNER")
 EXIT_USAGE = 2
+STALE_AFTER = 2.0  # seconds: an older state is shown with its age
 
 
 class NoServer(Exception):
@@ -80,13 +84,31 @@ def sort_rows(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     cells = [HEADERS]
     for r in rows:
+        state, age = r["state"], r.get("state_age")
+        if age is not None and age >= STALE_AFTER:
+            state = f"{state} ({human_age(age)} ago)"
         cells.append((
-            r["session_id"], str(r["pid"]), r["state"], (r.get("run_id") or "-")[:12], human_age(r.get("turn_age")),
+            r["session_id"], str(r["pid"]), state, (r.get("run_id") or "-")[:12], human_age(r.get("turn_age")),
             str(r.get("events", 0)), str(r.get("viewers", 0)), human_size(r.get("rss", 0)),
             f"{r.get('cpu_percent', 0.0):.1f}", r.get("owner") or "-",
         ))
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def format_listing(rows: list[dict[str, Any]], warm: int) -> str:
+    """The table of actors with a session, and a line for the warm ones (started ahead, no session yet)."""
+    ready = f"{warm} warm actor{'' if warm == 1 else 's'} ready for new sessions"
+    if not rows:
+        return f"no actors with a session; {ready}"
+    return format_table(rows) + f"\n(+ {ready})"
+
+
+def describe_filters(*, all_: bool, idle: bool, older_than: str | None, rss_over: str | None) -> str:
+    """The filters of a kill, as the operator typed them (for "no actor matches ...")."""
+    parts = (["--all"] if all_ else []) + (["--idle"] if idle else []) + \
+        ([f"--older-than {older_than}"] if older_than else []) + ([f"--rss-over {rss_over}"] if rss_over else [])
+    return " ".join(parts)
 
 
 def select(rows: Iterable[dict[str, Any]], *, sessions: set[str], pids: set[int], all_: bool, idle: bool,
@@ -174,11 +196,12 @@ def run_ps(args: argparse.Namespace) -> int:
     path = socket_path(args)
     try:
         while True:
-            rows = sort_rows(ask(path, {"op": "list"})["actors"], args.sort)
+            listing = ask(path, {"op": "list"})
+            rows, warm = sort_rows(listing["actors"], args.sort), int(listing.get("warm", 0))
             if args.json:
-                out = json.dumps({"actors": rows}, indent=2)
+                out = json.dumps({"actors": rows, "warm": warm}, indent=2)
             else:
-                out = format_table(rows) if rows else "no actors running"
+                out = format_listing(rows, warm)
             if args.watch:
                 sys.stdout.write("\033[H\033[2J" + time.strftime("%H:%M:%S ") + path.as_posix() + "\n" + out + "\n")
                 sys.stdout.flush()

@@ -8,7 +8,8 @@ logged (``control.refused`` with the peer's pid) and counted. One request per
 connection: a length-framed JSON object in, one framed JSON object out. It is
 served by the supervisor's own loop, so it answers while the front is down or
 restarting. The requests themselves are the supervisor's business
-(``handler``); this module only moves bytes, safely and without blocking.
+(``handler``, which answers through the ``respond`` it is given, at once or
+later); this module only moves bytes, safely and without blocking.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import stat
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+Respond = Callable[[dict[str, Any]], None]
 
 import orjson
 import structlog
@@ -50,23 +53,27 @@ def prepare_runtime_dir(path: Path) -> None:
 
 
 class _Conn:
-    __slots__ = ("sock", "decoder", "out")
+    __slots__ = ("sock", "decoder", "out", "asked")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.decoder = FrameDecoder(MAX_REQUEST)
         self.out = b""
+        self.asked = False  # its request is read: nothing more is read from it
 
 
 class ControlServer:
     """Accept, read one request, answer it, close. Driven by the caller's selector."""
 
-    def __init__(self, path: Path, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, path: Path, handler: Callable[[dict[str, Any], Respond], None],
+                 on_answer: Callable[[int], None]) -> None:
+        """``handler(request, respond)``; ``on_answer(fd)`` once a connection's answer is ready to write."""
         prepare_runtime_dir(path.parent)
         if path.exists() or path.is_symlink():
             path.unlink()  # a stale socket from a server that did not exit cleanly
         self.path = path
         self.handler = handler
+        self.on_answer = on_answer
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -119,40 +126,48 @@ class ControlServer:
                     peer_chain=list(verdict.chain[:8]), not_logged_before=self._unlogged, refused=self.refused)
         self._unlogged = 0
 
-    def on_readable(self, fd: int) -> bool:
-        """Read from a connection; True once its answer is ready to write."""
+    def on_readable(self, fd: int) -> None:
+        """Read from a connection; once its request is whole, hand it to the handler."""
         c = self.conns.get(fd)
         if c is None:
-            return False
+            return
         try:
             data = c.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
-            return False
+            return
         except OSError:
             data = b""
         if not data:
-            self.close(fd)
-            return False
+            self.close(fd)  # the client left, maybe while its answer was being made
+            return
+        if c.asked:
+            return  # one request per connection: the rest is ignored
         try:
             bodies = c.decoder.feed(data)
         except FrameError as exc:
-            bodies, reply = [], {"ok": False, "error": str(exc)}
-            c.out = _frame(reply)
-            return True
+            c.asked = True
+            self._answer(fd, c, {"ok": False, "error": str(exc)})
+            return
         if not bodies:
-            return False
+            return
+        c.asked = True
+        respond = lambda reply: self._answer(fd, c, reply)  # noqa: E731
         try:
             request = orjson.loads(bodies[0])
             if type(request) is not dict:
                 raise ValueError("a request is a JSON object")
-            reply = self.handler(request)
+            self.handler(request, respond)
         except (orjson.JSONDecodeError, ValueError) as exc:
-            reply = {"ok": False, "error": f"bad request: {exc}"}
+            respond({"ok": False, "error": f"bad request: {exc}"})
         except Exception as exc:  # the handler's bug must not take the supervisor down
             log.exception("control.handler_failed")
-            reply = {"ok": False, "error": f"internal error: {exc}"}
+            respond({"ok": False, "error": f"internal error: {exc}"})
+
+    def _answer(self, fd: int, c: _Conn, reply: dict[str, Any]) -> None:
+        if self.conns.get(fd) is not c or c.out:
+            return  # the client left (its descriptor may be another connection's by now), or answered
         c.out = _frame(reply)
-        return True
+        self.on_answer(fd)
 
     def on_writable(self, fd: int) -> bool:
         """Write the answer; True when done (the connection is then closed)."""

@@ -138,7 +138,7 @@ class Supervisor:
             signal.signal(sig, self._queue_signal)
         self.sel.register(rsock, selectors.EVENT_READ, self._drain_wakeup)
         if self.hooks.control_path is not None:
-            self.control = ControlServer(self.hooks.control_path, self.ops.handle)
+            self.control = ControlServer(self.hooks.control_path, self.ops.request, self._on_control_answer)
             self.sel.register(self.control.sock, selectors.EVENT_READ, self._on_control_accept)
         if self._zygote_off is None:
             self._zygote_off = zygote.unsupported_reason()
@@ -209,14 +209,19 @@ class Supervisor:
             fd = conn.fileno()
             self.sel.register(conn, selectors.EVENT_READ, lambda mask, fd=fd: self._on_control_conn(fd, mask))
 
+    def _on_control_answer(self, fd: int) -> None:
+        """A control connection's answer is ready (now, or later for a ``list``): write it."""
+        sock = self.control.socket_of(fd) if self.control is not None else None
+        if sock is not None:
+            self.sel.modify(sock, selectors.EVENT_WRITE, lambda mask, fd=fd: self._on_control_conn(fd, mask))
+
     def _on_control_conn(self, fd: int, mask: int) -> None:
         assert self.control is not None
         sock = self.control.socket_of(fd)
         if sock is None:
             return
         if mask & selectors.EVENT_READ:
-            if self.control.on_readable(fd):
-                self.sel.modify(sock, selectors.EVENT_WRITE, lambda mask, fd=fd: self._on_control_conn(fd, mask))
+            self.control.on_readable(fd)
         if mask & selectors.EVENT_WRITE:
             self.control.on_writable(fd)
         if self.control.socket_of(fd) is None:
@@ -293,6 +298,7 @@ class Supervisor:
             self.sel.unregister(self.front_chan.sock)
             self.front_chan.close()
             self.front_chan = None
+            self.ops.front_gone()
 
     def _on_front_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -309,8 +315,9 @@ class Supervisor:
         elif op == "status":
             self.ops.on_front_status(msg.get("actors") or {})
         elif op == "control":
-            reply = self.ops.handle(msg.get("request") or {})
-            self._send_front({"op": "control_reply", "req": msg.get("req"), "reply": reply})
+            req = msg.get("req")
+            self.ops.request(msg.get("request") or {},
+                             lambda reply: self._send_front({"op": "control_reply", "req": req, "reply": reply}))
         else:
             log.warning("supervisor.unknown_op", op=op)
 

@@ -130,3 +130,77 @@ async def test_each_process_has_a_title_that_follows_the_actors_state(make_serve
     wait_for(lambda: title(pid) == f"navi-actor: actor {sid} idle", 10, "the idle title")
     assert comm(pid) == "navi-actor"
     await ws.close()
+
+
+# ── ps, /healthz and /metrics ───────────────────────────────────────────────
+
+
+def ps(server, *args: str) -> subprocess.CompletedProcess[str]:
+    return script("navi-ps", "--data-dir", str(server.data_dir), *args)
+
+
+async def scrape(c) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with c.http.get(c.server.url + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_ps_shows_the_state_as_of_the_moment_of_asking(make_server, client):
+    """Half a second into a turn on a fresh actor, ps says running, with the events streamed so far, and that
+    its state is 0 s old (the front is asked, not its report of up to a second ago)."""
+    server = make_server("tests.agents:scripted", args=["--warm-actors", "0"])
+    c = client(server)
+    sid, ws = await c.open_session()
+    await ws.send_json({"type": "message", "content": "slow 500 0.02"})
+    seen = await receive_until(ws, lambda e: e["type"] == "stream_delta" and e["delta"] == "w4 ")
+    out = ps(server, "--json")
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)["actors"]
+    assert row["session_id"] == sid and row["state"] == "running" and row["state_age"] == 0.0, row
+    assert row["events"] >= len([e for e in seen if e["type"] == "stream_delta"])
+    await ws.close()
+
+
+def test_ps_says_how_old_a_state_is_when_the_front_could_not_answer():
+    """The table shows a state older than 2 s with its age (the front was down or slow)."""
+    from navi_actor.ops import format_listing
+
+    row = {"session_id": "s1", "pid": 7, "state": "running", "state_age": 12.0, "run_id": "r" * 32,
+           "turn_age": 30.0, "events": 3, "viewers": 1, "rss": 1 << 20, "cpu_percent": 0.0}
+    table = format_listing([row, {**row, "session_id": "s2", "state_age": 0.0}], 2)
+    assert "running (12s ago)" in table and table.count("ago") == 1
+    assert table.endswith("(+ 2 warm actors ready for new sessions)")
+    assert format_listing([], 1) == "no actors with a session; 1 warm actor ready for new sessions"
+
+
+async def test_healthz_metrics_and_ps_count_the_same_actors(make_server, client):
+    """Two warm actors and one idle session actor: /healthz says actors 3, warm 2; /metrics' navi_actors sum to 3
+    with warm 2 and idle 1; ps lists the one session and the two warm ones."""
+    server = make_server("tests.agents:scripted", args=["--warm-actors", "2"])
+    c = client(server)
+    _, ws = await c.open_session()
+    assert text_of(await run_turn(ws, "hello")) == "hello "
+
+    async def health() -> dict[str, Any]:
+        async with c.http.get(server.url + "/healthz") as r:
+            assert r.status == 200
+            return await r.json()
+
+    deadline = time.monotonic() + 10
+    while (body := await health())["warm"] != 2:  # the pool is refilled REFILL_DELAY after a turn took one
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.02)
+    assert (body["actors"], body["warm"], body["runs"]) == (3, 2, 0), body
+    m = await scrape(c)
+    states = {labels[0][1]: v for (name, labels), v in m.items() if name == "navi_actors"}
+    assert sum(states.values()) == 3 and states["warm"] == 2 and states["idle"] == 1, states
+    listing = json.loads(ps(server, "--json").stdout)
+    assert [r["state"] for r in listing["actors"]] == ["idle"] and listing["warm"] == 2
+    assert ps(server).stdout.rstrip().endswith("(+ 2 warm actors ready for new sessions)")
+    async with c.http.get(server.url + "/runs") as r:
+        assert (await r.json())["warm"] == 2
+    await ws.close()

@@ -196,12 +196,19 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """``actors``: every actor process alive, warm ones included; ``warm``: those with no session yet
+    (the supervisor's counts, as in ``navi-actor ps`` and ``/metrics``; null if it does not answer in 1 s)."""
     rt = request.app[RUNTIME]
+    try:
+        sup = await rt.control({"op": "status"}, timeout=1.0)
+    except (TimeoutError, ConnectionError):
+        sup = {}
     return _json(
         {
             "ok": not rt.shutting_down,
             "shutting_down": rt.shutting_down,
-            "actors": len(rt.actors_by_id),
+            "actors": sup.get("actors"),
+            "warm": sup.get("warm"),
             "runs": len(rt.runs),
             "viewers": sum(len(v) for v in rt.viewers.values()),
         }
@@ -293,7 +300,7 @@ async def _ask_supervisor(rt: Runtime, request: dict[str, Any]) -> dict[str, Any
 async def list_runs(request: web.Request) -> web.Response:
     """The same rows as ``navi-actor ps --json``."""
     reply = await _ask_supervisor(request.app[RUNTIME], {"op": "list"})
-    return _json({"actors": reply.get("actors", [])})
+    return _json({"actors": reply.get("actors", []), "warm": reply.get("warm", 0)})
 
 
 async def kill_run(request: web.Request) -> web.Response:
@@ -314,10 +321,10 @@ async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     try:
         state = await rt.control({"op": "status"}, timeout=2.0)
-        rows = (await rt.control({"op": "list"}, timeout=2.0)).get("actors", [])
+        listing = await rt.control({"op": "list"}, timeout=2.0)
     except TimeoutError:
-        state, rows = {}, []
-    body = rt.metrics.render(state, rows)
+        state, listing = {}, {}
+    body = rt.metrics.render(state, listing)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

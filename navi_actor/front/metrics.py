@@ -40,14 +40,17 @@ class Metrics:
         )
         self.supervisor: dict[str, Any] = {}
         self.actor_rows: list[dict[str, Any]] = []
+        self.warm = 0
         self._runtime: Runtime | None = None
         r.register(_Live(self))
 
     def bind(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def render(self, supervisor: dict[str, Any], rows: list[dict[str, Any]]) -> bytes:
-        self.supervisor, self.actor_rows = supervisor, rows
+    def render(self, supervisor: dict[str, Any], listing: dict[str, Any]) -> bytes:
+        """``supervisor``: its ``status``; ``listing``: its ``list`` (rows of actors with a session, and ``warm``)."""
+        self.supervisor, self.actor_rows = supervisor, listing.get("actors", [])
+        self.warm = int(listing.get("warm", supervisor.get("warm", 0)))
         return generate_latest(self.registry)
 
 
@@ -78,11 +81,13 @@ class _Live(Collector):
                                       value=sq.batches)
             yield CounterMetricFamily("navi_store_calls", "Store calls, grouped into those batches",
                                       value=sq.calls)
-        by_state = GaugeMetricFamily("navi_actors", "Actor processes, by state", labels=["state"])
+        by_state = GaugeMetricFamily(
+            "navi_actors", "Actor processes alive, by state: warm (no session yet), then starting, idle, running "
+            "and stopping; their sum is /healthz's actors", labels=["state"])
         counts: dict[str, int] = {s: 0 for s in ("starting", "running", "idle", "stopping")}
         for row in self.m.actor_rows:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
-        counts["warm"] = int(self.m.supervisor.get("warm", 0))
+        counts["warm"] = self.m.warm
         for state, n in counts.items():
             by_state.add_metric([state], n)
         yield by_state

@@ -527,6 +527,13 @@ class Runtime:
             actor = self.actors_by_id.get(msg["actor_id"])
             if actor is not None:
                 actor.note_exit(msg)
+        elif op == "status_request":  # an operator lists actors: answer as of now
+            self.push_status()
+        elif op == "operator_stop":
+            actor = self.actors_by_id.get(msg.get("actor_id"))
+            run = actor.run if actor is not None else None
+            if run is not None and run.operator_stop_at is None:
+                run.operator_stop_at = time.monotonic()
         elif op == "control_reply":
             waiter = self._control_waiting.pop(msg.get("req"), None)
             if waiter is not None and not waiter.done():
@@ -551,8 +558,10 @@ class Runtime:
     def push_status(self) -> None:
         """Tell the supervisor what only the front knows of each actor (for ops tools).
 
-        Once a second, from the ticker: its size grows with the actors, so it is
-        not sent per turn (with thousands of actors that made turns quadratic).
+        When the supervisor asks (an operator lists actors), and once a second
+        from the ticker, for lists made while the front cannot answer: its size
+        grows with the actors, so it is not sent per turn (with thousands of
+        actors that made turns quadratic).
         """
         actors = {}
         for actor in self.actors_by_id.values():
