@@ -192,6 +192,8 @@ class Operations:
         if actor.pid in self._ladders:
             return {**row, "outcome": "already stopping"}
         reason = {"code": KILLED_BY_OPERATOR, "message": "The turn was stopped by an operator."}
+        # The front times every stop from its request (navi_stop_seconds): tell it first.
+        self.sup._send_front({"op": "operator_stop", "actor_id": actor.actor_id})
         try:
             actor.lifeline.send(orjson.dumps({"op": "stop", "reason": reason}))
         except ChannelClosed:

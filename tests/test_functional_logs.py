@@ -204,3 +204,21 @@ async def test_healthz_metrics_and_ps_count_the_same_actors(make_server, client)
     async with c.http.get(server.url + "/runs") as r:
         assert (await r.json())["warm"] == 2
     await ws.close()
+
+
+async def test_every_stop_is_timed(make_server, client):
+    """A user's stop and two operators' stops: navi_stops_total counts 3, and navi_stop_seconds has 3 samples."""
+    server = make_server("tests.agents:scripted", args=LADDER)
+    c = client(server)
+    sid, ws = await c.busy_session()
+    await c.stop(sid)
+    assert (await receive_until(ws, lambda e: e["type"] in FINAL_TYPES))[-1]["type"] == "stream_stopped"
+    for _ in range(2):
+        sid, ws = await c.busy_session()
+        out = script("navi-kill", "--data-dir", str(server.data_dir), sid)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert (await receive_until(ws, lambda e: e["type"] in FINAL_TYPES))[-1]["type"] == "stream_stopped"
+    m = await scrape(c)
+    stops = sum(v for (name, _), v in m.items() if name == "navi_stops_total")
+    assert stops == 3 and m[("navi_stop_seconds_count", ())] == 3, m
+    assert 0 < m[("navi_stop_seconds_sum", ())] < 3 * 10

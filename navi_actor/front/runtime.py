@@ -55,6 +55,7 @@ class Run:
         self.last_event_at = self.started_at
         self.events = 0
         self.stop_requested_at: float | None = None
+        self.operator_stop_at: float | None = None  # when the supervisor said an operator stops it
         self.stop_step: str | None = None
         self.stop_reason: dict[str, str] | None = None  # set when a limit, not the user, stopped it
         self.ladder: list[asyncio.TimerHandle] = []
@@ -328,10 +329,10 @@ class Runtime:
         run.broadcast(orjson.dumps(final), final["seq"])
         now = time.monotonic()
         self.metrics.turns.labels(result["status"]).inc()
-        if final["type"] == "stream_stopped":
+        if final["type"] == "stream_stopped":  # every stop counted is timed, from its first request
             self.metrics.stops.labels(final.get("stop_step", "event")).inc()
-        if run.stop_requested_at is not None:
-            self.metrics.stop_latency.observe(now - run.stop_requested_at)
+            asked = min((t for t in (run.stop_requested_at, run.operator_stop_at) if t is not None), default=None)
+            self.metrics.stop_latency.observe(now - asked if asked is not None else 0.0)  # 0: the agent stopped itself
         log.info(
             "front.turn_end", session_id=run.session_id, run_id=run.run_id, outcome=result["status"],
             seconds=round(time.monotonic() - run.started_at, 3), stop_step=final.get("stop_step"),
