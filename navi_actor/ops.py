@@ -175,16 +175,17 @@ def kill_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.description = (
         "End runs: by default the stop ladder (the agent is asked to stop, then SIGTERM, then SIGKILL to its "
         "process group); --force sends SIGKILL at once. Viewers are told (code killed_by_operator). "
-        "Exit 0 when every target ended, 1 when some did not, 2 on usage errors."
+        "Exit 0 when every target ended; 1 when some did not, or nothing named or filtered was found; "
+        "2 on usage errors."
     )
     _common(parser)
     parser.add_argument("sessions", nargs="*", metavar="SESSION_ID", help="sessions whose actors to end")
     parser.add_argument("--pid", type=int, action="append", default=[], help="an actor's pid (repeatable)")
     parser.add_argument("--all", action="store_true", help="every actor")
     parser.add_argument("--idle", action="store_true", help="actors with no running turn")
-    parser.add_argument("--older-than", type=parse_duration, metavar="DURATION",
+    parser.add_argument("--older-than", type=_duration_arg, metavar="DURATION",
                         help="turns running longer than DURATION (e.g. 10m)")
-    parser.add_argument("--rss-over", type=parse_size, metavar="SIZE", help="actors using more memory (e.g. 2G)")
+    parser.add_argument("--rss-over", type=_size_arg, metavar="SIZE", help="actors using more memory (e.g. 2G)")
     parser.add_argument("--force", action="store_true", help="SIGKILL the actor's process group now")
     parser.add_argument("--dry-run", action="store_true", help="show what would be hit, do nothing")
     parser.add_argument("--timeout", type=float, default=None,
@@ -234,13 +235,17 @@ def run_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"{sid}  -  not found")
         for pid in sorted(missing_pids):
             print(f"-  {pid}  not found")
+        filters = describe_filters(all_=args.all, idle=args.idle, older_than=_typed(args, "older_than"),
+                                   rss_over=_typed(args, "rss_over"))
+        if not targets and filters:
+            print(f"no actor matches {filters} ({len(rows)} with a session)")
         if args.dry_run:
             for t in targets:
                 print(f"{t['session_id']}  {t['pid']}  would {'kill' if args.force else 'stop'} "
                       f"({t['state']}, run {t.get('run_id') or '-'})")
-            return 0 if not (missing or missing_pids) else 1
+            return 0 if targets and not (missing or missing_pids) else 1
         if not targets:
-            return 1 if (missing or missing_pids) else 0
+            return 1  # nothing named was found, and no filter matched
         limits = ask(path, {"op": "status"})["limits"]
         timeout = args.timeout if args.timeout is not None else limits["term_after"] + limits["kill_after"] + 3
         op = "kill" if args.force else "stop"
@@ -257,6 +262,35 @@ def run_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except NoServer as exc:
         print(f"navi-actor kill: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _typed(args: argparse.Namespace, name: str) -> str | None:
+    """What the operator typed for an option (``10m``, not 600.0), for messages."""
+    value = getattr(args, name)
+    return None if value is None else getattr(value, "text", str(value))
+
+
+class _Seconds(float):
+    text: str
+
+
+class _Bytes(int):
+    text: str
+
+
+def _duration_arg(text: str) -> _Seconds:
+    value = _Seconds(parse_duration(text))
+    value.text = text.strip()
+    return value
+
+
+def _size_arg(text: str) -> _Bytes:
+    value = _Bytes(parse_size(text))
+    value.text = text.strip()
+    return value
+
+
+_duration_arg.__name__, _size_arg.__name__ = "duration", "size"  # argparse's "invalid duration value: ..."
 
 
 def main_ps(argv: list[str] | None = None) -> int:

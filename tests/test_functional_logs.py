@@ -222,3 +222,31 @@ async def test_every_stop_is_timed(make_server, client):
     stops = sum(v for (name, _), v in m.items() if name == "navi_stops_total")
     assert stops == 3 and m[("navi_stop_seconds_count", ())] == 3, m
     assert 0 < m[("navi_stop_seconds_sum", ())] < 3 * 10
+
+
+# ── the command line ────────────────────────────────────────────────────────
+
+
+async def test_kill_says_when_no_actor_matches_and_fails(make_server, client):
+    """kill --older-than 10m (or --idle) with nothing that old says so and exits 1, as an unknown session does;
+    the running turn is untouched."""
+    server = make_server("tests.agents:scripted")
+    c = client(server)
+    sid, ws = await c.busy_session()
+    out = script("navi-kill", "--data-dir", str(server.data_dir), "--older-than", "10m")
+    assert (out.returncode, out.stdout) == (1, "no actor matches --older-than 10m (1 with a session)\n"), out
+    out = script("navi-kill", "--data-dir", str(server.data_dir), "--idle", "--dry-run")
+    assert (out.returncode, out.stdout) == (1, "no actor matches --idle (1 with a session)\n"), out
+    out = script("navi-kill", "--data-dir", str(server.data_dir), "f" * 32)
+    assert (out.returncode, out.stdout) == (1, f"{'f' * 32}  -  not found\n"), out
+    assert (await receive_until(ws, lambda e: e["type"] == "stream_delta"))  # still streaming
+    await ws.close()
+
+
+def test_help_says_none_for_empty_defaults():
+    """serve --help shows (none), never "default ]", for options whose default is empty."""
+    text = subprocess.run([sys.executable, "-m", "navi_actor", "serve", "--help"], capture_output=True, text=True,
+                          cwd=ROOT, check=True).stdout
+    text = " ".join(text.split())  # argparse wraps lines where it likes
+    assert "default ]" not in text and "NAVI_TOKENS_FILE; default (none)]" in text
+    assert "NAVI_ALLOWED_ORIGINS; default (none)]" in text
