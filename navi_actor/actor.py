@@ -150,9 +150,12 @@ class Actor:
         self.sandbox_error: str | None = None  # why the sandbox failed at the actor's start
         self._pending_turn: dict[str, Any] | None = None
 
+    titled = True  # False for prewarm's rehearsal: the template process keeps its own title
+
     def _title(self, state: str) -> None:
         """``navi-actor: actor SESSION STATE`` in ps/top: on state changes only (warm, idle, running, stopping, exiting)."""
-        proctitle.set_title(proctitle.actor_title(self.session_id, state), comm=b"navi-actor")
+        if self.titled:
+            proctitle.set_title(proctitle.actor_title(self.session_id, state), comm=b"navi-actor")
 
     async def serve(self) -> int:
         self._title("idle" if self.session_id else "warm")
@@ -751,6 +754,7 @@ def prewarm(log_format: str = "auto") -> int:
         ours.setblocking(False)
         spec = AgentSpec("rehearsal", "navi_actor.actor:_rehearsal_agent", _rehearsal_agent, True)
         actor = Actor(spec, Config(), "rehearsal", "rehearsal", theirs)
+        actor.titled = False
         serving = asyncio.ensure_future(actor.serve())
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         decoder = framing.FrameDecoder(framing.MAX_ACTOR_FRAME)

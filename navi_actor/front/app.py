@@ -322,7 +322,7 @@ async def metrics(request: web.Request) -> web.Response:
     try:
         state = await rt.control({"op": "status"}, timeout=2.0)
         listing = await rt.control({"op": "list"}, timeout=2.0)
-    except TimeoutError:
+    except (TimeoutError, ConnectionError):
         state, listing = {}, {}
     body = rt.metrics.render(state, listing)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

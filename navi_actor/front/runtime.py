@@ -545,7 +545,12 @@ class Runtime:
             self.retire_all()
 
     async def control(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-        """Ask the supervisor (list, status, stop, kill) and wait for its answer."""
+        """Ask the supervisor (list, status, stop, kill) and wait for its answer.
+
+        Raises TimeoutError, or ConnectionError when the supervisor is gone.
+        """
+        if self.link.closed:
+            raise ConnectionError("the supervisor is gone")
         self._control_seq += 1
         req = self._control_seq
         waiter: asyncio.Future[dict[str, Any]] = self.loop.create_future()
