@@ -46,8 +46,11 @@ class Verdict:
 
 def read_ppid(pid: int) -> int:
     """The parent pid of ``pid`` from ``/proc/PID/stat``. Raises OSError if it is gone."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
+    fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ")" ends it
     try:
         return int(data[data.rindex(b")") + 2:].split(None, 2)[1])
@@ -55,15 +58,18 @@ def read_ppid(pid: int) -> int:
         raise OSError(errno.EIO, f"/proc/{pid}/stat is unreadable: {data[:80]!r}") from None
 
 
-def ancestry(pid: int, read: PpidReader = read_ppid) -> tuple[int, ...]:
-    """``pid`` and its ancestors up to a process whose parent is 0 (init, or outside our pid namespace).
+def ancestry(pid: int, read: PpidReader = read_ppid, stop_at: int = 0) -> tuple[int, ...]:
+    """``pid`` and its ancestors up to a process whose parent is 0 (init, or outside our pid
+    namespace), or up to ``stop_at``.
 
     Raises OSError when a process of the chain is gone before it is read.
     """
     chain = [pid]
     while len(chain) <= MAX_DEPTH:
         parent = read(chain[-1])
-        if parent <= 0:
+        if parent <= 0 or parent == stop_at:
+            if parent == stop_at:
+                chain.append(parent)
             return tuple(chain)
         if parent in chain:
             raise OSError(errno.ELOOP, f"parent chain loops at {parent}")
@@ -85,7 +91,9 @@ def judge(pid: int, uid: int, own_uid: int, own_pid: int, read: PpidReader = rea
     if not alive():
         return Verdict(False, pid, uid, "the peer exited before the check")
     try:
-        chain = ancestry(pid, read)
+        chain = ancestry(pid, read, stop_at=own_pid)
+        if own_pid in chain[1:]:  # refused: no need to read further, nor to read it again
+            return Verdict(False, pid, uid, "a process the server started (an actor or its child)", chain)
         # Read again: a link that changed means a process of the chain exited meanwhile,
         # and a pid read after that may belong to another process.
         for child, parent in zip(chain, chain[1:]):
@@ -95,8 +103,6 @@ def judge(pid: int, uid: int, own_uid: int, own_pid: int, read: PpidReader = rea
         return Verdict(False, pid, uid, f"the peer's process chain could not be read: {exc.strerror or exc}")
     if not alive():
         return Verdict(False, pid, uid, "the peer exited during the check", chain)
-    if own_pid in chain[1:]:
-        return Verdict(False, pid, uid, "a process the server started (an actor or its child)", chain)
     return Verdict(True, pid, uid, "", chain)
 
 

@@ -62,7 +62,7 @@ def test_the_peer_check_reads_the_chain_and_refuses_our_descendants():
     re-parented link refused, and a peer that exited during the check refused."""
     tree = {50: 40, 40: 30, 30: 1, 1: 0, 60: 1}  # 30 is the supervisor; 60 is an operator's shell
     assert peers.judge(50, 7, 7, 30, tree.__getitem__).allowed is False
-    assert peers.judge(50, 7, 7, 30, tree.__getitem__).chain == (50, 40, 30, 1)
+    assert peers.judge(50, 7, 7, 30, tree.__getitem__).chain == (50, 40, 30)  # read no further up
     assert peers.judge(60, 7, 7, 30, tree.__getitem__).allowed is True
     assert peers.judge(60, 8, 7, 30, tree.__getitem__).reason.startswith("uid 8")
     assert peers.judge(60, 7, 7, 30, tree.__getitem__, alive=lambda: False).reason == "the peer exited before the check"
