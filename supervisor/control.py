@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-Respond = Callable[[dict[str, Any]], None]
-
 import orjson
 import structlog
 
 from navi_actor.framing import HEADER, FrameDecoder, FrameError
 from supervisor import peers
+
+Respond = Callable[[dict[str, Any]], None]
 
 log = structlog.get_logger("navi.supervisor.control")
 

@@ -13,7 +13,7 @@ What the counts count, the same in ``status``, ``/healthz``, ``/metrics`` and
 ``navi-actor ps``: ``actors`` is every actor process alive (forked and not yet
 reaped), warm ones included; ``warm`` those of them with no session yet; the
 others have a session and are in one of the states ``starting`` (no hello to
-the front yet), ``idle``, ``running`` or ``stopping`` (``by_state``).
+the front yet), ``idle``, ``running`` or ``stopping``.
 
 An operator's stop goes to the actor over its lifeline (no front needed),
 then climbs the same ladder as a user's stop: SIGTERM to the actor's process

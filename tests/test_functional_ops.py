@@ -157,7 +157,7 @@ async def test_metrics_count_crashes_and_stops(make_server, client):
     await receive_until(ws, lambda e: e["type"] == "stream_delta")
     await c.stop(sid)
     await receive_until(ws, lambda e: e["type"] in FINAL_TYPES)
-    deadline = time.monotonic() + 10  # actor states reach the supervisor once a second
+    deadline = time.monotonic() + 10  # the front records the turn's end after its store write
     while (after := await scrape()).get(("navi_actors", (("state", "idle"),)), 0) < 1:
         assert time.monotonic() < deadline, "the idle actor never showed in navi_actors"
         await asyncio.sleep(0.05)
