@@ -47,6 +47,7 @@ from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
 from navi_actor.replay import EndedTurn, ReplayBuffer
 from navi_actor.sandbox import policy
 from navi_actor.turn import Turn, current_stop_event
+from supervisor import proctitle
 
 EXIT_OK = 0
 EXIT_AGENT_FAILED = 3  # the agent factory raised: the supervisor must not respawn in a loop
@@ -155,7 +156,15 @@ class Actor:
         self.sandbox_error: str | None = None  # why the sandbox failed at the actor's start
         self._pending_turn: dict[str, Any] | None = None
 
+    titled = True  # False for prewarm's rehearsal: the template process keeps its own title
+
+    def _title(self, state: str) -> None:
+        """``navi-actor: actor SESSION STATE`` in ps/top: on state changes only (warm, idle, running, stopping, exiting)."""
+        if self.titled:
+            proctitle.set_title(proctitle.actor_title(self.session_id, state), comm=b"navi-actor")
+
     async def serve(self) -> int:
+        self._title("idle" if self.session_id else "warm")
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.finished = loop.create_future()
@@ -319,6 +328,7 @@ class Actor:
                     self.loop.call_soon(_give_back_memory)
         elif op == "shutdown":
             self._closing = True
+            self._title("exiting" if self.run is None else "stopping")
             if self.run is None:
                 self._finish(EXIT_OK)
             else:
@@ -331,9 +341,13 @@ class Actor:
 
         Runs on the loop (a warm actor reads its lifeline there), while the
         actor is still single-threaded; its lifeline thread starts after.
+        From now on every line of this process carries the assigned id, as the
+        supervisor's and the front's do; this line also names the warm one.
         """
-        self.actor_id, self.session_id = actor_id, session_id
-        log.info("actor.assigned", actor_id=actor_id, session_id=session_id)
+        warm_id, self.actor_id, self.session_id = self.actor_id, actor_id, session_id
+        logs.bind_process(actor_id=actor_id, session_id=session_id, warm_id=None)
+        log.info("actor.assigned", warm_id=warm_id)
+        self._title("running" if self.run is not None else "idle")
         if self.confined:
             return
         try:
@@ -366,6 +380,7 @@ class Actor:
         """An operator's stop, by the supervisor: stop the turn, then exit once it is saved."""
         log.info("actor.operator_stop", run_id=self.run.run_id if self.run else None)
         self._closing = True
+        self._title("exiting" if self.run is None else "stopping")
         if self.run is None:
             self._finish(EXIT_OK)
         else:
@@ -407,6 +422,7 @@ class Actor:
             upload_dir=t.get("upload_dir") or "",
         )
         self.run = run
+        self._title("running")
         run.task = self.loop.create_task(self._drive(run, turn))
 
     async def _drive(self, run: _Run, turn: Turn) -> None:
@@ -538,6 +554,7 @@ class Actor:
             "error_code": err_code,
         }
         run.done = True
+        self._title("exiting" if self._closing else "idle")
         log.info(
             "actor.turn_end", run_id=run.run_id, status=status, events=len(run.buffer),
             elapsed=elapsed,
@@ -555,6 +572,7 @@ class Actor:
             run.stop_reason = reason
         if not run.stop_event.is_set():
             log.info("actor.stop", run_id=run_id)
+            self._title("stopping")
             run.stop_event.set()
             run.grace_timer = self.loop.call_later(self.config.stop_grace, self._cancel, run)
 
@@ -707,10 +725,10 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
     """Entry point in the forked actor process; returns its exit code."""
     import uvloop
 
-    logs.rebind("actor")  # the supervisor configured logging before forking us
-    structlog.contextvars.bind_contextvars(actor_id=actor_id)
-    if session_id:
-        structlog.contextvars.bind_contextvars(session_id=session_id)
+    # The supervisor configured logging before forking us. A warm actor (no session yet)
+    # is named warm_id until it is assigned, then actor_id like every other line of it.
+    logs.rebind("actor", **({"actor_id": actor_id, "session_id": session_id} if session_id
+                            else {"warm_id": actor_id}))
     logs.get().info("actor.spawned", warm=not session_id)
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
@@ -780,6 +798,7 @@ def prewarm(log_format: str = "auto") -> int:
         ours.setblocking(False)
         spec = AgentSpec("rehearsal", "navi_actor.actor:_rehearsal_agent", _rehearsal_agent, True)
         actor = Actor(spec, Config(), "rehearsal", "rehearsal", theirs)
+        actor.titled = False
         serving = asyncio.ensure_future(actor.serve())
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         decoder = framing.FrameDecoder(framing.MAX_ACTOR_FRAME)

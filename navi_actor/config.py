@@ -391,6 +391,11 @@ class Config:
         return Path(self.data_dir).resolve()
 
 
+def _shown(default: Any) -> str:
+    """A default as ``--help`` shows it: ``(none)`` for an empty one."""
+    return "(none)" if default is None or default == "" or default == () else str(default)
+
+
 def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
     """Add every option to ``parser``, its default taken from the environment."""
     env = os.environ if environ is None else environ
@@ -435,7 +440,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
                 dest=opt.name,
                 action="store_true",
                 default=default,
-                help=f"{opt.help} [env {opt.env}; default {opt.default}]",
+                help=f"{opt.help} [env {opt.env}; default {_shown(opt.default)}]",
             )
             continue
         parser.add_argument(
@@ -445,7 +450,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | Non
             default=default,
             choices=opt.choices,
             metavar=None if opt.choices else opt.name.upper(),
-            help=f"{opt.help} [env {opt.env}; default {opt.default}]",
+            help=f"{opt.help} [env {opt.env}; default {_shown(opt.default)}]",
         )
 
 

@@ -9,6 +9,16 @@ the code that logs, so a full disk cannot take a process down through its
 logs. After a dropped line, a process starts its next line with a newline,
 so that a line cut short by the full disk (its own or another process's)
 does not swallow it; this may leave a blank line.
+
+``role`` and ``pid`` (and, in an actor, ``actor_id`` and ``session_id``) are
+the process's, not a context variable's: a context variable does not reach a
+thread (the actor's lifeline reader) nor a callback it schedules with
+``call_soon_threadsafe``, and each asyncio task holds a copy of the context
+it was created in, so a value bound later would not reach it. They are kept
+in one dict that every line reads (:func:`bind_process`), whatever thread or
+task logs it. A value given to the call itself wins, then the process's, then
+context variables (a turn's ``run_id``). ``pid`` is refreshed in every forked
+child, however it was forked.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TextIO
+from typing import Any, MutableMapping, TextIO
 
 import structlog
 
@@ -69,6 +79,22 @@ class _LineSink:
 
     def flush(self) -> None:
         pass
+_process: dict[str, Any] = {}
+
+
+def _add_process_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in _process.items():
+        if key not in event_dict:
+            event_dict[key] = value
+    return event_dict
+
+
+def _after_fork() -> None:
+    if _process:
+        _process["pid"] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def configure(role: str, log_format: str = "auto", file: TextIO | None = None) -> None:
@@ -83,6 +109,7 @@ def configure(role: str, log_format: str = "auto", file: TextIO | None = None) -
     structlog.reset_defaults()
     structlog.configure(
         processors=[
+            _add_process_fields,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -94,19 +121,34 @@ def configure(role: str, log_format: str = "auto", file: TextIO | None = None) -
             file=_LineSink(sys.stderr if file is None else file)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(role=role, pid=os.getpid())
+    rebind(role)
 
 
 def get(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger(name)
 
 
-def rebind(role: str) -> None:
-    """In a forked child of a configured process: same output, new role and pid.
+def rebind(role: str, **fields: Any) -> None:
+    """In a forked child of a configured process: same output, new role and pid (and ``fields``).
 
     Cheaper than :func:`configure` (no new processor objects), which matters
     for actors: everything a child allocates is memory of its own.
     """
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(role=role, pid=os.getpid())
+    _process.clear()
+    _process.update(role=role, pid=os.getpid())
+    bind_process(**fields)
+
+
+def bind_process(**fields: Any) -> None:
+    """Tag every later line of this process, from any thread or task; a value of None removes the tag."""
+    for key, value in fields.items():
+        if value is None:
+            _process.pop(key, None)
+        else:
+            _process[key] = value
+
+
+def process_fields() -> dict[str, Any]:
+    """What :func:`bind_process` holds now (a copy)."""
+    return dict(_process)

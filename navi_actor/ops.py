@@ -1,8 +1,11 @@
 """``navi-actor ps`` and ``navi-actor kill``: see and end what runs, from a shell.
 
 Both talk to the supervisor's control socket (``DATA_DIR/run/control.sock``),
-so they work while the front is down. Exit codes: 0 success; 1 (kill) some
-targets did not end; 2 usage error or no server running there.
+so they work while the front is down. A row's state is the front's as of the
+moment of asking; when the front cannot answer, its last report, and the
+table says how old (``running (12s ago)``). Exit codes: 0 success; 1 (kill)
+some targets did not end, or none matched; 2 usage error or no server
+running there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from supervisor.control import SOCKET_NAME, request, runtime_dir
 COLUMNS = ("session_id", "pid", "state", "run_id", "turn_age", "events", "viewers", "rss", "cpu_percent", "owner")
 HEADERS = ("SESSION", "PID", "STATE", "RUN", "AGE", "EVENTS", "VIEWERS", "RSS", "CPU%", "OWNER")
 EXIT_USAGE = 2
+STALE_AFTER = 2.0  # seconds: an older state is shown with its age
 
 
 class NoServer(Exception):
@@ -80,13 +84,31 @@ def sort_rows(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     cells = [HEADERS]
     for r in rows:
+        state, age = r["state"], r.get("state_age")
+        if age is not None and age >= STALE_AFTER:
+            state = f"{state} ({human_age(age)} ago)"
         cells.append((
-            r["session_id"], str(r["pid"]), r["state"], (r.get("run_id") or "-")[:12], human_age(r.get("turn_age")),
+            r["session_id"], str(r["pid"]), state, (r.get("run_id") or "-")[:12], human_age(r.get("turn_age")),
             str(r.get("events", 0)), str(r.get("viewers", 0)), human_size(r.get("rss", 0)),
             f"{r.get('cpu_percent', 0.0):.1f}", r.get("owner") or "-",
         ))
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def format_listing(rows: list[dict[str, Any]], warm: int) -> str:
+    """The table of actors with a session, and a line for the warm ones (started ahead, no session yet)."""
+    ready = f"{warm} warm actor{'' if warm == 1 else 's'} ready for new sessions"
+    if not rows:
+        return f"no actors with a session; {ready}"
+    return format_table(rows) + f"\n(+ {ready})"
+
+
+def describe_filters(*, all_: bool, idle: bool, older_than: str | None, rss_over: str | None) -> str:
+    """The filters of a kill, as the operator typed them (for "no actor matches ...")."""
+    parts = (["--all"] if all_ else []) + (["--idle"] if idle else []) + \
+        ([f"--older-than {older_than}"] if older_than else []) + ([f"--rss-over {rss_over}"] if rss_over else [])
+    return " ".join(parts)
 
 
 def select(rows: Iterable[dict[str, Any]], *, sessions: set[str], pids: set[int], all_: bool, idle: bool,
@@ -126,6 +148,8 @@ def ask(path: Path, message: dict[str, Any]) -> dict[str, Any]:
         raise NoServer(f"no navi-actor server answers at {path} (a stale socket?)") from None
     except OSError as exc:
         raise NoServer(f"cannot talk to the server at {path}: {exc}") from None
+    if reply.get("code") == "control_refused":
+        raise NoServer(str(reply.get("error")))
     if not reply.get("ok"):
         raise NoServer(f"the server refused: {reply.get('error')}")
     return reply
@@ -151,16 +175,17 @@ def kill_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.description = (
         "End runs: by default the stop ladder (the agent is asked to stop, then SIGTERM, then SIGKILL to its "
         "process group); --force sends SIGKILL at once. Viewers are told (code killed_by_operator). "
-        "Exit 0 when every target ended, 1 when some did not, 2 on usage errors."
+        "Exit 0 when every target ended; 1 when some did not, or nothing named or filtered was found; "
+        "2 on usage errors."
     )
     _common(parser)
     parser.add_argument("sessions", nargs="*", metavar="SESSION_ID", help="sessions whose actors to end")
     parser.add_argument("--pid", type=int, action="append", default=[], help="an actor's pid (repeatable)")
     parser.add_argument("--all", action="store_true", help="every actor")
     parser.add_argument("--idle", action="store_true", help="actors with no running turn")
-    parser.add_argument("--older-than", type=parse_duration, metavar="DURATION",
+    parser.add_argument("--older-than", type=_duration_arg, metavar="DURATION",
                         help="turns running longer than DURATION (e.g. 10m)")
-    parser.add_argument("--rss-over", type=parse_size, metavar="SIZE", help="actors using more memory (e.g. 2G)")
+    parser.add_argument("--rss-over", type=_size_arg, metavar="SIZE", help="actors using more memory (e.g. 2G)")
     parser.add_argument("--force", action="store_true", help="SIGKILL the actor's process group now")
     parser.add_argument("--dry-run", action="store_true", help="show what would be hit, do nothing")
     parser.add_argument("--timeout", type=float, default=None,
@@ -172,11 +197,12 @@ def run_ps(args: argparse.Namespace) -> int:
     path = socket_path(args)
     try:
         while True:
-            rows = sort_rows(ask(path, {"op": "list"})["actors"], args.sort)
+            listing = ask(path, {"op": "list"})
+            rows, warm = sort_rows(listing["actors"], args.sort), int(listing.get("warm", 0))
             if args.json:
-                out = json.dumps({"actors": rows}, indent=2)
+                out = json.dumps({"actors": rows, "warm": warm}, indent=2)
             else:
-                out = format_table(rows) if rows else "no actors running"
+                out = format_listing(rows, warm)
             if args.watch:
                 sys.stdout.write("\033[H\033[2J" + time.strftime("%H:%M:%S ") + path.as_posix() + "\n" + out + "\n")
                 sys.stdout.flush()
@@ -209,13 +235,17 @@ def run_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"{sid}  -  not found")
         for pid in sorted(missing_pids):
             print(f"-  {pid}  not found")
+        filters = describe_filters(all_=args.all, idle=args.idle, older_than=_typed(args, "older_than"),
+                                   rss_over=_typed(args, "rss_over"))
+        if not targets and filters:
+            print(f"no actor matches {filters} ({len(rows)} with a session)")
         if args.dry_run:
             for t in targets:
                 print(f"{t['session_id']}  {t['pid']}  would {'kill' if args.force else 'stop'} "
                       f"({t['state']}, run {t.get('run_id') or '-'})")
-            return 0 if not (missing or missing_pids) else 1
+            return 0 if targets and not (missing or missing_pids) else 1
         if not targets:
-            return 1 if (missing or missing_pids) else 0
+            return 1  # nothing named was found, and no filter matched
         limits = ask(path, {"op": "status"})["limits"]
         timeout = args.timeout if args.timeout is not None else limits["term_after"] + limits["kill_after"] + 3
         op = "kill" if args.force else "stop"
@@ -232,6 +262,35 @@ def run_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except NoServer as exc:
         print(f"navi-actor kill: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _typed(args: argparse.Namespace, name: str) -> str | None:
+    """What the operator typed for an option (``10m``, not 600.0), for messages."""
+    value = getattr(args, name)
+    return None if value is None else getattr(value, "text", str(value))
+
+
+class _Seconds(float):
+    text: str
+
+
+class _Bytes(int):
+    text: str
+
+
+def _duration_arg(text: str) -> _Seconds:
+    value = _Seconds(parse_duration(text))
+    value.text = text.strip()
+    return value
+
+
+def _size_arg(text: str) -> _Bytes:
+    value = _Bytes(parse_size(text))
+    value.text = text.strip()
+    return value
+
+
+_duration_arg.__name__, _size_arg.__name__ = "duration", "size"  # argparse's "invalid duration value: ..."
 
 
 def main_ps(argv: list[str] | None = None) -> int:

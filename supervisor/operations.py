@@ -1,11 +1,19 @@
 """What operators can ask of the supervisor: list, stop, kill, status — and its counters.
 
 Requests come from the control socket (``navi-actor ps`` / ``kill``) or from
-the front (``GET /runs``, ``POST /runs/{id}/kill``, ``/metrics``); both reach
-:meth:`Operations.handle`. The front pushes what only it knows of each actor
-(state, run, events, viewers) every second; the supervisor adds what only it
-knows (pid, memory, CPU) — so ``list`` works while the front is down, showing
-the last state the front reported.
+the front (``GET /runs``, ``POST /runs/{id}/kill``, ``/metrics``, ``/healthz``);
+both reach :meth:`Operations.request`. What only the front knows of each
+actor (state, run, events, viewers) is asked of it for each ``list``, so the
+rows are as of the moment of asking; the supervisor adds what only it knows
+(pid, memory, CPU). The front also reports every second, so ``list`` works
+while the front is down or slow (STATUS_WAIT): each row's ``state_age`` says
+how old its state is (0 when the front answered).
+
+What the counts count, the same in ``status``, ``/healthz``, ``/metrics`` and
+``navi-actor ps``: ``actors`` is every actor process alive (forked and not yet
+reaped), warm ones included; ``warm`` those of them with no session yet; the
+others have a session and are in one of the states ``starting`` (no hello to
+the front yet), ``idle``, ``running`` or ``stopping``.
 
 An operator's stop goes to the actor over its lifeline (no front needed),
 then climbs the same ladder as a user's stop: SIGTERM to the actor's process
@@ -19,7 +27,7 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 import psutil
@@ -33,6 +41,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("navi.supervisor.ops")
 
 KILLED_BY_OPERATOR = "killed_by_operator"
+STATUS_WAIT = 0.5  # seconds a list waits for the front's answer before it uses the last report
+STATES = ("starting", "idle", "running", "stopping")
 
 
 class Operations:
@@ -46,12 +56,37 @@ class Operations:
         self.ladder: Counter[str] = Counter()  # step the supervisor took → count
         self._procs: dict[int, psutil.Process] = {}
         self._ladders: dict[int, tuple[float, float]] = {}  # pid → (SIGTERM at, SIGKILL at)
+        self.status_at = 0.0  # wall time of the front's last report
+        self._waiting: list[Callable[[dict[str, Any]], None]] = []  # lists waiting for the front's report
+        self._asked_at: float | None = None  # monotonic time the front was asked, while lists wait
 
     # ── requests ─────────────────────────────────────────────────────────
+    def request(self, req: dict[str, Any], respond: Callable[[dict[str, Any]], None]) -> None:
+        """Answer ``req`` through ``respond``: at once, or (``list``) once the front said how its actors are."""
+        sup = self.sup
+        if req.get("op") != "list" or sup.front_chan is None:
+            respond(self.handle(req))
+            return
+        self._waiting.append(respond)
+        if self._asked_at is None:
+            self._asked_at = time.monotonic()
+            sup._send_front({"op": "status_request"})
+
+    def _answer_lists(self) -> None:
+        waiting, self._waiting, self._asked_at = self._waiting, [], None
+        if waiting:
+            reply = self.handle({"op": "list"})
+            for respond in waiting:
+                respond(reply)
+
+    def front_gone(self) -> None:
+        """The front's channel closed: waiting lists get the last report."""
+        self._answer_lists()
+
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
-        if op == "list":
-            return {"ok": True, "actors": self.rows()}
+        if op == "list":  # rows of actors with a session; warm ones are only counted
+            return {"ok": True, "actors": self.rows(), "warm": len(self.sup.pool)}
         if op == "status":
             return {"ok": True, **self.state()}
         if op in ("stop", "kill"):
@@ -66,7 +101,7 @@ class Operations:
             "front_pid": sup.front_pid,
             "front_restarts": sup.front_restarts,
             "stage": sup.stage,
-            "actors": len(sup.actors) - len(sup.pool),
+            "actors": len(sup.actors),  # warm ones included: see the module's docstring
             "warm": len(sup.pool),
             "warm_target": sup.pool.size,
             "zygote": sup.zygote_state(),
@@ -76,10 +111,12 @@ class Operations:
             "spawns": self.spawns,
             "deaths": dict(self.deaths),
             "ladder": dict(self.ladder),
+            "control_refused": sup.control.refused if sup.control is not None else 0,
         }
 
     def rows(self) -> list[dict[str, Any]]:
         now = time.time()
+        age = round(max(0.0, now - self.status_at), 1) if self.status_at else None
         out = []
         for actor in list(self.sup.actors.values()):
             if self.sup.pool.holds(actor.pid):
@@ -95,6 +132,8 @@ class Operations:
                     pass
             started = st.get("turn_started")
             state = st.get("state", "starting")
+            if state not in STATES:
+                state = "starting"
             if actor.pid in self._ladders and state != "idle":
                 state = "stopping"
             out.append({
@@ -102,6 +141,7 @@ class Operations:
                 "actor_id": actor.actor_id,
                 "pid": actor.pid,
                 "state": state,
+                "state_age": age if st else None,  # seconds since the front said so (None: it has not)
                 "run_id": st.get("run_id"),
                 "turn_age": round(now - started, 1) if started else None,
                 "idle_for": round(now - st["idle_since"], 1) if st.get("idle_since") and not started else None,
@@ -152,6 +192,8 @@ class Operations:
         if actor.pid in self._ladders:
             return {**row, "outcome": "already stopping"}
         reason = {"code": KILLED_BY_OPERATOR, "message": "The turn was stopped by an operator."}
+        # The front times every stop from its request (navi_stop_seconds): tell it first.
+        self.sup._send_front({"op": "operator_stop", "actor_id": actor.actor_id})
         try:
             actor.lifeline.send(orjson.dumps({"op": "stop", "reason": reason}))
         except ChannelClosed:
@@ -171,7 +213,11 @@ class Operations:
             pass
 
     def tick(self, now: float) -> None:
-        """Take the operator ladders' next steps that are due."""
+        """Take the operator ladders' next steps that are due; answer lists the front left waiting."""
+        if self._asked_at is not None and now - self._asked_at >= STATUS_WAIT:
+            log.warning("supervisor.front_status_late", waited=round(now - self._asked_at, 2),
+                        note="listing with the front's last report")
+            self._answer_lists()
         for pid, (term_at, kill_at) in list(self._ladders.items()):
             actor = self.sup.actors.get(pid)
             if actor is None:
@@ -190,6 +236,8 @@ class Operations:
     # ── bookkeeping ──────────────────────────────────────────────────────
     def on_front_status(self, actors: dict[str, dict[str, Any]]) -> None:
         self.status = actors
+        self.status_at = time.time()
+        self._answer_lists()
 
     def on_spawn(self) -> None:
         self.spawns += 1

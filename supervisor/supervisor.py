@@ -38,7 +38,7 @@ from typing import Any, Callable
 import orjson
 import structlog
 
-from supervisor import limits, spawn, zygote
+from supervisor import limits, proctitle, spawn, zygote
 from supervisor.causes import EXIT_CANNOT_START, describe_status
 from supervisor.control import ControlServer
 from supervisor.fdchannel import ChannelClosed, FdChannel
@@ -127,6 +127,7 @@ class Supervisor:
 
     # ── main loop ─────────────────────────────────────────────────────────
     def run(self) -> int:
+        proctitle.set_title("navi-actor: supervisor", comm=b"navi-supervisor")
         spawn.become_subreaper()
         rsock, wsock = socket.socketpair()
         rsock.setblocking(False)
@@ -137,7 +138,7 @@ class Supervisor:
             signal.signal(sig, self._queue_signal)
         self.sel.register(rsock, selectors.EVENT_READ, self._drain_wakeup)
         if self.hooks.control_path is not None:
-            self.control = ControlServer(self.hooks.control_path, self.ops.handle)
+            self.control = ControlServer(self.hooks.control_path, self.ops.request, self._on_control_answer)
             self.sel.register(self.control.sock, selectors.EVENT_READ, self._on_control_accept)
         if self._zygote_off is None:
             self._zygote_off = zygote.unsupported_reason()
@@ -208,14 +209,19 @@ class Supervisor:
             fd = conn.fileno()
             self.sel.register(conn, selectors.EVENT_READ, lambda mask, fd=fd: self._on_control_conn(fd, mask))
 
+    def _on_control_answer(self, fd: int) -> None:
+        """A control connection's answer is ready (now, or later for a ``list``): write it."""
+        sock = self.control.socket_of(fd) if self.control is not None else None
+        if sock is not None:
+            self.sel.modify(sock, selectors.EVENT_WRITE, lambda mask, fd=fd: self._on_control_conn(fd, mask))
+
     def _on_control_conn(self, fd: int, mask: int) -> None:
         assert self.control is not None
         sock = self.control.socket_of(fd)
         if sock is None:
             return
         if mask & selectors.EVENT_READ:
-            if self.control.on_readable(fd):
-                self.sel.modify(sock, selectors.EVENT_WRITE, lambda mask, fd=fd: self._on_control_conn(fd, mask))
+            self.control.on_readable(fd)
         if mask & selectors.EVENT_WRITE:
             self.control.on_writable(fd)
         if self.control.socket_of(fd) is None:
@@ -292,6 +298,7 @@ class Supervisor:
             self.sel.unregister(self.front_chan.sock)
             self.front_chan.close()
             self.front_chan = None
+            self.ops.front_gone()
 
     def _on_front_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -308,8 +315,9 @@ class Supervisor:
         elif op == "status":
             self.ops.on_front_status(msg.get("actors") or {})
         elif op == "control":
-            reply = self.ops.handle(msg.get("request") or {})
-            self._send_front({"op": "control_reply", "req": msg.get("req"), "reply": reply})
+            req = msg.get("req")
+            self.ops.request(msg.get("request") or {},
+                             lambda reply: self._send_front({"op": "control_reply", "req": req, "reply": reply}))
         else:
             log.warning("supervisor.unknown_op", op=op)
 
@@ -340,8 +348,10 @@ class Supervisor:
             return
         t0 = time.perf_counter()
         warm = self.pool.take()
+        warm_id = None
         if warm is not None:
             actor, chan_front = warm
+            warm_id = actor.actor_id
             self.by_id.pop(actor.actor_id, None)
             actor.actor_id, actor.session_id = actor_id, session_id
             try:
@@ -358,7 +368,7 @@ class Supervisor:
         self.by_id[actor_id] = actor.pid
         self._send_front({"op": "spawned", "actor_id": actor_id, "pid": actor.pid}, [chan_front.detach()])
         log.info("supervisor.actor_assigned", actor_id=actor_id, actor_pid=actor.pid, session_id=session_id,
-                 warm=warm is not None, ms=round((time.perf_counter() - t0) * 1000, 2))
+                 warm=warm is not None, warm_id=warm_id, ms=round((time.perf_counter() - t0) * 1000, 2))
         if warm is not None:
             self._refill_at = self._refill_at or time.monotonic() + REFILL_DELAY
         else:
@@ -395,7 +405,7 @@ class Supervisor:
         self.actors[pid] = actor
         self.by_id[actor_id] = pid
         self.ops.on_spawn()
-        log.info("supervisor.actor_spawned", actor_id=actor_id, actor_pid=pid, warm=not session_id)
+        log.info("supervisor.actor_spawned", **_ids(actor), actor_pid=pid, warm=not session_id)
         return actor, chan_front
 
     # ── the zygote ────────────────────────────────────────────────────────
@@ -502,7 +512,7 @@ class Supervisor:
             else "clean" if cause.exitcode == 0 else f"exit_{cause.exitcode}"
         )
         self.ops.on_exit(actor, kind)
-        log.info("supervisor.actor_exited", actor_id=actor.actor_id, actor_pid=actor.pid,
+        log.info("supervisor.actor_exited", **_ids(actor), actor_pid=actor.pid,
                  exitcode=cause.exitcode, signal=cause.signal_name, cause=message, warm=was_warm)
         if was_warm:
             if self._stage == "running":
@@ -608,7 +618,7 @@ class Supervisor:
             if actor is not None and limits.over_limit(rss, limit):
                 actor.killed_for = limits.memory_message(limit)
                 actor.kill_kind = "memory_limit"
-                log.warning("supervisor.actor_over_memory", actor_id=actor.actor_id, actor_pid=actor.pid,
+                log.warning("supervisor.actor_over_memory", **_ids(actor), actor_pid=actor.pid,
                             rss_mb=rss // limits.MIB, limit_mb=limit // limits.MIB)
                 _killpg(actor.pid, signal.SIGKILL)
 
@@ -663,6 +673,12 @@ class Supervisor:
         except FileNotFoundError:
             pass
         log.info("supervisor.exit", code=self.exit_code, uptime=round(time.time() - self.started, 1))
+
+
+def _ids(actor: _Actor) -> dict[str, str]:
+    """How log lines name an actor: ``actor_id`` once it has a session (the id the front and every
+    later line use), ``warm_id`` before (its ``actor.assigned`` line carries both)."""
+    return {"actor_id": actor.actor_id} if actor.session_id else {"warm_id": actor.actor_id}
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -42,7 +42,7 @@ from typing import Callable
 
 import orjson
 
-from supervisor import spawn
+from supervisor import proctitle, spawn
 
 CLONE_PARENT = 0x00008000
 CLONE_CHILD_CLEARTID = 0x00200000
@@ -156,7 +156,7 @@ def serve(sock: socket.socket, actor_main: ActorMain, supervisor_pid: int, keep:
     """The zygote's whole life: wait for a request, clone an actor, answer with its pid."""
     clone = Clone()
     own_name = _get_name()
-    _set_name(NAME)
+    proctitle.set_title(NAME.decode(), comm=NAME)  # its title, as ps -f shows it, and its kernel name
     sock.setblocking(True)
     # What the supervisor froze before forking us stays out of the GC's way;
     # the few objects each request makes are freed by reference counting.

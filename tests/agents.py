@@ -278,6 +278,10 @@ async def hostile(turn: Turn) -> AsyncIterator[Any]:
       whether any needle (hex) is in its environment, its memory, its parent's
       (the supervisor's) /proc environ and fd list, and process PID's (the
       front's) /proc mem; plus its resource limits, no_new_privs and nice values (its own, the front's)
+    - ``control [SESSION_ID]``: finds the control socket from its upload folder (``DATA/uploads/SID``
+      → ``DATA/run/control.sock``) and asks it to list runs and to kill SESSION_ID, itself and from a
+      grandchild that double-forked and ``setsid``'d away (it waits until it is re-parented); reports
+      (as JSON text) each answer, both pids and the grandchild's new parent
     - ``slow N DELAY``: N deltas DELAY seconds apart, honouring stop
     - anything else: echoes the words
     """
@@ -339,6 +343,15 @@ async def hostile(turn: Turn) -> AsyncIterator[Any]:
         report["front_nice"] = os.getpriority(os.PRIO_PROCESS, front_pid)
         with open("/proc/self/status") as f:
             report["no_new_privs"] = next(ln.split()[1] for ln in f if ln.startswith("NoNewPrivs:")) == "1"
+        yield TextDelta(json.dumps(report))
+    elif cmd == "control":
+        from pathlib import Path
+
+        path = Path(turn.upload_dir).parent.parent / "run" / "control.sock"
+        requests = [{"op": "list"}, {"op": "kill", "session_ids": args}]
+        report = {"socket": str(path), "exists": path.exists(), "pid": os.getpid(), "sid": os.getsid(0),
+                  "direct": [_ask_control(path, r) for r in requests]}
+        report.update(_from_grandchild(path, requests))
         yield TextDelta(json.dumps(report))
     elif cmd == "slow":
         for i in range(int(args[0])):
@@ -514,3 +527,42 @@ class _Threaded:
 
 def threaded_factory() -> _Threaded:
     return _Threaded()
+
+
+def _ask_control(path: Any, message: dict[str, Any]) -> dict[str, Any]:
+    """What the control socket answers ``message``: its reply, or how the connection failed."""
+    from supervisor.control import request
+
+    try:
+        return {"reply": request(path, message, timeout=5.0)}
+    except Exception as exc:  # noqa: BLE001 - reported
+        return {"failed": f"{type(exc).__name__}: {exc}"}
+
+
+def _from_grandchild(path: Any, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ask from a process that double-forked and left our session: its pid, parent and answers."""
+    import json
+
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the middle process: lose the session, fork, exit
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() == 0:
+                middle = os.getppid()
+                deadline = time.monotonic() + 5
+                while os.getppid() == middle and time.monotonic() < deadline:
+                    time.sleep(0.005)  # until the middle one is gone and we are re-parented
+                out = {"grandchild_pid": os.getpid(), "grandchild_ppid": os.getppid(),
+                       "grandchild_sid": os.getsid(0), "grandchild": [_ask_control(path, q) for q in requests]}
+                os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(child, 0)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    return json.loads(b"".join(chunks))

@@ -235,8 +235,8 @@ def test_serve_help_lists_every_option_with_its_env_var(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for opt in OPTIONS:
         assert opt.flag in text, opt.name
-        default = "(none)" if opt.repeat else opt.default
-        assert f"[env {opt.env}; default {default}]" in text, opt.name
+        shown = "(none)" if opt.repeat or opt.default in ("", None) else opt.default
+        assert f"[env {opt.env}; default {shown}]" in text, opt.name
     assert "{auto,console,json}" in text
 
 

@@ -21,6 +21,7 @@ from navi_actor.front.ratelimit import TokenBucket
 from navi_actor.front.runtime import Runtime
 from navi_actor.front.viewer import Viewer
 from navi_actor.store import ANY_OWNER, StoreFailure, open_store, valid_session_id
+from supervisor import proctitle
 from supervisor.causes import EXIT_CANNOT_START
 
 log = logs.get("navi.front.http")
@@ -195,14 +196,22 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """The front's health; 503 while the session store cannot write (``store.ok`` false)."""
+    """The front's health; 503 while the session store cannot write (``store.ok`` false).
+
+    ``actors``: every actor process alive, warm ones included; ``warm``: those with no session yet
+    (the supervisor's counts, as in ``navi-actor ps`` and ``/metrics``; null if it does not answer in 1 s)."""
     rt = request.app[RUNTIME]
     store = rt.store_keeper.health()
+    try:
+        sup = await rt.control({"op": "status"}, timeout=1.0)
+    except (TimeoutError, ConnectionError):
+        sup = {}
     return _json(
         {
             "ok": not rt.shutting_down and store["ok"],
             "shutting_down": rt.shutting_down,
-            "actors": len(rt.actors_by_id),
+            "actors": sup.get("actors"),
+            "warm": sup.get("warm"),
             "runs": len(rt.runs),
             "viewers": sum(len(v) for v in rt.viewers.values()),
             "store": store,
@@ -296,7 +305,7 @@ async def _ask_supervisor(rt: Runtime, request: dict[str, Any]) -> dict[str, Any
 async def list_runs(request: web.Request) -> web.Response:
     """The same rows as ``navi-actor ps --json``."""
     reply = await _ask_supervisor(request.app[RUNTIME], {"op": "list"})
-    return _json({"actors": reply.get("actors", [])})
+    return _json({"actors": reply.get("actors", []), "warm": reply.get("warm", 0)})
 
 
 async def kill_run(request: web.Request) -> web.Response:
@@ -317,10 +326,10 @@ async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     try:
         state = await rt.control({"op": "status"}, timeout=2.0)
-        rows = (await rt.control({"op": "list"}, timeout=2.0)).get("actors", [])
-    except TimeoutError:
-        state, rows = {}, []
-    body = rt.metrics.render(state, rows)
+        listing = await rt.control({"op": "list"}, timeout=2.0)
+    except (TimeoutError, ConnectionError):
+        state, listing = {}, {}
+    body = rt.metrics.render(state, listing)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -402,6 +411,7 @@ def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = 
     import uvloop
 
     logs.configure("front", config.log_format)
+    proctitle.set_title("navi-actor: front", comm=b"navi-front")
     try:
         guard = auth.load_guard(config, tokens_fd)
     except tokens.AuthConfigError as exc:

@@ -42,14 +42,17 @@ class Metrics:
         )
         self.supervisor: dict[str, Any] = {}
         self.actor_rows: list[dict[str, Any]] = []
+        self.warm = 0
         self._runtime: Runtime | None = None
         r.register(_Live(self))
 
     def bind(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def render(self, supervisor: dict[str, Any], rows: list[dict[str, Any]]) -> bytes:
-        self.supervisor, self.actor_rows = supervisor, rows
+    def render(self, supervisor: dict[str, Any], listing: dict[str, Any]) -> bytes:
+        """``supervisor``: its ``status``; ``listing``: its ``list`` (rows of actors with a session, and ``warm``)."""
+        self.supervisor, self.actor_rows = supervisor, listing.get("actors", [])
+        self.warm = int(listing.get("warm", supervisor.get("warm", 0)))
         return generate_latest(self.registry)
 
 
@@ -99,11 +102,13 @@ class _Live(Collector):
                                       "store could not write", value=keeper.refused)
             yield CounterMetricFamily("navi_log_lines_dropped", "Log lines the front could not write "
                                       "(its log's disk full, say)", value=logs.dropped_lines())
-        by_state = GaugeMetricFamily("navi_actors", "Actor processes, by state", labels=["state"])
+        by_state = GaugeMetricFamily(
+            "navi_actors", "Actor processes alive, by state: warm (no session yet), then starting, idle, running "
+            "and stopping; their sum is /healthz's actors", labels=["state"])
         counts: dict[str, int] = {s: 0 for s in ("starting", "running", "idle", "stopping")}
         for row in self.m.actor_rows:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
-        counts["warm"] = int(self.m.supervisor.get("warm", 0))
+        counts["warm"] = self.m.warm
         for state, n in counts.items():
             by_state.add_metric([state], n)
         yield by_state
@@ -121,6 +126,9 @@ class _Live(Collector):
         for step, n in sorted(sup.get("ladder", {}).items()):
             ladder.add_metric([step], n)
         yield ladder
+        yield CounterMetricFamily("navi_control_refused", "Connections to the control socket refused because "
+                                  "they came from a process the server started (an agent, say)",
+                                  value=sup.get("control_refused", 0))
         yield CounterMetricFamily("navi_front_restarts", "Front processes restarted", value=sup.get("front_restarts", 0))
         zygote = sup.get("zygote") or {}
         yield GaugeMetricFamily("navi_zygote_up", "1 when actors are cloned from the zygote, 0 when the "

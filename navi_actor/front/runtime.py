@@ -59,6 +59,7 @@ class Run:
         self.last_event_at = self.started_at
         self.events = 0
         self.stop_requested_at: float | None = None
+        self.operator_stop_at: float | None = None  # when the supervisor said an operator stops it
         self.stop_step: str | None = None
         self.stop_reason: dict[str, str] | None = None  # set when a limit, not the user, stopped it
         self.ladder: list[asyncio.TimerHandle] = []
@@ -367,10 +368,10 @@ class Runtime:
         run.broadcast(orjson.dumps(final), final["seq"])
         now = time.monotonic()
         self.metrics.turns.labels(result["status"]).inc()
-        if final["type"] == "stream_stopped":
+        if final["type"] == "stream_stopped":  # every stop counted is timed, from its first request
             self.metrics.stops.labels(final.get("stop_step", "event")).inc()
-        if run.stop_requested_at is not None:
-            self.metrics.stop_latency.observe(now - run.stop_requested_at)
+            asked = min((t for t in (run.stop_requested_at, run.operator_stop_at) if t is not None), default=None)
+            self.metrics.stop_latency.observe(now - asked if asked is not None else 0.0)  # 0: the agent stopped itself
         log.info(
             "front.turn_end", session_id=run.session_id, run_id=run.run_id, outcome=result["status"],
             seconds=round(time.monotonic() - run.started_at, 3), stop_step=final.get("stop_step"),
@@ -571,6 +572,13 @@ class Runtime:
             actor = self.actors_by_id.get(msg["actor_id"])
             if actor is not None:
                 actor.note_exit(msg)
+        elif op == "status_request":  # an operator lists actors: answer as of now
+            self.push_status()
+        elif op == "operator_stop":
+            actor = self.actors_by_id.get(msg.get("actor_id"))
+            run = actor.run if actor is not None else None
+            if run is not None and run.operator_stop_at is None:
+                run.operator_stop_at = time.monotonic()
         elif op == "control_reply":
             waiter = self._control_waiting.pop(msg.get("req"), None)
             if waiter is not None and not waiter.done():
@@ -581,7 +589,12 @@ class Runtime:
             self.retire_all()
 
     async def control(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-        """Ask the supervisor (list, status, stop, kill) and wait for its answer."""
+        """Ask the supervisor (list, status, stop, kill) and wait for its answer.
+
+        Raises TimeoutError, or ConnectionError when the supervisor is gone.
+        """
+        if self.link.closed:
+            raise ConnectionError("the supervisor is gone")
         self._control_seq += 1
         req = self._control_seq
         waiter: asyncio.Future[dict[str, Any]] = self.loop.create_future()
@@ -595,8 +608,10 @@ class Runtime:
     def push_status(self) -> None:
         """Tell the supervisor what only the front knows of each actor (for ops tools).
 
-        Once a second, from the ticker: its size grows with the actors, so it is
-        not sent per turn (with thousands of actors that made turns quadratic).
+        When the supervisor asks (an operator lists actors), and once a second
+        from the ticker, for lists made while the front cannot answer: its size
+        grows with the actors, so it is not sent per turn (with thousands of
+        actors that made turns quadratic).
         """
         actors = {}
         for actor in self.actors_by_id.values():
