@@ -19,5 +19,9 @@ def load() -> ctypes.CDLL:
         lib.syscall.restype = ctypes.c_long
         lib.strlen.restype = ctypes.c_size_t
         lib.strlen.argtypes = [ctypes.c_void_p]
+        # Looked up here, once: a first lookup in an actor would add to this object's
+        # dict, a page the actor shares with the template.
+        for name in ("prctl", "capset", "capget"):
+            getattr(lib, name)
         _libc = lib
     return _libc

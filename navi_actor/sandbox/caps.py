@@ -48,6 +48,9 @@ class _Data(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+_DataPair = _Data * 2  # made here: ctypes caches array types, and a cache entry made in an actor is a private page
+
+
 def _c() -> ctypes.CDLL:
     return _libc.load()
 
@@ -86,7 +89,7 @@ def needed() -> bool:
 def _get() -> tuple[int, int]:
     """Effective and permitted sets of the calling thread (``capget``; the low 64 capabilities)."""
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_Data * 2)()
+    data = _DataPair()
     if _c().capget(ctypes.byref(header), data) != 0:
         raise _fail("capget")
     return (data[0].effective | data[1].effective << 32, data[0].permitted | data[1].permitted << 32)
@@ -109,7 +112,7 @@ def drop_all(last: int | None = None) -> None:
                 raise _fail(f"PR_CAPBSET_DROP({cap})")
     libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL on old kernels: none to clear
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_Data * 2)()
+    data = _DataPair()
     if libc.capset(ctypes.byref(header), data) != 0:
         raise _fail("capset")
     eff, prm = _get()
