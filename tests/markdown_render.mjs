@@ -134,13 +134,13 @@ for (const [name, chunks] of Object.entries(input.streams || {})) {
     text += chunk;
     view.update(text);
     // every top-level node but the last three must stay as it is until the end
-    held.push(...box.childNodes.slice(0, -3).map((node) => [node, node.serialize()]));
+    for (let i = held.length; i < box.childNodes.length - 3; i++) held.push([box.childNodes[i], box.childNodes[i].serialize()]);
   }
   const ms = performance.now() - t0;
   const whole = new FakeDocument();
   const wholeBox = whole.root.appendChild(whole.createElement("div"));
   md.renderMarkdown(wholeBox, text);
-  const kept = held.every(([node, html]) => node.isConnected && node.parentNode === box && node.serialize() === html);
+  const kept = held.every(([node, html], i) => box.childNodes[i] === node && node.isConnected && node.serialize() === html);
   out.streams[name] = { html: inner(box), whole: inner(wholeBox), kept, held: held.length, ms, maxReparsed: md.stats.maxReparsed };
   md.stats.maxReparsed = Math.max(before, md.stats.maxReparsed);
 }
