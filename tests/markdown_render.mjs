@@ -44,6 +44,14 @@ class FakeNode {
     child.parentNode = null;
     return child;
   }
+  insertBefore(child, ref) {
+    if (child.parentNode) child.parentNode.removeChild(child);
+    const i = this.childNodes.indexOf(ref);
+    if (i < 0) throw new Error("insertBefore: not a child");
+    this.childNodes.splice(i, 0, child);
+    child.parentNode = this;
+    return child;
+  }
   replaceChild(nu, old) {
     const i = this.childNodes.indexOf(old);
     if (i < 0) throw new Error("replaceChild: not a child");
@@ -83,6 +91,7 @@ class FakeElement extends FakeNode {
     this.listeners.push(type);
   }
   serialize() {
+    if (this.attributes.get("class") === "md-chunk") return this.childNodes.map((c) => c.serialize()).join(""); // layout only
     const attrs = [...this.attributes].map(([k, v]) => ` ${k}="${esc(v).replace(/"/g, "&quot;")}"`).join("");
     if (VOID.has(this.tagName)) return `<${this.tagName}${attrs}>`;
     return `<${this.tagName}${attrs}>${this.childNodes.map((c) => c.serialize()).join("")}</${this.tagName}>`;
@@ -103,6 +112,8 @@ class FakeDocument {
 }
 
 const inner = (el) => el.childNodes.map((c) => c.serialize()).join("");
+/** The top-level blocks, those in chunks included. */
+const blocksOf = (el) => el.childNodes.flatMap((c) => (c.attributes && c.attributes.get("class") === "md-chunk" ? c.childNodes : [c]));
 
 const input = JSON.parse(readFileSync(0, "utf8"));
 const out = { cases: {}, streams: {} };
@@ -134,13 +145,15 @@ for (const [name, chunks] of Object.entries(input.streams || {})) {
     text += chunk;
     view.update(text);
     // every top-level node but the last three must stay as it is until the end
-    for (let i = held.length; i < box.childNodes.length - 3; i++) held.push([box.childNodes[i], box.childNodes[i].serialize()]);
+    const blocks = blocksOf(box);
+    for (let i = held.length; i < blocks.length - 3; i++) held.push([blocks[i], blocks[i].serialize()]);
   }
   const ms = performance.now() - t0;
   const whole = new FakeDocument();
   const wholeBox = whole.root.appendChild(whole.createElement("div"));
   md.renderMarkdown(wholeBox, text);
-  const kept = held.every(([node, html], i) => box.childNodes[i] === node && node.isConnected && node.serialize() === html);
+  const blocks = blocksOf(box);
+  const kept = held.every(([node, html], i) => blocks[i] === node && node.isConnected && node.serialize() === html);
   out.streams[name] = { html: inner(box), whole: inner(wholeBox), kept, held: held.length, ms, maxReparsed: md.stats.maxReparsed };
   md.stats.maxReparsed = Math.max(before, md.stats.maxReparsed);
 }

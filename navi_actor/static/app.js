@@ -660,8 +660,9 @@ import { MarkdownView } from "./markdown.js";
       }
       if (!turn) return; // an event of a turn no longer shown live
       switch (ev.type) {
-        case "stream_delta": turn.appendText(ev.delta || ""); break;
-        case "thinking_delta": turn.appendThinking(ev.delta || ""); break;
+        // Text is drawn at the next frame, which then scrolls: no layout per delta.
+        case "stream_delta": turn.appendText(ev.delta || ""); return;
+        case "thinking_delta": turn.appendThinking(ev.delta || ""); return;
         case "thinking_end": turn.endThinking(); break;
         case "turn_thinking": turn.wholeThinking(ev.thinking || "", { isSubagent: ev.is_subagent, open: true }); break;
         case "tool_started": turn.toolStarted(ev); break;

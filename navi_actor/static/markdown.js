@@ -30,6 +30,8 @@ export const MAX_DEPTH = 32;
 export const MAX_INLINE_DEPTH = 32;
 const SAFE_SCHEMES = new Set(["http", "https", "mailto"]);
 const MAX_LINK_PARENS = 32;
+/** Finished blocks per chunk (a div.md-chunk): see MarkdownView.finish. */
+const CHUNK_SIZE = 32;
 
 /** Counters for the tests: work done since the page loaded (numbers only). */
 export const stats = { renders: 0, parsedChars: 0, reparsedChars: 0, maxReparsed: 0, nodesBuilt: 0 };
@@ -925,14 +927,17 @@ export class MarkdownView {
     this.doc = doc;
     this.done = 0; // the text before this offset is in finished blocks, whose DOM stays as it is
     this.seen = 0; // the length of the text of the last update
-    this.open = []; // virtual nodes of the blocks after `done`
+    this.open = []; // virtual nodes of the blocks after `done`, the container's last children
+    this.chunk = null; // the chunk that finished blocks join, until it holds CHUNK_SIZE
+    this.chunkSize = 0;
   }
 
   /** Show `text`: the text of the previous update plus more (a shorter text starts over). */
   update(text) {
-    if (text.length < this.seen) this.clear();
+    const previous = this.seen;
+    if (text.length < previous) this.clear();
     const tail = text.slice(this.done);
-    const reparsed = this.seen - this.done;
+    const reparsed = Math.max(0, Math.min(previous, text.length) - this.done); // parsed before, parsed again
     this.seen = text.length;
     stats.renders += 1;
     stats.parsedChars += tail.length;
@@ -958,9 +963,23 @@ export class MarkdownView {
       for (let i = 0; i < blocks[keep].startLine; i++) offset += lines[i].length + 1;
       this.done += offset;
       this.open = nodes.slice(keep);
+      for (const node of nodes.slice(0, keep)) this.finish(node.dom);
     } else {
       this.open = nodes;
     }
+  }
+
+  /** A finished block moves (the same node) into a chunk: the browser can skip laying out and
+   *  painting a chunk off screen, and the container has few children to lay out. */
+  finish(dom) {
+    if (!this.chunk || this.chunkSize >= CHUNK_SIZE) {
+      this.chunk = this.doc.createElement("div");
+      this.chunk.setAttribute("class", "md-chunk");
+      this.container.insertBefore(this.chunk, dom);
+      this.chunkSize = 0;
+    }
+    this.chunk.appendChild(dom);
+    this.chunkSize += 1;
   }
 
   clear() {
@@ -968,6 +987,8 @@ export class MarkdownView {
     this.done = 0;
     this.seen = 0;
     this.open = [];
+    this.chunk = null;
+    this.chunkSize = 0;
   }
 }
 
