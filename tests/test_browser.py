@@ -147,7 +147,9 @@ def answer_text(turn: Any) -> str:
 def test_page_and_its_files_are_served_uncached(make_server: Any) -> None:
     """GET / and /static/* answer with their content types and Cache-Control: no-cache, and nothing else is served."""
     server = make_server("echo")
-    for path, ctype in [("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")]:
+    for path, ctype in [("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/style.css", "text/css"),
+                        ("/static/markdown.js", "text/javascript"), ("/static/markdown-blocks.js", "text/javascript"),
+                        ("/static/markdown-inline.js", "text/javascript")]:
         with urllib.request.urlopen(server.url + path, timeout=10) as r:
             assert r.headers["Content-Type"].startswith(ctype), (path, r.headers["Content-Type"])
             assert r.headers["Cache-Control"] == "no-cache"

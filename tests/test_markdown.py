@@ -1,4 +1,4 @@
-"""The chat page's Markdown renderer (navi_actor/static/markdown.js), run under Node.
+"""The chat page's Markdown renderer (navi_actor/static/markdown*.js), run under Node.
 
 tests/markdown_render.mjs imports the module and renders into a small fake
 document that has no HTML parser at all (no innerHTML and the like), then
@@ -220,8 +220,10 @@ def test_streaming_work_does_not_grow_with_the_answer() -> None:
 
 
 def test_the_page_scripts_never_hand_strings_to_the_html_parser() -> None:
-    """markdown.js and app.js build DOM nodes only: no innerHTML, outerHTML, insertAdjacentHTML, document.write or eval."""
-    for name in ("markdown.js", "app.js"):
+    """The page's scripts build DOM nodes only: no innerHTML, outerHTML, insertAdjacentHTML, document.write or eval."""
+    names = sorted(p.name for p in STATIC.glob("*.js"))
+    assert {"app.js", "markdown.js", "markdown-blocks.js", "markdown-inline.js"} <= set(names), names
+    for name in names:
         source = re.sub(r"/\*.*?\*/|//[^\n]*", "", (STATIC / name).read_text(), flags=re.S)  # comments may name them
         for word in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
                      "createContextualFragment", "DOMParser", "srcdoc"):
