@@ -44,7 +44,10 @@ RECORDER = """
   const blocks = (window.__naviBlocks = []);   // block kinds as they appear; tool cards' states
   const texts = (window.__naviTexts = []);     // the running turn's text, each time it changes
   const ends = (window.__naviTurnEnds = []);   // the page's navi:turn-end events
-  document.addEventListener("navi:turn-end", (e) => ends.push(e.detail));
+  document.addEventListener("navi:turn-end", (e) => {
+    ends.push(e.detail);
+    document.documentElement.dataset.naviTurnEnds = String(ends.length);  // for turn_ended()
+  });
   const kind = (el) => el.classList.contains("tool")
     ? `tool:${el.dataset.state}`
     : [...el.classList].filter((c) => c !== "block" && c !== "note").join(" ");
@@ -137,6 +140,17 @@ def send(pg: Any, text: str) -> None:
     pg.press("#input", "Enter")
 
 
+def turn_ended(page: Any) -> None:
+    """Wait for the page's first navi:turn-end event.
+
+    Not with wait_for_function: it evaluates a string in the page, which the
+    page's Content-Security-Policy (no 'unsafe-eval') refuses.
+    """
+    from playwright.sync_api import expect
+
+    expect(page.locator("html")).to_have_attribute("data-navi-turn-ends", re.compile(r"^[1-9]"))
+
+
 def answer_text(turn: Any) -> str:
     return "".join(turn.locator(".block.text").all_text_contents())
 
@@ -153,6 +167,7 @@ def test_page_and_its_files_are_served_uncached(make_server: Any) -> None:
         with urllib.request.urlopen(server.url + path, timeout=10) as r:
             assert r.headers["Content-Type"].startswith(ctype), (path, r.headers["Content-Type"])
             assert r.headers["Cache-Control"] == "no-cache"
+            assert "'unsafe-" not in r.headers["Content-Security-Policy"], r.headers["Content-Security-Policy"]
     for path in ["/static/missing.js", "/static/..%2Fstore.py", "/static/.hidden", "/static/"]:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(server.url + path, timeout=10)
@@ -242,7 +257,7 @@ def test_reload_mid_turn_resumes_without_duplicated_text(make_server: Any, page:
     expect(turn).to_have_attribute("data-status", "running")
     expect(turn.locator(".msg.user")).to_have_text("what is 1 + 2 + 3?")
     expect(page.locator("#stop")).to_be_visible()
-    page.wait_for_function("window.__naviTurnEnds.length > 0")
+    turn_ended(page)
 
     [reply] = saved_replies(server, sid)
     end = page.evaluate("window.__naviTurnEnds[0]")
@@ -278,7 +293,7 @@ def test_dropped_socket_reconnects_and_resumes_after_the_last_seq(make_server: A
     to_page.close(code=4000, reason="dropped by the test")
     expect(page.locator("#conn")).to_have_text("reconnecting…")
     expect(page.locator("#conn")).to_have_text("live")
-    page.wait_for_function("window.__naviTurnEnds.length > 0")
+    turn_ended(page)
 
     assert len(sockets) == 2 and re.search(r"after=\d+", sockets[1][0].url), [s[0].url for s in sockets]
     [reply] = saved_replies(server, session_id(page))
