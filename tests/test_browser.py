@@ -541,7 +541,8 @@ def test_long_markdown_answer_streams_in_linear_time(scripted_server: Server, pa
     # The server delivers in bursts on a busy machine, so the page's frames
     # cover uneven amounts of text. For time, the page's renderer replays the
     # same answer in even steps of 100 characters, one a frame, each followed by
-    # the layout that scrolling to the bottom forces, in a turn styled like the live one.
+    # the layout that scrolling to the bottom forces: its first 2,000 tokens in
+    # one turn, its last 2,000 in another that already holds the rest.
     timing = page.evaluate(REPLAY, [text, first_end, last_start])
     print(f"replayed: {timing['n']} updates of 100 characters in the first and last 2,000 tokens: "
           f"{timing['sumFirst']:.1f} ms and {timing['sumLast']:.1f} ms, medians {timing['first']:.3f} and {timing['last']:.3f} ms")
@@ -553,34 +554,40 @@ def test_long_markdown_answer_streams_in_linear_time(scripted_server: Server, pa
 REPLAY = """async ([content, firstEnd, lastStart]) => {
   const md = await import("./static/markdown.js");
   const thread = document.getElementById("thread");
-  const box = document.createElement("div");
-  box.className = "block text";
-  const turn = document.createElement("article");
-  turn.className = "turn";
-  turn.append(document.createElement("div"));
-  turn.firstChild.className = "msg assistant";
-  turn.firstChild.append(document.createElement("div"));
-  turn.firstChild.firstChild.className = "blocks";
-  turn.firstChild.firstChild.append(box);
-  thread.append(turn);
-  const view = new md.MarkdownView(box);
+  const answer = () => {  // a turn's answer, styled like the live one
+    const box = document.createElement("div");
+    box.className = "block text";
+    const turn = document.createElement("article");
+    turn.className = "turn";
+    turn.append(document.createElement("div"));
+    turn.firstChild.className = "msg assistant";
+    turn.firstChild.append(document.createElement("div"));
+    turn.firstChild.firstChild.className = "blocks";
+    turn.firstChild.firstChild.append(box);
+    thread.append(turn);
+    return new md.MarkdownView(box);
+  };
   const frame = () => new Promise((resolve) => requestAnimationFrame(resolve));
-  const step = async (upto) => {  // one update a frame, as the page renders
+  const step = async (view, upto) => {  // one update a frame, as the page renders
     await frame();
     const t0 = performance.now();
     view.update(content.slice(0, upto));
     thread.scrollTop = thread.scrollHeight;
     return performance.now() - t0;
   };
+  const early = answer();
+  const late = answer();
+  late.update(content.slice(0, lastStart));
+  await frame();
+  await frame();
+  // Early and late steps take turns, so that both see the same load on a busy machine.
   const first = [];
-  for (let end = 100; end <= firstEnd; end += 100) first.push(await step(end));
-  view.update(content.slice(0, lastStart));
-  thread.scrollTop = thread.scrollHeight;
-  await frame();
-  await frame();
   const last = [];
-  for (let end = lastStart + 100; end - 100 < content.length; end += 100) last.push(await step(Math.min(end, content.length)));
-  turn.remove();
+  for (let i = 100; i <= firstEnd || lastStart + i - 100 < content.length; i += 100) {
+    if (i <= firstEnd) first.push(await step(early, i));
+    if (lastStart + i - 100 < content.length) last.push(await step(late, Math.min(lastStart + i, content.length)));
+  }
+  for (const view of [early, late]) view.container.closest(".turn").remove();
   const sum = (xs) => xs.reduce((a, b) => a + b, 0);
   const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
   return { first: median(first), last: median(last), sumFirst: sum(first), sumLast: sum(last), n: [first.length, last.length] };
