@@ -19,6 +19,8 @@ can play every scenario:
 - ``trap_term``: ignores SIGTERM, then blocks its event loop forever
 - ``child``: starts ``sleep 1000`` (its pid is the text), then ignores stop
 - ``tool``: a tool call and its result, then text
+- ``markdown N [RATE]``: a long Markdown answer of N tokens (``markdown_tokens``), RATE tokens a second
+- ``sample_md``: ``SAMPLE_MARKDOWN``, a few tokens at a time
 - anything else: echoes the words
 """
 
@@ -28,6 +30,7 @@ import asyncio
 import ctypes
 import errno
 import os
+import re
 import signal
 import subprocess
 import time
@@ -44,6 +47,62 @@ async def _wait(turn: Turn, seconds: float) -> bool:
     except TimeoutError:
         pass
     return turn.stop_event.is_set()
+
+
+def markdown_tokens(count: int) -> list[str]:
+    """A long Markdown answer as an LLM streams it: ``count`` tokens, each a word with its leading whitespace.
+
+    Sections of a heading, a paragraph with inline markup, a nested list, a
+    fenced code block, a table, a quote and an ordered list, numbered from 0.
+    """
+    out: list[str] = []
+    i = 0
+    while len(out) < count:
+        section = (
+            f"## Part {i}\n\n"
+            f"This is *part {i}* of a **long answer**, with `code_{i}` and a [link](https://example.com/{i}).\n"
+            f"It goes on over a second line.\n\n"
+            f"- item {i}.1\n- item {i}.2\n  - nested {i}\n- item {i}.3\n\n"
+            f"```python\ndef f_{i}(x):\n    return x + {i}\n```\n\n"
+            f"| n | square |\n|---|---:|\n| {i} | {i * i} |\n| {i + 1} | {(i + 1) ** 2} |\n\n"
+            f"> A quote, number {i}.\n\n"
+            f"1. first\n2. second"
+        )
+        out.extend(re.findall(r"\s*\S+", ("\n\n" if i else "") + section))
+        i += 1
+    return out[:count]
+
+
+#: What ``sample_md`` answers: one of each construct, and hostile bits that must stay inert.
+SAMPLE_MARKDOWN = """# Sample
+
+Some *emphasis*, **strong**, ~~gone~~ and `inline code`.
+A hard break follows:\\
+next line.
+
+- one
+- two
+  1. nested
+  2. ordered
+
+> quoted **text**
+
+```js
+const x = 1 < 2;
+```
+
+| a | b |
+|:--|--:|
+| 1 | 2 |
+
+---
+
+[safe](https://example.com/a "a title") and [bad](javascript:alert(1)) and [worse]( JAVASCRIPT:alert(2))
+and [data](data:text/html,<script>alert(3)</script>) and <https://example.com/auto>.
+
+<script>window.__pwned = 1</script>
+<img src=x onerror="window.__pwned = 2">
+"""
 
 
 async def scripted(turn: Turn) -> AsyncIterator[Any]:
@@ -130,6 +189,20 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
         proc = await asyncio.create_subprocess_exec("echo", *args, stdout=asyncio.subprocess.PIPE)
         out, _ = await proc.communicate()
         yield TextDelta(f"{out.decode().strip()} rc={proc.returncode} loop={type(asyncio.get_running_loop()).__module__}")
+    elif cmd == "markdown":
+        toks = markdown_tokens(int(args[0]))
+        rate = float(args[1]) if len(args) > 1 else 0.0
+        batch = 20
+        for start in range(0, len(toks), batch):
+            for tok in toks[start:start + batch]:
+                yield TextDelta(tok)
+            if rate and await _wait(turn, batch / rate):
+                return
+        yield StreamEnd(token_count=len(toks))
+    elif cmd == "sample_md":
+        for start in range(0, len(SAMPLE_MARKDOWN), 7):
+            yield TextDelta(SAMPLE_MARKDOWN[start:start + 7])
+            await asyncio.sleep(0.005)
     elif cmd == "tool":
         yield ToolStarted("lookup", {"q": "x"})
         yield ToolEvent("lookup", {"q": "x"}, {"answer": 42}, True, metadata={"call_id": "c1"})

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.agents import SAMPLE_MARKDOWN, markdown_tokens
 from tests.conftest import ROOT, Server, wait_for
 
 CHROMIUM = os.environ.get("NAVI_CHROMIUM", "/usr/bin/chromium")
@@ -43,7 +44,10 @@ RECORDER = """
   const blocks = (window.__naviBlocks = []);   // block kinds as they appear; tool cards' states
   const texts = (window.__naviTexts = []);     // the running turn's text, each time it changes
   const ends = (window.__naviTurnEnds = []);   // the page's navi:turn-end events
-  document.addEventListener("navi:turn-end", (e) => ends.push(e.detail));
+  document.addEventListener("navi:turn-end", (e) => {
+    ends.push(e.detail);
+    document.documentElement.dataset.naviTurnEnds = String(ends.length);  // for turn_ended()
+  });
   const kind = (el) => el.classList.contains("tool")
     ? `tool:${el.dataset.state}`
     : [...el.classList].filter((c) => c !== "block" && c !== "note").join(" ");
@@ -136,6 +140,17 @@ def send(pg: Any, text: str) -> None:
     pg.press("#input", "Enter")
 
 
+def turn_ended(page: Any) -> None:
+    """Wait for the page's first navi:turn-end event.
+
+    Not with wait_for_function: it evaluates a string in the page, which the
+    page's Content-Security-Policy (no 'unsafe-eval') refuses.
+    """
+    from playwright.sync_api import expect
+
+    expect(page.locator("html")).to_have_attribute("data-navi-turn-ends", re.compile(r"^[1-9]"))
+
+
 def answer_text(turn: Any) -> str:
     return "".join(turn.locator(".block.text").all_text_contents())
 
@@ -146,10 +161,13 @@ def answer_text(turn: Any) -> str:
 def test_page_and_its_files_are_served_uncached(make_server: Any) -> None:
     """GET / and /static/* answer with their content types and Cache-Control: no-cache, and nothing else is served."""
     server = make_server("echo")
-    for path, ctype in [("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")]:
+    for path, ctype in [("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/style.css", "text/css"),
+                        ("/static/markdown.js", "text/javascript"), ("/static/markdown-blocks.js", "text/javascript"),
+                        ("/static/markdown-inline.js", "text/javascript")]:
         with urllib.request.urlopen(server.url + path, timeout=10) as r:
             assert r.headers["Content-Type"].startswith(ctype), (path, r.headers["Content-Type"])
             assert r.headers["Cache-Control"] == "no-cache"
+            assert "'unsafe-" not in r.headers["Content-Security-Policy"], r.headers["Content-Security-Policy"]
     for path in ["/static/missing.js", "/static/..%2Fstore.py", "/static/.hidden", "/static/"]:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(server.url + path, timeout=10)
@@ -239,7 +257,7 @@ def test_reload_mid_turn_resumes_without_duplicated_text(make_server: Any, page:
     expect(turn).to_have_attribute("data-status", "running")
     expect(turn.locator(".msg.user")).to_have_text("what is 1 + 2 + 3?")
     expect(page.locator("#stop")).to_be_visible()
-    page.wait_for_function("window.__naviTurnEnds.length > 0")
+    turn_ended(page)
 
     [reply] = saved_replies(server, sid)
     end = page.evaluate("window.__naviTurnEnds[0]")
@@ -275,7 +293,7 @@ def test_dropped_socket_reconnects_and_resumes_after_the_last_seq(make_server: A
     to_page.close(code=4000, reason="dropped by the test")
     expect(page.locator("#conn")).to_have_text("reconnecting…")
     expect(page.locator("#conn")).to_have_text("live")
-    page.wait_for_function("window.__naviTurnEnds.length > 0")
+    turn_ended(page)
 
     assert len(sockets) == 2 and re.search(r"after=\d+", sockets[1][0].url), [s[0].url for s in sockets]
     [reply] = saved_replies(server, session_id(page))
@@ -342,7 +360,9 @@ def test_reconnect_after_the_turn_ended_shows_the_end_without_a_reload(make_serv
     to_page, to_server = sockets[0]
     to_server.close()
     to_page.close(code=4000, reason="dropped by the test")
-    page.wait_for_function("window.__naviFrames.filter((t) => t === 'session_sync').length === 2")
+    # Not wait_for_function: it evaluates a string in the page, which the page's CSP (no eval) refuses.
+    wait_for(lambda: page.evaluate("window.__naviFrames.filter((t) => t === 'session_sync').length") == 2, 20,
+             "the resumed socket's session_sync")
 
     assert len(sockets) == 2 and re.search(r"after=\d+", sockets[1][0].url), [s[0].url for s in sockets]
     [reply] = saved_replies(server, held["sid"])
@@ -406,3 +426,241 @@ def test_crash_reason_is_shown_and_the_session_stays_usable(scripted_server: Ser
     failed, done = saved_replies(scripted_server, sid)
     assert (failed["status"], failed["error_code"], done["status"]) == ("failed", "actor_died", "done")
     assert "exited with code 3" in failed["error"]
+
+
+# ── what agents write: Markdown ─────────────────────────────────────────────
+
+
+def test_planning_line_goes_when_the_turn_ends(make_server: Any, page: Any) -> None:
+    """The planning line ("Reading your message") shows while the agent works and is gone once the turn is done."""
+    from playwright.sync_api import expect
+
+    server = make_server("demo", env={"NAVI_AGENT_TOKENS_PER_SECOND": "40"})
+    page.goto(server.url)
+    send(page, "what is 2 + 2?")
+    turn = page.locator(".turn").last
+    expect(turn.locator(".block.planning")).to_have_text("Reading your message")
+    expect(turn).to_have_attribute("data-status", "done")
+    expect(turn.locator(".block.planning")).to_have_count(0)
+    expect(turn.locator(".block.text")).to_contain_text("add up to 4")
+
+
+ALLOWED_TAGS = {"P", "H1", "H2", "H3", "H4", "H5", "H6", "EM", "STRONG", "DEL", "CODE", "PRE", "DIV", "BUTTON",
+                "BLOCKQUOTE", "UL", "OL", "LI", "HR", "BR", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "A", "SPAN"}
+
+#: In the page: every element the renderer made, its attributes, and where its links go.
+AUDIT = """
+(box) => {
+  const out = { tags: [], handlers: [], hrefs: [] };
+  for (const el of box.querySelectorAll("*")) {
+    out.tags.push(el.tagName);
+    for (const attr of el.attributes) if (/^on/i.test(attr.name) || attr.name === "style") out.handlers.push(attr.name);
+    if (el.tagName === "A") out.hrefs.push([el.protocol, el.getAttribute("rel"), el.getAttribute("target")]);
+  }
+  return out;
+}
+"""
+
+
+def audit(result: dict[str, Any]) -> None:
+    assert set(result["tags"]) <= ALLOWED_TAGS, set(result["tags"]) - ALLOWED_TAGS
+    assert result["handlers"] == []
+    for protocol, rel, target in result["hrefs"]:
+        assert protocol in ("http:", "https:", "mailto:"), protocol
+        assert (rel, target) == ("noopener noreferrer", "_blank")
+
+
+def test_markdown_answer_renders_safely_with_a_copy_button(scripted_server: Server, page: Any) -> None:
+    """A streamed Markdown answer shows its headings, lists, quote, table and code; HTML stays text; bad links are no links; Copy copies the code."""
+    from playwright.sync_api import expect
+
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=scripted_server.url)
+    page.goto(scripted_server.url)
+    send(page, "sample_md")
+    turn = page.locator(".turn").last
+    expect(turn).to_have_attribute("data-status", "done")
+    text = turn.locator(".block.text")
+    expect(text.locator("h1")).to_have_text("Sample")
+    expect(text.locator("p em").first).to_have_text("emphasis")
+    expect(text.locator("p strong").first).to_have_text("strong")
+    expect(text.locator("p del")).to_have_text("gone")
+    expect(text.locator("p > code")).to_have_text("inline code")
+    expect(text.locator("p br")).to_have_count(1)
+    expect(text.locator("ul > li")).to_have_count(2)
+    expect(text.locator("ul > li ol > li")).to_have_text(["nested", "ordered"])
+    expect(text.locator("blockquote strong")).to_have_text("text")
+    expect(text.locator("table th")).to_have_text(["a", "b"])
+    expect(text.locator("table td[data-align=right]")).to_have_text("2")
+    expect(text.locator("hr")).to_have_count(1)
+    safe = text.locator("a", has_text="safe")
+    expect(safe).to_have_attribute("href", "https://example.com/a")
+    expect(safe).to_have_attribute("rel", "noopener noreferrer")
+    expect(safe).to_have_attribute("target", "_blank")
+    expect(safe).to_have_attribute("title", "a title")
+    expect(text.locator(".md-link-refused")).to_have_text(["bad", "worse", "data"])
+    expect(text.locator("a")).to_have_count(2)  # safe, and the autolink
+    expect(text).to_contain_text("<script>window.__pwned = 1</script>")
+    expect(text).to_contain_text('<img src=x onerror="window.__pwned = 2">')
+    audit(text.evaluate(AUDIT))
+    assert page.evaluate("window.__pwned") is None
+
+    block = text.locator(".md-code")
+    expect(block.locator(".md-code-head")).to_have_attribute("data-lang", "js")
+    expect(block.locator("code")).to_have_text("const x = 1 < 2;\n")
+    block.locator("button.md-copy").click()
+    expect(block.locator("button.md-copy")).to_have_attribute("data-state", "copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "const x = 1 < 2;\n"
+    [reply] = saved_replies(scripted_server, session_id(page))
+    assert reply["content"] == SAMPLE_MARKDOWN
+
+
+def test_renderer_in_the_browser_builds_only_safe_elements(scripted_server: Server, page: Any) -> None:
+    """Every case and hostile input of tests/test_markdown.py, rendered by the page's module in Chromium: known elements only, no handlers, no script runs, only safe links."""
+    from tests.test_markdown import CASES, HOSTILE
+
+    page.goto(scripted_server.url)
+    texts = [md for md, _ in CASES.values()] + list(HOSTILE.values())
+    result = page.evaluate("""async (texts) => {
+      const md = await import("./static/markdown.js");
+      const box = document.createElement("div");
+      document.body.append(box);
+      for (const text of texts) md.renderMarkdown(box.appendChild(document.createElement("div")), text);
+      await new Promise((resolve) => setTimeout(resolve, 50));  // an onerror would have fired by now
+      return box.childElementCount;
+    }""", texts)
+    assert result == len(texts)
+    audit(page.locator("body > div:last-child").evaluate(AUDIT))
+    assert page.evaluate("window.__pwned") is None
+
+
+# Installed before the page's script: times every animation-frame callback
+# (where the page renders streamed text) with performance.now(), and holds the
+# top-level nodes of the answer's finished blocks to check they stay.
+FRAME_TIMER = """
+(() => {
+  const frames = (window.__naviFrames = []);
+  const held = (window.__naviHeld = []);
+  // the answer's top-level blocks: finished ones sit in chunks (div.md-chunk)
+  const blocksOf = (el) => [...el.children].flatMap((c) => (c.classList.contains("md-chunk") ? [...c.children] : [c]));
+  const raf = window.requestAnimationFrame.bind(window);
+  window.requestAnimationFrame = (callback) => raf((ts) => {
+    const t0 = performance.now();
+    callback(ts);
+    const ms = performance.now() - t0;
+    const live = window.naviApp && window.naviApp.view && window.naviApp.view.live;
+    const text = live && live.blocks.find((b) => b.kind === "text");
+    if (!text) return;
+    frames.push([ms, text.raw.length]);
+    const kids = blocksOf(text.el);
+    for (let i = held.length; i < kids.length - 3; i++) held.push([kids[i], kids[i].textContent]);
+    window.__naviAnswer = text.el;
+  });
+  document.addEventListener("navi:turn-end", () => {
+    const kids = blocksOf(window.__naviAnswer);
+    window.__naviKept = held.every(([node, text], i) => node.isConnected && kids[i] === node && node.textContent === text);
+  });
+})();
+"""
+
+
+def test_long_markdown_answer_streams_in_linear_time(scripted_server: Server, page: Any) -> None:
+    """A 20,000-token Markdown answer: each frame re-renders only the open blocks, finished blocks keep their nodes, the end DOM is one pass's."""
+    from playwright.sync_api import expect
+
+    tokens = markdown_tokens(20_000)
+    text = "".join(tokens)
+    page.add_init_script(FRAME_TIMER)
+    page.goto(scripted_server.url)
+    page.evaluate("async () => Object.assign((await import('./static/markdown.js')).stats, {maxReparsed: 0, nodesBuilt: 0})")
+    send(page, "markdown 20000 4000")
+    turn = page.locator(".turn").last
+    expect(turn).to_have_attribute("data-status", "done", timeout=120_000)
+
+    [reply] = saved_replies(scripted_server, session_id(page))
+    assert reply["content"] == text
+    answer = turn.locator(".block.text")
+    streamed = page.evaluate("async () => ({...(await import('./static/markdown.js')).stats})")
+    same = answer.evaluate("""async (el, content) => {
+      const md = await import("./static/markdown.js");
+      const one = document.createElement("div");
+      const before = md.stats.nodesBuilt;
+      md.renderMarkdown(one, content);
+      const blocks = el.querySelectorAll(":scope > *:not(.md-chunk), :scope > .md-chunk > *").length;
+      return [one.innerHTML === el.innerHTML, blocks, md.stats.nodesBuilt - before];
+    }""", text)
+    sections = text.count("## Part ")
+    assert same[0], "the streamed DOM differs from one rendering of the whole answer"
+    expect(answer.locator("h2")).to_have_count(sections)
+    expect(answer.locator(".md-code")).to_have_count(text.count("```python"))
+    expect(answer.locator("table")).to_have_count(text.count("| n | square |"))
+    expect(answer.locator("h2").last).to_have_text(f"Part {sections - 1}")
+
+    held = page.evaluate("window.__naviHeld.length")
+    assert held > same[1] * 0.9, (held, same[1])
+    assert page.evaluate("window.__naviKept") is True, "a finished block's node was replaced while the answer streamed"
+    # The work of a frame is bounded by the open blocks (a few hundred characters), not the answer (100 kB).
+    assert streamed["maxReparsed"] < 2_000, streamed
+    assert streamed["nodesBuilt"] < 2 * same[2], (streamed, same[2])  # about once each, as one pass builds them
+
+    frames = page.evaluate("window.__naviFrames")
+    first_end = len("".join(tokens[:2_000]))
+    last_start = len("".join(tokens[:18_000]))
+    first = [ms for ms, chars in frames if chars <= first_end]
+    last = [ms for (ms, chars), (_, before) in zip(frames[1:], frames) if before >= last_start]
+    print(f"\nstreamed: {len(frames)} frames, rendering {sum(ms for ms, _ in frames):.0f} ms in all; first 2,000 tokens "
+          f"{sum(first):.1f} ms in {len(first)} frames, last 2,000 tokens {sum(last):.1f} ms in {len(last)} frames")
+
+    # The server delivers in bursts on a busy machine, so the page's frames
+    # cover uneven amounts of text. For time, the page's renderer replays the
+    # same answer in even steps of 100 characters, one a frame, each followed by
+    # the layout that scrolling to the bottom forces: its first 2,000 tokens in
+    # one turn, its last 2,000 in another that already holds the rest.
+    timing = page.evaluate(REPLAY, [text, first_end, last_start])
+    print(f"replayed: {timing['n']} updates of 100 characters in the first and last 2,000 tokens: "
+          f"{timing['sumFirst']:.1f} ms and {timing['sumLast']:.1f} ms, medians {timing['first']:.3f} and {timing['last']:.3f} ms")
+    # Linear: an update late in the answer costs about what one early did (re-rendering it all would cost ~20x).
+    assert timing["last"] < 3 * timing["first"] + 0.5, timing
+    assert timing["sumLast"] < 3 * timing["sumFirst"] + 100, timing
+
+
+REPLAY = """async ([content, firstEnd, lastStart]) => {
+  const md = await import("./static/markdown.js");
+  const thread = document.getElementById("thread");
+  const answer = () => {  // a turn's answer, styled like the live one
+    const box = document.createElement("div");
+    box.className = "block text";
+    const turn = document.createElement("article");
+    turn.className = "turn";
+    turn.append(document.createElement("div"));
+    turn.firstChild.className = "msg assistant";
+    turn.firstChild.append(document.createElement("div"));
+    turn.firstChild.firstChild.className = "blocks";
+    turn.firstChild.firstChild.append(box);
+    thread.append(turn);
+    return new md.MarkdownView(box);
+  };
+  const frame = () => new Promise((resolve) => requestAnimationFrame(resolve));
+  const step = async (view, upto) => {  // one update a frame, as the page renders
+    await frame();
+    const t0 = performance.now();
+    view.update(content.slice(0, upto));
+    thread.scrollTop = thread.scrollHeight;
+    return performance.now() - t0;
+  };
+  const early = answer();
+  const late = answer();
+  late.update(content.slice(0, lastStart));
+  await frame();
+  await frame();
+  // Early and late steps take turns, so that both see the same load on a busy machine.
+  const first = [];
+  const last = [];
+  for (let i = 100; i <= firstEnd || lastStart + i - 100 < content.length; i += 100) {
+    if (i <= firstEnd) first.push(await step(early, i));
+    if (lastStart + i - 100 < content.length) last.push(await step(late, Math.min(lastStart + i, content.length)));
+  }
+  for (const view of [early, late]) view.container.closest(".turn").remove();
+  const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+  const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+  return { first: median(first), last: median(last), sumFirst: sum(first), sumLast: sum(last), n: [first.length, last.length] };
+}"""

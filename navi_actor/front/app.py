@@ -351,12 +351,10 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 
 
 #: The chat page may load only its own files and talk only to its own server;
-#: no other site may frame it (clickjacking). Agent text is never HTML anyway.
-#: 'unsafe-eval' only because Playwright's wait_for_function (tests/test_browser.py)
-#: evaluates strings in the page; inline scripts stay refused. Drop it once the
-#: browser tests' context sets bypass_csp=True.
+#: no other site may frame it (clickjacking). No inline scripts or styles, no
+#: eval: agent text is never HTML anyway (markdown.js builds DOM nodes).
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self'; "
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
                                "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
                                "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",

@@ -3,7 +3,8 @@
  * Reading order:
  *   Api          the one place that builds HTTP/WebSocket URLs and headers
  *   DOM helpers  every piece of agent text goes through textContent / text nodes,
- *                never innerHTML: agent output is untrusted
+ *                never innerHTML: agent output is untrusted. Answers are
+ *                Markdown, rendered by markdown.js (DOM nodes only, too)
  *   TurnView     one turn: the user's message and everything the agent streamed
  *   Connection   a session's WebSocket: reconnect with backoff, resume with ?after=
  *   SessionView  one open session: history, the live turn, seq bookkeeping
@@ -11,7 +12,7 @@
  *
  * The protocol is described in docs/protocol.md.
  */
-"use strict";
+import { MarkdownView } from "./markdown.js";
 
 (() => {
   const MAX_IMAGES = 10; // per message
@@ -151,62 +152,6 @@
     return el;
   }
 
-  /** Markdown-light: paragraphs, fenced code blocks and `inline code`, as DOM nodes. */
-  function renderRich(container, text) {
-    const out = document.createDocumentFragment();
-    let paragraph = [];
-    let code = null; // {lang, lines} while inside a fence
-
-    const flushParagraph = () => {
-      if (!paragraph.length) return;
-      const p = h("p");
-      paragraph.forEach((line, i) => {
-        if (i) p.append(h("br"));
-        appendInline(p, line);
-      });
-      out.append(p);
-      paragraph = [];
-    };
-    const flushCode = () => {
-      const pre = h("pre", { class: "code" }, h("code", { text: code.lines.join("\n") }));
-      if (code.lang) pre.dataset.lang = code.lang;
-      out.append(pre);
-      code = null;
-    };
-
-    for (const line of text.split("\n")) {
-      if (code) {
-        if (/^\s*```\s*$/.test(line)) flushCode();
-        else code.lines.push(line);
-        continue;
-      }
-      const fence = /^\s*```\s*([^`\s]*)\s*$/.exec(line);
-      if (fence) {
-        flushParagraph();
-        code = { lang: fence[1], lines: [] };
-      } else if (line.trim() === "") {
-        flushParagraph();
-      } else {
-        paragraph.push(line);
-      }
-    }
-    flushParagraph();
-    if (code) flushCode(); // a fence still open while the text streams
-    container.replaceChildren(out);
-  }
-
-  function appendInline(parent, line) {
-    const re = /`([^`]+)`/g;
-    let last = 0;
-    let match;
-    while ((match = re.exec(line))) {
-      if (match.index > last) parent.append(line.slice(last, match.index));
-      parent.append(h("code", { text: match[1] }));
-      last = re.lastIndex;
-    }
-    if (last < line.length) parent.append(line.slice(last));
-  }
-
   function asText(value) {
     if (typeof value === "string") return value;
     try {
@@ -338,9 +283,11 @@
     appendText(delta) {
       let block = this.last;
       if (!block || block.kind !== "text") {
-        block = this.addBlock("text", h("div", { class: "block text" }), {
+        const el = h("div", { class: "block text" });
+        block = this.addBlock("text", el, {
           raw: "",
-          render() { renderRich(this.el, this.raw); },
+          view: new MarkdownView(el),
+          render() { this.view.update(this.raw); }, // only the unfinished blocks' DOM changes
         });
       }
       block.raw += delta;
@@ -468,6 +415,9 @@
         this.appendText(info.content);
         renderQueue.flush();
       }
+      // The planning line says what the agent is doing now: an ended turn does nothing.
+      for (const b of this.blocks.filter((x) => x.kind === "planning")) b.el.remove();
+      this.blocks = this.blocks.filter((x) => x.kind !== "planning");
       for (const b of this.blocks) {
         if (b.kind === "thinking") {
           if (!b.ended) { b.ended = true; b.summary.textContent = "Thoughts"; }
@@ -710,8 +660,9 @@
       }
       if (!turn) return; // an event of a turn no longer shown live
       switch (ev.type) {
-        case "stream_delta": turn.appendText(ev.delta || ""); break;
-        case "thinking_delta": turn.appendThinking(ev.delta || ""); break;
+        // Text is drawn at the next frame, which then scrolls: no layout per delta.
+        case "stream_delta": turn.appendText(ev.delta || ""); return;
+        case "thinking_delta": turn.appendThinking(ev.delta || ""); return;
         case "thinking_end": turn.endThinking(); break;
         case "turn_thinking": turn.wholeThinking(ev.thinking || "", { isSubagent: ev.is_subagent, open: true }); break;
         case "tool_started": turn.toolStarted(ev); break;
