@@ -49,21 +49,25 @@ def test_bad_sandbox_paths_refuse_to_start(tmp_path, args, message):
 
 
 @needs_landlock
-async def test_auto_on_an_older_kernel_says_what_it_lacks_and_ps_shows_it(make_server, client):
-    """auto with ABI 3: the server starts, logs serve.sandbox_partial with what is missing, and ps --json
-    shows each actor's sandbox with the ABI and the parts in force."""
-    server = make_server("tests.agents:scripted", env={"NAVI_SANDBOX_ABI_LIMIT": "3"})
+@pytest.mark.parametrize("abi", [3, 0])
+async def test_auto_on_an_older_kernel_says_what_it_lacks_and_ps_shows_it(make_server, client, abi):
+    """auto with ABI 3, or no Landlock at all: the server starts and serves, logs serve.sandbox_partial with
+    what is missing, and ps --json shows each actor's sandbox with the ABI and the parts in force."""
+    server = make_server("tests.agents:scripted", env={"NAVI_SANDBOX_ABI_LIMIT": str(abi)})
     c = client(server)
     _sid, ws = await c.open_session()
     assert (await run_turn(ws, "fast 3"))[-1]["type"] == "stream_end"
     partial = [e for e in _log_events(server) if e["event"] == "serve.sandbox_partial"]
-    assert partial and partial[0]["landlock_abi"] == 3
-    assert "tcp_bind" not in partial[0]["enforced"] and "files" in partial[0]["enforced"]
+    assert partial and partial[0]["landlock_abi"] == abi
+    assert "tcp_bind" not in partial[0]["enforced"] and ("files" in partial[0]["enforced"]) == (abi > 0)
+    assert {"seccomp", "capabilities"} <= set(partial[0]["enforced"])
+    if abi == 0:
+        assert any(m.startswith("files: needs Landlock") for m in partial[0]["missing"])
     done = subprocess.run([sys.executable, "-m", "navi_actor", "ps", "--json", "--data-dir", str(server.data_dir)],
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=30)
     rows = json.loads(done.stdout)
     rows = rows["actors"] if isinstance(rows, dict) else rows
-    assert rows and all(r["sandbox"]["landlock_abi"] == 3 and r["sandbox"]["mode"] == "auto" for r in rows)
+    assert rows and all(r["sandbox"]["landlock_abi"] == abi and r["sandbox"]["mode"] == "auto" for r in rows)
 
 
 async def test_off_warns_at_every_start(make_server):
