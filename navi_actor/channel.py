@@ -80,6 +80,7 @@ class Channel:
         self._lock = threading.Lock()  # held by whoever writes (loop or flusher)
         self._armed = False
         self._urgent = False  # the kernel's buffer is full: drain without the grace
+        self._backlog = False  # the kernel's buffer was full: the flusher drains, the loop only queues
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -127,17 +128,18 @@ class Channel:
         out = self.out
         if not out:
             return
-        with self._lock:
-            if self.closed:
-                out.clear()
-                return
-            blocked = self._write_locked()
-        if blocked:
-            if len(out) > HIGH_WATER and not self._paused:
-                self._paused = True
-                self.writable.clear()
-            self._urgent = True
+        if not self._backlog:  # else the flusher is waiting for the socket: a send now would only fail
+            with self._lock:
+                if self.closed:
+                    out.clear()
+                    return
+                if not self._write_locked():
+                    return
+            self._backlog = self._urgent = True
             self._arm()
+        if len(out) > HIGH_WATER and not self._paused:
+            self._paused = True
+            self.writable.clear()
 
     def _arm(self) -> None:
         if self.closed:
@@ -219,6 +221,7 @@ class Channel:
                     return
                 with self._lock:
                     blocked = False if self.closed else self._write_locked()
+                self._backlog = blocked
                 if self._paused and len(out) <= LOW_WATER and not self._resume_pending:
                     self._resume_pending = True
                     try:
