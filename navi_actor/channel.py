@@ -81,7 +81,8 @@ class Channel:
         self._armed = False
         self._urgent = False  # the kernel's buffer is full: drain without the grace
         self._backlog = False  # the kernel's buffer was full: the flusher drains, the loop only queues
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # armed: there are bytes the loop may not write
+        self._hurry = threading.Event()  # the kernel's buffer is full: cut the grace short
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._paused = False
@@ -137,6 +138,7 @@ class Channel:
                     return
             self._backlog = self._urgent = True
             self._arm()
+            self._hurry.set()
         if len(out) > HIGH_WATER and not self._paused:
             self._paused = True
             self.writable.clear()
@@ -213,8 +215,9 @@ class Channel:
             self._wake.wait()
             if self._stopping:
                 return
-            if not self._urgent:
-                time.sleep(GRACE)  # the loop's own write at the end of its turn comes first
+            if not self._urgent:  # the loop's own write at the end of its turn comes first
+                self._hurry.wait(GRACE)
+            self._hurry.clear()
             while True:
                 self._urgent = False
                 if self._stopping:
@@ -232,7 +235,8 @@ class Channel:
                     poller.poll(POLL_MS)  # without the GIL, until the front has read some
                     continue
                 if out:  # the loop is appending (a flood): look again after the grace
-                    time.sleep(GRACE)
+                    self._hurry.wait(GRACE)
+                    self._hurry.clear()
                     continue
                 # Nothing queued: disarm. The loop appends, then arms if not armed; so
                 # disarm first, then look once more, and nothing queued can be missed.
@@ -294,6 +298,7 @@ class Channel:
                 self.sock.close()
         self._stopping = True
         self._wake.set()
+        self._hurry.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(1.0)
