@@ -129,19 +129,20 @@ class Channel:
         out = self.out
         if not out:
             return
-        if not self._backlog:  # else the flusher is waiting for the socket: a send now would only fail
-            with self._lock:
-                if self.closed:
-                    out.clear()
-                    return
-                if not self._write_locked():
-                    return
-            self._backlog = self._urgent = True
-            self._arm()
-            self._hurry.set()
+        with self._lock:
+            if self.closed:
+                out.clear()
+                return
+            if not self._backlog:  # else the flusher waits for the socket: a send now would only fail
+                self._backlog = self._write_locked()
+            if not self._backlog:
+                return
         if len(out) > HIGH_WATER and not self._paused:
             self._paused = True
             self.writable.clear()
+        self._urgent = True
+        self._arm()
+        self._hurry.set()
 
     def _arm(self) -> None:
         if self.closed:
@@ -169,9 +170,12 @@ class Channel:
 
     def _resume(self) -> None:
         self._resume_pending = False
-        if self._paused and (len(self.out) <= LOW_WATER or self.closed):
-            self._paused = False
-            self.writable.set()
+        if self._paused:
+            if len(self.out) <= LOW_WATER or self.closed:
+                self._paused = False
+                self.writable.set()
+            else:
+                self._arm()  # the flusher resumes us once it has written enough
 
     # ── output, either thread ─────────────────────────────────────────────
     def _write_locked(self) -> bool:
@@ -224,7 +228,7 @@ class Channel:
                     return
                 with self._lock:
                     blocked = False if self.closed else self._write_locked()
-                self._backlog = blocked
+                    self._backlog = blocked
                 if self._paused and len(out) <= LOW_WATER and not self._resume_pending:
                     self._resume_pending = True
                     try:
@@ -238,11 +242,11 @@ class Channel:
                     self._hurry.wait(GRACE)
                     self._hurry.clear()
                     continue
-                # Nothing queued: disarm. The loop appends, then arms if not armed; so
-                # disarm first, then look once more, and nothing queued can be missed.
+                # Nothing queued: disarm. The loop appends (or pauses), then arms if not
+                # armed; so disarm first, then look once more, and nothing can be missed.
                 self._armed = False
                 self._wake.clear()
-                if out or self._stopping:
+                if out or self._stopping or (self._paused and not self._resume_pending):
                     self._armed = True
                     continue
                 break
