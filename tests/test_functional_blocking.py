@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
+from navi_actor import protocol
 from tests.conftest import FINAL_TYPES, Server, receive, receive_until, text_of
 
 GRACE, TERM_AFTER, KILL_AFTER = 0.3, 1.0, 1.0
@@ -38,7 +39,8 @@ async def two_viewers(c: Any) -> tuple[str, aiohttp.ClientWebSocketResponse, aio
 
 
 async def stop_blocked(c: Any, sid: str, command: str, expected: str, step: str,
-                       viewers: list[aiohttp.ClientWebSocketResponse], first: str = "stream_delta") -> None:
+                       viewers: list[aiohttp.ClientWebSocketResponse], first: str = "stream_delta",
+                       ) -> list[dict[str, Any]]:
     """Run ``command``; every viewer sees all of ``expected`` while the agent blocks; stop ends at ``step``."""
     await viewers[0].send_json({"type": "message", "content": command})
     for ws in viewers:
@@ -53,9 +55,10 @@ async def stop_blocked(c: Any, sid: str, command: str, expected: str, step: str,
         final = (await receive_until(ws, lambda e: e["type"] in FINAL_TYPES, timeout=15))[-1]
         assert final["type"] == "stream_stopped" and final["stop_step"] == step
         assert final["content"] == expected
-    saved = (await c.session(sid))["messages"][-1]
-    assert saved["status"] == "stopped"
-    assert saved["content"] == expected
+    messages = (await c.session(sid))["messages"]
+    assert messages[-1]["status"] == "stopped"
+    assert messages[-1]["content"] == expected
+    return messages
 
 
 async def test_a_delta_yielded_right_before_blocking_reaches_viewers_and_history(blocking_server, client):
@@ -75,7 +78,11 @@ async def test_a_burst_larger_than_the_socket_buffer_leaves_before_blocking(bloc
     sid, ws, other = await two_viewers(c)
     n, size = 3000, 500
     expected = "".join(f"{i:06d}".ljust(size, ".") for i in range(n))
-    await stop_blocked(c, sid, f"burst_block {n} {size}", expected, "sigterm", [ws, other], first="tool_started")
+    messages = await stop_blocked(c, sid, f"burst_block {n} {size}", expected, "sigterm", [ws, other],
+                                  first="tool_started")
+    tool = messages[-2]
+    assert tool["role"] == "tool" and tool["tool"] == "lookup", "the history shows which tool was running"
+    assert tool["success"] is False and tool["content"] == protocol.UNFINISHED_TOOL
 
 
 async def test_a_delta_yielded_before_blocking_survives_a_sigkill(blocking_server, client):
