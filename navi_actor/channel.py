@@ -43,8 +43,9 @@ import orjson
 
 from navi_actor import framing, logs
 
-#: Seconds the loop has to write queued frames itself before the flusher thread does.
-GRACE = 0.005
+#: Seconds the loop has to write queued frames itself before the flusher thread does. A
+#: flood is written by the loop in 64 KiB batches, and by the flusher at most once per GRACE.
+GRACE = 0.002
 FLUSH_BYTES = 64 * 1024  # queued bytes that are written without waiting for the loop turn's end
 HIGH_WATER = 1024 * 1024  # queued bytes past which the agent is paused (``writable`` cleared)
 LOW_WATER = HIGH_WATER // 4  # ... and below which it runs again
