@@ -172,3 +172,22 @@ def test_a_flood_goes_out_in_few_writes() -> None:
     reader = run_on_uvloop(body)
     assert [e["seq"] for e in reader.events()] == list(range(1, 10_001))
     assert reader.sends() < 1000, "450 kB in 64 KiB writes, not one write per frame"
+
+
+def test_before_the_actor_is_confined_no_thread_starts_and_the_loop_drains() -> None:
+    """A warm actor is not confined yet (the sandbox confines one thread): the loop does the flusher's work."""
+    n = 2000
+
+    async def body(channel: Channel, reader: Reader) -> None:
+        channel.allow_thread = False
+        before = threading.active_count()
+        for i in range(1, n + 1):
+            channel.send_event(event(i, 2000))
+        await asyncio.wait_for(channel.writable.wait(), 30)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(reader.bodies) < n and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert threading.active_count() == before, "no flusher thread before confinement"
+
+    assert [e["seq"] for e in run_on_uvloop(body, pace=0.001).events()] == list(range(1, n + 1))
