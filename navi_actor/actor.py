@@ -42,6 +42,7 @@ import structlog
 
 from navi_actor import framing, logs, protocol
 from navi_actor.agent_loader import AgentSpec
+from navi_actor.channel import Channel
 from navi_actor.config import Config
 from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
 from navi_actor.replay import EndedTurn, ReplayBuffer
@@ -54,10 +55,7 @@ EXIT_AGENT_FAILED = 3  # the agent factory raised: the supervisor must not respa
 EXIT_UNCAUGHT = 70  # a BaseException escaped the agent
 EXIT_SANDBOX_FAILED = 4  # the sandbox could not be applied: no agent code ran under it
 
-_FLUSH_BYTES = 64 * 1024
-_HIGH_WATER = 1024 * 1024
 _JSON_OPTS = orjson.OPT_NON_STR_KEYS
-_HEADER_PACK = framing.HEADER.pack
 _dumps = orjson.dumps  # a text delta needs no fallback: str, str, int
 
 log = logs.get("navi.actor")
@@ -107,31 +105,6 @@ class _Run:
         self.stop_reason: dict[str, str] | None = None  # why the runtime stopped it, if not the user
 
 
-class _Channel(asyncio.Protocol):
-    def __init__(self, actor: Actor) -> None:
-        self.actor = actor
-        self.decoder = framing.FrameDecoder(framing.MAX_FRONT_FRAME)
-        self.writable = asyncio.Event()
-        self.writable.set()
-
-    def data_received(self, data: bytes) -> None:
-        for body in self.decoder.feed(data):
-            self.actor.on_message(orjson.loads(body))
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.writable.set()
-        self.actor.on_channel_lost(self)
-
-    def pause_writing(self) -> None:
-        self.writable.clear()
-
-    def resume_writing(self) -> None:
-        self.writable.set()
-
-
 class Actor:
     """Serve turns for one session until told to shut down or the front goes."""
 
@@ -145,8 +118,7 @@ class Actor:
         self.run: _Run | None = None
         self.ended: EndedTurn | None = None  # the last turn, finished and persisted, for late resumes
         self.runner: Callable[[Turn], AsyncIterator[Any]] | None = None
-        self._out = bytearray()  # framed bodies waiting for the next write
-        self._flush_scheduled = False
+        self.channel: Channel | None = None
         self._closing = False
         self.lifeline: socket.socket | None = None
         self.lifeline_reader: Any = None
@@ -179,11 +151,12 @@ class Actor:
         # A warm actor makes its agent once it is confined (see assign), so that
         # whatever the factory starts (threads, clients) is confined too.
         if self.confined and not self._make_runner():
-            await self._drain()
+            self._close_channel()
             return EXIT_AGENT_FAILED
         self._hello()
         code = await self.finished
         await self._close_agent()
+        self._close_channel()
         return code
 
     def _make_runner(self) -> bool:
@@ -202,7 +175,6 @@ class Actor:
             )
             self._tell_supervisor(fatal)
             self._send(fatal)
-            self._flush()
             return False
 
     async def _close_agent(self) -> None:
@@ -226,10 +198,10 @@ class Actor:
                 pass
 
     async def _connect(self, sock: socket.socket) -> None:
-        self.transport, self.channel = await self.loop.create_unix_connection(
-            lambda: _Channel(self), sock=sock
-        )
-        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        # Its flusher thread may start only once the actor is confined (the sandbox
+        # confines the thread that applies it); until then the loop drains it.
+        self.channel = Channel(self.loop, sock, self.on_message, self.on_channel_lost,
+                               allow_thread=self.confined)
 
     def _hello(self) -> None:
         """Introduce this actor (and its run, if any) to the front on the channel."""
@@ -249,18 +221,16 @@ class Actor:
         self._send(framing.control(hello))
         if run is not None and run.done_frame is not None:
             self._send(run.done_frame)
-        self._flush()
 
     def attach_front(self, fd: int) -> None:
         """A new front: switch the channel to it (called on the loop from the lifeline thread)."""
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
-        old = self.transport
-        self._out.clear()
+        old = self.channel
 
         async def switch() -> None:
-            if not old.is_closing():
-                old.close()
+            if old is not None:
+                old.close()  # what it still held was for the old front; the replay has it
             await self._connect(sock)
             log.info("actor.front_attached", run_id=self.run.run_id if self.run else None)
             if not self.finished.done():
@@ -268,42 +238,21 @@ class Actor:
 
         self.loop.create_task(switch())
 
-    # ── output ────────────────────────────────────────────────────────────
+    # ── output (see navi_actor.channel: written even while the agent blocks the loop) ──
     def _send(self, data: bytes) -> None:
-        """Queue framed bytes; written at the next loop turn, or now past 64 KiB.
-
-        While the agent keeps yielding without awaiting, frames pile up here
-        and go out in one write; a sparse stream is written every loop turn.
-        """
-        self._out += data
-        self._schedule_flush()
-
-    def _send_event(self, data: bytes) -> None:
-        """Queue one event's JSON as an ``E`` frame (the hot path: no intermediate bytes)."""
-        out = self._out
-        out += _HEADER_PACK(len(data) + 1)
-        out += b"E"
-        out += data
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if len(self._out) >= _FLUSH_BYTES:
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out:
-            if not self.transport.is_closing():
-                self.transport.write(bytes(self._out))
-            self._out.clear()
+        """Write framed bytes (a control message) after every frame queued before them."""
+        if self.channel is not None:
+            self.channel.send(data)
 
     async def _drain(self) -> None:
-        while self.transport.get_write_buffer_size() and not self.transport.is_closing():
-            self.channel.writable.clear()
-            await self.channel.writable.wait()
+        """Write what is still queued, for up to a second (the actor is about to exit)."""
+        if self.channel is not None:
+            self.channel.drain(1.0)
+
+    def _close_channel(self) -> None:
+        """The actor's last writes: what is still queued gets up to a second to leave."""
+        if self.channel is not None:
+            self.channel.close(linger=1.0)
 
     # ── input ─────────────────────────────────────────────────────────────
     def on_message(self, msg: dict[str, Any]) -> None:
@@ -358,6 +307,8 @@ class Actor:
             self.sandbox_failed(str(exc))
             return
         self.confined = True
+        if self.channel is not None:
+            self.channel.allow_thread = True
         _start_lifeline_thread(self, self.loop)
         if self.runner is None and not self._make_runner():
             self._finish(EXIT_AGENT_FAILED)
@@ -373,7 +324,6 @@ class Actor:
                                  "message": f"the agent's sandbox could not be applied: {message}"})
         self._tell_supervisor(fatal)
         self._send(fatal)
-        self._flush()
         self._finish(EXIT_SANDBOX_FAILED)
 
     def operator_stop(self, reason: dict[str, str] | None) -> None:
@@ -386,7 +336,7 @@ class Actor:
         else:
             self._stop(self.run.run_id, reason)
 
-    def on_channel_lost(self, channel: _Channel) -> None:
+    def on_channel_lost(self, channel: Channel) -> None:
         if channel is self.channel and not self.finished.done():
             log.warning("actor.front_lost", run_id=self.run.run_id if self.run else None)
             # Keep going: the supervisor hands over a channel to the next front.
@@ -455,7 +405,6 @@ class Actor:
             fatal = framing.control({"op": "fatal", "code": protocol.ACTOR_DIED, "message": message})
             self._tell_supervisor(fatal)
             self._send(fatal)
-            self._flush()
             self._finish(EXIT_UNCAUGHT)
             return
         finally:
@@ -473,7 +422,7 @@ class Actor:
         run.seq = seq = run.seq + 1
         run.text.append(delta)
         run.buffer.append_delta("stream_delta", seq, delta)
-        self._send_event(_dumps({"type": "stream_delta", "delta": delta, "seq": seq}))
+        self.channel.send_event(_dumps({"type": "stream_delta", "delta": delta, "seq": seq}))
 
     def _emit(self, run: _Run, wire: dict[str, Any]) -> None:
         run.seq += 1
@@ -507,7 +456,7 @@ class Actor:
             run.buffer.append_delta(kind, seq, wire["delta"])
         else:
             run.buffer.append(seq, data)
-        self._send_event(data)
+        self.channel.send_event(data)
 
     def _end_turn(self, run: _Run, error: BaseException | None) -> None:
         if run.grace_timer is not None:
@@ -562,7 +511,6 @@ class Actor:
         msg = {"op": "turn_done", "run_id": run.run_id, "final": final, "result": result}
         run.done_frame = framing.frame(dumps(msg))
         self._send(run.done_frame)
-        self._flush()
 
     def _stop(self, run_id: Any, reason: dict[str, str] | None = None) -> None:
         run = self.run
@@ -826,8 +774,7 @@ def prewarm(log_format: str = "auto") -> int:
             done += 1
             writer.write(framing.control({"op": "persisted", "run_id": run_id}))
         writer.write(framing.control({"op": "shutdown"}))
-        await asyncio.wait_for(serving, 10)
-        actor.transport.close()
+        await asyncio.wait_for(serving, 10)  # it closed its channel (and its flusher thread)
         writer.close()
         await writer.wait_closed()
         return done

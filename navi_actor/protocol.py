@@ -222,3 +222,41 @@ def replay_start(count: int, truncated: bool, first_seq: int | None) -> bytes:
         ev["truncated"] = True
         ev["first_seq"] = first_seq
     return orjson.dumps(ev)
+
+
+#: The result saved for a tool that had started but not finished when its turn's process died.
+UNFINISHED_TOOL = "(unfinished: the agent process ended while this tool ran)"
+
+
+def tool_calls_seen(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tool calls of a turn, from its ``tool_started``/``tool_call`` events as a viewer saw them.
+
+    For a turn whose actor died (crash, SIGTERM or SIGKILL of the stop ladder),
+    the front saves these, so the history shows which tool was running: a
+    ``tool_started`` with no ``tool_call`` after it (matched by tool name, oldest
+    first) is saved with ``success: false`` and :data:`UNFINISHED_TOOL` as its
+    result. In the order the tools started.
+    """
+    calls: list[dict[str, Any]] = []
+    running: list[int] = []  # indices into calls of tools started and not finished
+    for ev in events:
+        entry = {
+            "tool": ev.get("tool"),
+            "args": ev.get("args"),
+            "result": ev.get("result"),
+            "success": ev.get("success"),
+            "is_subagent": bool(ev.get("is_subagent", False)),
+            "metadata": ev.get("metadata"),
+        }
+        if ev.get("type") == "tool_started":
+            entry.update(result=UNFINISHED_TOOL, success=False, metadata={"unfinished": True})
+            running.append(len(calls))
+            calls.append(entry)
+            continue
+        match = next((i for i in running if calls[i]["tool"] == entry["tool"]), None)
+        if match is None:
+            calls.append(entry)
+        else:
+            running.remove(match)
+            calls[match] = entry
+    return calls

@@ -18,6 +18,10 @@ can play every scenario:
 - ``hog MB``: one delta, then holds MB megabytes of touched memory until stopped
 - ``trap_term``: ignores SIGTERM, then blocks its event loop forever
 - ``child``: starts ``sleep 1000`` (its pid is the text), then ignores stop
+- ``yield_block``: one delta, then blocks its event loop in ``time.sleep`` at once, forever
+- ``burst_block N SIZE``: a tool start and N deltas of SIZE characters in one loop turn (no await
+  between them), then blocks its loop at once, forever
+- ``trap_block``: ignores SIGTERM, one delta, then blocks its loop at once, forever
 - ``tool``: a tool call and its result, then text
 - ``markdown N [RATE]``: a long Markdown answer of N tokens (``markdown_tokens``), RATE tokens a second
 - ``sample_md``: ``SAMPLE_MARKDOWN``, a few tokens at a time
@@ -178,6 +182,22 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
         yield TextDelta("trapped ")
         await asyncio.sleep(0)
         await asyncio.sleep(0)
+        while True:
+            time.sleep(1)
+    elif cmd == "yield_block":  # the common case of a blocking tool: no chance for the loop to write
+        yield TextDelta("calling the tool ")
+        while True:
+            time.sleep(1)
+    elif cmd == "burst_block":
+        n, size = int(args[0]), int(args[1])
+        yield ToolStarted("lookup", {"q": "x"})
+        for i in range(n):
+            yield TextDelta(f"{i:06d}".ljust(size, "."))
+        while True:
+            time.sleep(1)
+    elif cmd == "trap_block":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        yield TextDelta("trapped, calling the tool ")
         while True:
             time.sleep(1)
     elif cmd == "child":

@@ -391,3 +391,21 @@ def test_non_events_are_refused_naming_what_was_yielded(value, name):
     assert text.startswith(f"agent yielded {name} (")
     assert repr(value)[:50] in text
     assert "navi_actor.events" in text
+
+
+def test_tool_calls_seen_keeps_finished_tools_and_marks_the_one_still_running() -> None:
+    """What the front saves for a turn whose actor died: every tool, the unfinished one marked."""
+    events = [
+        {"type": "tool_started", "tool": "search", "args": {"q": 1}, "is_subagent": False, "seq": 2},
+        {"type": "tool_call", "tool": "search", "args": {"q": 1}, "result": {"hits": 3}, "success": True,
+         "is_subagent": False, "metadata": {"call_id": "a"}, "seq": 3},
+        {"type": "tool_call", "tool": "clock", "args": {}, "result": "noon", "success": True, "seq": 4},
+        {"type": "tool_started", "tool": "fetch", "args": {"url": "x"}, "is_subagent": True, "seq": 5},
+    ]
+    calls = protocol.tool_calls_seen(events)
+    assert [c["tool"] for c in calls] == ["search", "clock", "fetch"]
+    assert calls[0] == {"tool": "search", "args": {"q": 1}, "result": {"hits": 3}, "success": True,
+                        "is_subagent": False, "metadata": {"call_id": "a"}}
+    assert calls[2] == {"tool": "fetch", "args": {"url": "x"}, "result": protocol.UNFINISHED_TOOL,
+                        "success": False, "is_subagent": True, "metadata": {"unfinished": True}}
+    assert protocol.tool_calls_seen([]) == []

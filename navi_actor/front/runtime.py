@@ -53,6 +53,7 @@ class Run:
         self.first_seq = 0
         self.last_seq = 0
         self.text: list[str] = []
+        self.tool_events: list[dict[str, Any]] = []  # tool_started/tool_call, for a turn whose actor dies
         self.checkpointed_seq = 0
         self.started_at = time.monotonic()
         self.started_wall = time.time()
@@ -485,9 +486,9 @@ class Runtime:
         stats: dict[str, Any] = {"elapsed_seconds": round(time.monotonic() - run.started_at, 3)}
         if status == "stopped":
             stats["stop_step"] = final["stop_step"]
-        await self._finish(
-            run, final, {"status": status, "content": content, "error": error, "error_code": code, "stats": stats},
-        )
+        result = {"status": status, "content": content, "error": error, "error_code": code, "stats": stats,
+                  "tool_calls": protocol.tool_calls_seen(run.tool_events)}
+        await self._finish(run, final, result)
 
     def on_actor_event(self, actor: ActorHandle, event: dict[str, Any], payload: bytes) -> None:
         run = actor.run
@@ -506,10 +507,13 @@ class Runtime:
         run.last_event_at = now
         self.events_forwarded += 1
         self.bytes_forwarded += len(payload) * len(run.viewers)
-        if event["type"] == "stream_delta":
+        kind = event["type"]
+        if kind == "stream_delta":
             delta = event.get("delta")
             if type(delta) is str:
                 run.text.append(delta)
+        elif kind == "tool_started" or kind == "tool_call":
+            run.tool_events.append(event)
         delta = event.get("delta") if len(event) == 3 and event["type"] == "stream_delta" else None
         for viewer in run.viewers:
             viewer.send(payload, seq, delta if type(delta) is str else None)
