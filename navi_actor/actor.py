@@ -28,11 +28,11 @@ exits.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import os
 import signal
 import socket
-import threading
 import time
 from collections import deque
 from typing import Any, AsyncIterator, Callable
@@ -664,8 +664,9 @@ def _start_lifeline_thread(actor: Actor, loop: asyncio.AbstractEventLoop) -> Non
         loop.remove_reader(sock.fileno())
     actor.lifeline_reader = lifeline
     sock.setblocking(True)
-    threading.Thread(target=_watch_lifeline, args=(lifeline, loop, sock), daemon=True,
-                     name="lifeline").start()
+    # _thread, not threading.Thread: start() waits for the new thread to run, a context switch
+    # that cost a warm actor about 0.3 ms on its first turn's path (it starts this thread then).
+    _thread.start_new_thread(_watch_lifeline, (lifeline, loop, sock))
 
 
 def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, fd: int,
