@@ -28,13 +28,10 @@ exits.
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import os
-import signal
 import socket
 import time
-from collections import deque
 from typing import Any, AsyncIterator, Callable
 
 import orjson
@@ -45,6 +42,8 @@ from navi_actor.agent_loader import AgentSpec
 from navi_actor.channel import Channel
 from navi_actor.config import Config
 from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
+from navi_actor.lifeline import read_on_loop as read_lifeline_on_loop
+from navi_actor.lifeline import start_thread as start_lifeline_thread
 from navi_actor.replay import EndedTurn, ReplayBuffer
 from navi_actor.sandbox import policy
 from navi_actor.turn import Turn, current_stop_event
@@ -145,9 +144,9 @@ class Actor:
         if self.lifeline is None:  # the template's rehearsal has none
             pass
         elif self.confined:
-            _start_lifeline_thread(self, loop)
+            start_lifeline_thread(self, loop)
         else:
-            _read_lifeline_on_loop(self, loop)
+            read_lifeline_on_loop(self, loop)
         # A warm actor makes its agent once it is confined (see assign), so that
         # whatever the factory starts (threads, clients) is confined too.
         if self.confined and not self._make_runner():
@@ -309,7 +308,7 @@ class Actor:
         self.confined = True
         if self.channel is not None:
             self.channel.allow_thread = True
-        _start_lifeline_thread(self, self.loop)
+        start_lifeline_thread(self, self.loop)
         if self.runner is None and not self._make_runner():
             self._finish(EXIT_AGENT_FAILED)
             return
@@ -579,94 +578,6 @@ class Actor:
             }
         )
         return head[:-1] + b',"events":[' + b",".join(part.events) + b"]}"
-
-
-class _Lifeline:
-    """The lifeline's messages: new fronts, operator stops, the session of a warm actor; EOF.
-
-    A warm actor reads it on its loop (it runs no agent code yet, and must stay
-    single-threaded until it is confined); once it has its session, a thread
-    reads it, so that an agent blocking the loop cannot keep its process group
-    alive after the supervisor is gone.
-    """
-
-    def __init__(self, actor: Actor) -> None:
-        self.actor = actor
-        self.decoder = framing.FrameDecoder(1024 * 1024)
-        self.fds: deque[int] = deque()
-
-    def feed(self, data: bytes, got: list[int], call: Callable[..., Any]) -> None:
-        """Handle what was read; ``call(fn, *args)`` runs ``fn`` on the loop."""
-        actor = self.actor
-        if not data:
-            os.killpg(0, signal.SIGKILL)  # the supervisor is gone: take every process of ours along
-            return
-        self.fds.extend(got)
-        for body in self.decoder.feed(data):
-            msg = orjson.loads(body)
-            op = msg.get("op")
-            if op == "front" and self.fds:
-                call(actor.attach_front, self.fds.popleft())
-            elif op == "stop":
-                call(actor.operator_stop, msg.get("reason"))
-            elif op == "assign":
-                call(actor.assign, str(msg.get("actor_id")), str(msg.get("session_id")))
-
-
-def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
-    try:
-        data, got, _flags, _addr = socket.recv_fds(sock, 65536, 16)
-    except BlockingIOError:
-        raise
-    except OSError:
-        data, got = b"", []
-    return data, got
-
-
-def _watch_lifeline(lifeline: _Lifeline, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """Thread: read the lifeline until the supervisor closes it (or the loop is gone)."""
-    while True:
-        data, got = _receive(sock)
-        try:
-            lifeline.feed(data, got, loop.call_soon_threadsafe)
-        except RuntimeError:  # the loop is closed: this actor is on its way out
-            return
-        if not data:
-            return
-
-
-def _read_lifeline_on_loop(actor: Actor, loop: asyncio.AbstractEventLoop) -> None:
-    """A warm actor: read the lifeline from the loop until :func:`_start_lifeline_thread`."""
-    sock = actor.lifeline
-    assert sock is not None
-    sock.setblocking(False)
-    lifeline = actor.lifeline_reader = _Lifeline(actor)
-
-    def readable() -> None:
-        while actor.lifeline_reader is lifeline and not actor.confined:
-            try:
-                data, got = _receive(sock)
-            except BlockingIOError:
-                return
-            lifeline.feed(data, got, lambda fn, *args: fn(*args))
-            if not data:
-                loop.remove_reader(sock.fileno())
-                return
-
-    loop.add_reader(sock.fileno(), readable)
-
-
-def _start_lifeline_thread(actor: Actor, loop: asyncio.AbstractEventLoop) -> None:
-    sock = actor.lifeline
-    assert sock is not None
-    lifeline = getattr(actor, "lifeline_reader", None) or _Lifeline(actor)
-    if getattr(actor, "lifeline_reader", None) is not None:
-        loop.remove_reader(sock.fileno())
-    actor.lifeline_reader = lifeline
-    sock.setblocking(True)
-    # _thread, not threading.Thread: start() waits for the new thread to run, a context switch
-    # that cost a warm actor about 0.3 ms on its first turn's path (it starts this thread then).
-    _thread.start_new_thread(_watch_lifeline, (lifeline, loop, sock))
 
 
 def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, fd: int,
