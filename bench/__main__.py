@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(notes)
     print()
-    print("Targets (issue 5, this 2-core machine), for orientation:")
+    print("Targets (this 2-core machine), for orientation:")
     print(report.reference())
     print()
     print(f"results: {json_out}")
