@@ -191,10 +191,17 @@ async def test_a_zygote_that_does_not_answer_is_replaced_and_costs_no_turn(make_
     ws = await c.connect(sid)
     assert text_of(await run_turn(ws, "first")) == "first"  # a warm actor; the refill meets the stopped zygote
     wait_for(lambda: f"no answer in {zygote.REPLY_TIMEOUT:g} s" in server.log_text(), 10, "the timeout")
-    wait_for(lambda: not psutil.pid_exists(zpid) or psutil.Process(zpid).status() == psutil.STATUS_ZOMBIE,
-             10, "the stopped zygote to be killed")
+    wait_for(lambda: _gone_or_zombie(zpid), 10, "the stopped zygote to be killed")
     for n in range(3):
         sid = await c.new_session()
         ws = await c.connect(sid)
         assert text_of(await run_turn(ws, f"then {n}")) == f"then {n}"
     assert wait_for(server.zygote_pids, 10, "a new zygote") != {zpid}
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited (it may be reaped between two looks: that is gone too)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
