@@ -2,7 +2,9 @@
 
 Every escape is refused with the sandbox on, and open with ``--sandbox off``
 (so that the test can fail). The server runs as the user the tests run as:
-root in CI, where the confinement must hold all the same.
+root in CI, where the confinement must hold all the same. An ordinary user
+is not arranged here: on this project's machines the Python installation
+lives in root's home (0700), which another uid cannot enter.
 """
 
 from __future__ import annotations
