@@ -79,6 +79,11 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_json_default, option=_JSON_OPTS)
 
 
+def _with_events(head: dict[str, Any], events: list[bytes]) -> bytes:
+    """``head`` as JSON with an ``events`` list of already-encoded events (their bytes, not re-encoded)."""
+    return dumps(head)[:-1] + b',"events":[' + b",".join(events) + b"]}"
+
+
 class _Run:
     __slots__ = (
         "run_id", "seq", "start", "buffer", "stop_event", "task", "text", "thinking",
@@ -536,18 +541,9 @@ class Actor:
             body = dumps({"op": "replay", "viewer": viewer, "run_id": None, "events": []})
         else:
             part = run.buffer.after(after_seq)
-            head = dumps(
-                {
-                    "op": "replay",
-                    "viewer": viewer,
-                    "run_id": run.run_id,
-                    "done": run.done,
-                    "truncated": part.truncated,
-                    "first_seq": part.first_seq,
-                    "start": run.start,
-                }
-            )
-            body = head[:-1] + b',"events":[' + b",".join(part.events) + b"]}"
+            body = _with_events({"op": "replay", "viewer": viewer, "run_id": run.run_id, "done": run.done,
+                                 "truncated": part.truncated, "first_seq": part.first_seq, "start": run.start},
+                                part.events)
         self._send(framing.frame(body))
 
     @staticmethod
@@ -566,18 +562,9 @@ class Actor:
         if ended is None or not ended.covers(after):
             return dumps({"op": "replay_ended", "viewer": viewer, "run_id": None, "events": []})
         part = ended.buffer.after(after)
-        head = dumps(
-            {
-                "op": "replay_ended",
-                "viewer": viewer,
-                "run_id": ended.run_id,
-                "last_seq": ended.last_seq,
-                "truncated": part.truncated,
-                "first_seq": part.first_seq,
-                "start": ended.start,
-            }
-        )
-        return head[:-1] + b',"events":[' + b",".join(part.events) + b"]}"
+        return _with_events({"op": "replay_ended", "viewer": viewer, "run_id": ended.run_id,
+                             "last_seq": ended.last_seq, "truncated": part.truncated,
+                             "first_seq": part.first_seq, "start": ended.start}, part.events)
 
 
 def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, fd: int,
@@ -595,7 +582,6 @@ def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, 
     lifeline = socket.socket(fileno=lifeline_fd)
     actor = Actor(spec, config, actor_id, session_id, sock)
     actor.lifeline = lifeline
-    actor.lifeline_reader = None
     try:
         policy.enter(actor.plan)  # single-threaded, before any loop or agent code
         if session_id:

@@ -101,10 +101,11 @@ def read_on_loop(actor: Any, loop: asyncio.AbstractEventLoop) -> None:
 def start_thread(actor: Any, loop: asyncio.AbstractEventLoop) -> None:
     sock = actor.lifeline
     assert sock is not None
-    lifeline = getattr(actor, "lifeline_reader", None) or Lifeline(actor)
-    if getattr(actor, "lifeline_reader", None) is not None:
+    lifeline = actor.lifeline_reader  # a warm actor's, read on the loop until now
+    if lifeline is not None:
         loop.remove_reader(sock.fileno())
-    actor.lifeline_reader = lifeline
+    else:
+        lifeline = actor.lifeline_reader = Lifeline(actor)
     sock.setblocking(True)
     # _thread, not threading.Thread: start() waits for the new thread to run, a context switch
     # that cost a warm actor about 0.3 ms on its first turn's path (it starts this thread then).

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import sys
 from typing import Iterable
 
@@ -157,7 +158,7 @@ class Ruleset:
     def allow_path(self, path: str, access: int) -> None:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         try:
-            self.allow_fd(fd, access, os.path.isdir(f"/proc/self/fd/{fd}"))
+            self.allow_fd(fd, access, stat.S_ISDIR(os.fstat(fd).st_mode))
         finally:
             os.close(fd)
 

@@ -209,6 +209,7 @@ class Plan:
             "missing": list(self.missing),
             "tcp_connect_ports": list(self.connect_ports) if self.parts.get("tcp_connect") else None,
             "tcp_bind_ports": list(self.bind_ports),
+            "not_granted": list(self.skipped),  # sys.path entries that are a home folder itself
         }
 
 
@@ -438,10 +439,7 @@ def make_session_folders(uploads_root: str, session_id: str) -> tuple[str, str, 
     wait for three ``mkdir`` (each about 0.15 ms of CPU); an actor calls it too,
     for sessions made before.
     """
-    if not session_id or "/" in session_id or session_id in (".", ".."):
-        raise SandboxFailed(f"no usable session id ({session_id!r}) to confine the actor to")
-    folder = os.path.join(uploads_root, session_id)
-    paths = (folder, os.path.join(folder, WORK), os.path.join(folder, TMP))
+    paths = _session_dirs(uploads_root, session_id)
     for path in paths:
         try:
             os.mkdir(path, 0o700)
@@ -451,12 +449,16 @@ def make_session_folders(uploads_root: str, session_id: str) -> tuple[str, str, 
     return paths
 
 
-def session_paths(plan: Plan, session_id: str) -> tuple[str, str, str]:
-    """The session's folder, its working directory and its private temporary folder."""
+def _session_dirs(uploads_root: str, session_id: str) -> tuple[str, str, str]:
     if not session_id or "/" in session_id or session_id in (".", ".."):
         raise SandboxFailed(f"no usable session id ({session_id!r}) to confine the actor to")
-    folder = os.path.join(plan.uploads_root, session_id)
+    folder = os.path.join(uploads_root, session_id)
     return folder, os.path.join(folder, WORK), os.path.join(folder, TMP)
+
+
+def session_paths(plan: Plan, session_id: str) -> tuple[str, str, str]:
+    """The session's folder, its working directory and its private temporary folder."""
+    return _session_dirs(plan.uploads_root, session_id)
 
 
 def confine_session(plan: Plan, session_id: str) -> None:
