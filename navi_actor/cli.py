@@ -208,7 +208,7 @@ def listen(host: str, port: int) -> socket.socket:
 def serve(cfg: config_mod.Config) -> int:
     """Start the supervisor in this process; returns the exit code."""
     from navi_actor import agent_loader
-    from navi_actor.store import StoreError, open_store
+    from navi_actor.store import StoreError, open_store, redact
     from supervisor.causes import EXIT_CANNOT_START
     from supervisor.control import SOCKET_NAME, runtime_dir
     from supervisor.supervisor import Hooks, Supervisor
@@ -232,7 +232,7 @@ def serve(cfg: config_mod.Config) -> int:
         return plan
 
     def recover(reason: str) -> None:
-        store = open_store(data)
+        store = open_store(data, cfg.store or None)
         try:
             runs = store.recover_interrupted(reason)
         finally:
@@ -243,7 +243,8 @@ def serve(cfg: config_mod.Config) -> int:
     try:
         recover("server stopped during this turn")
     except (StoreError, OSError) as exc:
-        print(f"navi-actor: cannot use data dir {data}: {exc}", file=sys.stderr)
+        where = f"store {redact(cfg.store)}" if cfg.store else f"data dir {data}"
+        print(f"navi-actor: cannot use {where}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
 
     try:

@@ -158,6 +158,32 @@ def _existing_path(text: str) -> str:
     return text
 
 
+def store_url(text: str) -> str:
+    """A ``--store`` URL, checked: ``sqlite:///PATH`` or ``postgresql://USER@HOST:PORT/DB``, no password in it.
+
+    A password in the URL would sit in the memory and command line of every
+    process, actors included; libpq reads it from ``PGPASSFILE`` (or
+    ``~/.pgpass``) instead, which actors cannot read.
+    """
+    from navi_actor.store.factory import sqlite_path, store_kind
+    from navi_actor.store.errors import StoreError
+
+    text = text.strip()
+    if not text:
+        return ""  # the default: DATA_DIR/navi.sqlite3
+    try:
+        if store_kind(text) == "sqlite":
+            sqlite_path(text)
+            return text
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    netloc = text.partition("://")[2].split("/", 1)[0]
+    if ":" in netloc.rpartition("@")[0] or "password=" in text.lower():
+        raise ValueError("put no password in the store URL (every process would hold it, actors too): "
+                         "give it to libpq in a password file (PGPASSFILE or ~/.pgpass, mode 0600)")
+    return text
+
+
 def _rlimits(text: str) -> str:
     values = rlimit_values(text)
     return ",".join(f"{k}={v}" for k, v in values.items())
@@ -173,6 +199,14 @@ OPTIONS: tuple[Option, ...] = (
         "the agent: MODULE:ATTR, or a built-in name (demo, echo, openai)",
     ),
     Option("data_dir", "./var", str, "folder for the session database and server.json"),
+    Option(
+        "store",
+        "",
+        store_url,
+        "the session store: sqlite:///PATH (an SQLite file) or postgresql://USER@HOST:PORT/DB (a PostgreSQL "
+        "database, its schema created or migrated at start; password in PGPASSFILE, never in the URL); "
+        "empty: DATA_DIR/navi.sqlite3",
+    ),
     Option(
         "log_format",
         "auto",
@@ -356,6 +390,7 @@ class Config:
     port: int = 8765
     agent: str = "demo"
     data_dir: str = "./var"
+    store: str = ""
     log_format: str = "auto"
     idle_timeout: float = 120.0
     heartbeat_interval: float = 20.0

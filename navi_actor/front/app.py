@@ -20,7 +20,7 @@ from navi_actor.front.metrics import CONTENT_TYPE
 from navi_actor.front.ratelimit import TokenBucket
 from navi_actor.front.runtime import Runtime
 from navi_actor.front.viewer import Viewer
-from navi_actor.store import ANY_OWNER, StoreFailure, open_store, valid_session_id
+from navi_actor.store import ANY_OWNER, StoreFailure, open_store, redact, valid_session_id
 from supervisor import proctitle
 from supervisor.causes import EXIT_CANNOT_START
 
@@ -422,9 +422,9 @@ def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = 
 async def _serve(config: Config, fd: int, listen_fd: int, guard: auth.Guard | None = None) -> int:
     loop = asyncio.get_running_loop()
     try:
-        store = open_store(config.data_path)
+        store = open_store(config.data_path, config.store or None)
     except Exception as exc:
-        log.error("front.store_unusable", error=str(exc), data_dir=str(config.data_path))
+        log.error("front.store_unusable", error=str(exc), data_dir=str(config.data_path), store=redact(config.store))
         return EXIT_CANNOT_START
     runtime = Runtime(config, store, fd)
     app = make_app(runtime, guard)

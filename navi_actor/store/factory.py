@@ -1,9 +1,12 @@
 """Open the session store: the default one in the data folder, or the one a URL names.
 
-Only SQLite is supported: ``sqlite:///PATH`` names the database file by its
-absolute path (percent-escapes decoded); without a URL, the store is
-``DATA_DIR/navi.sqlite3``. Any other URL is refused with a `StoreError` that
-says what is supported, so a backend added later plugs in here.
+- ``sqlite:///PATH`` names an SQLite database file by its absolute path
+  (percent-escapes decoded); without a URL, the store is
+  ``DATA_DIR/navi.sqlite3``.
+- ``postgresql://USER@HOST:PORT/DB`` (or ``postgres://``) names a PostgreSQL
+  database (`navi_actor.store.postgres`; psycopg is imported only then).
+
+Any other URL is refused with a `StoreError` that says what is supported.
 """
 
 from __future__ import annotations
@@ -15,14 +18,29 @@ from navi_actor.store.errors import StoreError
 from navi_actor.store.interface import SessionStore
 from navi_actor.store.sqlite import DB_FILENAME, open_sqlite
 
-__all__ = ["open_store", "sqlite_path"]
+__all__ = ["open_store", "sqlite_path", "store_kind", "SUPPORTED"]
+
+#: What ``--store`` accepts, as errors say it.
+SUPPORTED = "sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def store_kind(url: str) -> str:
+    """``"sqlite"`` or ``"postgresql"``: the backend a store URL names; StoreError for any other URL."""
+    scheme, sep, _rest = url.partition("://")
+    scheme = scheme.lower()
+    if sep and scheme == "sqlite":
+        return "sqlite"
+    if sep and scheme in _POSTGRES_SCHEMES:
+        return "postgresql"
+    raise StoreError(f"unsupported store URL {url!r}: use {SUPPORTED}")
 
 
 def sqlite_path(url: str) -> Path:
     """The database file a ``sqlite:///PATH`` URL names; StoreError for any other URL."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != "sqlite":
-        raise StoreError(f"unsupported store URL {url!r}: this version supports sqlite:///PATH only")
+    if store_kind(url) != "sqlite":
+        raise StoreError(f"store URL {url!r} is not an SQLite one (sqlite:///PATH)")
+    rest = url.partition("://")[2]
     if not rest.startswith("/") or "?" in rest or "#" in rest:
         raise StoreError(f"store URL {url!r} must be sqlite:///PATH, with PATH the database file's "
                          "absolute path (no host, no query)")
@@ -35,8 +53,14 @@ def sqlite_path(url: str) -> Path:
 def open_store(data_dir: str | Path, url: str | None = None) -> SessionStore:
     """Open the store ``url`` names, or ``data_dir/navi.sqlite3`` without one.
 
-    The database's folder is created with mode 0o700 if new (``data_dir``
-    itself, by default), and its file is private (mode 0o600).
+    SQLite: the database's folder is created with mode 0o700 if new
+    (``data_dir`` itself, by default), and its file is private (mode 0o600).
+    PostgreSQL: the schema is created or migrated; `StoreFailure` if the
+    database cannot be reached.
     """
+    if url and store_kind(url) == "postgresql":
+        from navi_actor.store.postgres import open_postgres
+
+        return open_postgres(url)
     path = sqlite_path(url) if url else Path(data_dir) / DB_FILENAME
     return open_sqlite(path)
