@@ -12,7 +12,8 @@ import psutil
 import psycopg
 from psycopg.rows import dict_row
 
-from tests.conftest import receive, run_turn, text_of
+from navi_actor.store.postgres import PG_SCHEMA_VERSION
+from tests.conftest import receive, run_turn
 
 FAST = {"NAVI_AGENT_TOKENS_PER_SECOND": "0"}
 SCRIPTED = "tests.agents:scripted"
@@ -47,7 +48,7 @@ async def test_a_turn_on_postgres_is_kept_in_postgres(make_server, client, pg_ur
     msgs = rows(pg_url, "SELECT role, content FROM messages WHERE session_id = %s ORDER BY id", sid)
     assert [m["role"] for m in msgs] == ["user", "tool", "assistant"]
     assert msgs[0]["content"] == "What is 2 + 40?" and msgs[2]["content"] == events[-1]["content"]
-    assert rows(pg_url, "SELECT version FROM navi_schema") == [{"version": 1}]
+    assert rows(pg_url, "SELECT version FROM navi_schema") == [{"version": PG_SCHEMA_VERSION}]
     assert not (data / "navi.sqlite3").exists()
     detail = await c.session(sid)
     assert [m["role"] for m in detail["messages"]] == ["user", "tool", "assistant"]

@@ -8,7 +8,7 @@ error, a lost connection) and the same call may succeed later.
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning"]
+__all__ = ["StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "SessionBusy", "LeaseLost"]
 
 
 class StoreError(Exception):
@@ -35,3 +35,25 @@ class SessionNotFound(StoreError):
 
 class RunNotRunning(StoreError):
     """The run does not exist or is already finished."""
+
+
+class SessionBusy(StoreError):
+    """A turn of the session runs on another node (a store shared by several nodes): no second turn.
+
+    ``node`` is the node that runs it. The front answers it as its own busy
+    guard does ("Agent is already running for this session.").
+    """
+
+    def __init__(self, session_id: str, node: str) -> None:
+        super().__init__(f"a turn of session {session_id!r} is running on node {node!r}")
+        self.session_id = session_id
+        self.node = node
+
+
+class LeaseLost(RunNotRunning):
+    """This node no longer holds the lease of the run's session: its late writes are refused (fencing).
+
+    Another node took the session over (its lease has a newer generation),
+    most often after this node stopped renewing its leases (paused,
+    partitioned); the run was ended there, as "interrupted".
+    """

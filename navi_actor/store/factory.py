@@ -50,17 +50,18 @@ def sqlite_path(url: str) -> Path:
     return path
 
 
-def open_store(data_dir: str | Path, url: str | None = None) -> SessionStore:
+def open_store(data_dir: str | Path, url: str | None = None, *, node_id: str | None = None) -> SessionStore:
     """Open the store ``url`` names, or ``data_dir/navi.sqlite3`` without one.
 
     SQLite: the database's folder is created with mode 0o700 if new
     (``data_dir`` itself, by default), and its file is private (mode 0o600).
     PostgreSQL: the schema is created or migrated; `StoreFailure` if the
-    database cannot be reached.
+    database cannot be reached. ``node_id`` names this node among those
+    sharing the database (SQLite has one node: it is ignored).
     """
     if url and store_kind(url) == "postgresql":
         from navi_actor.store.postgres import open_postgres
 
-        return open_postgres(url)
+        return open_postgres(url, node_id)
     path = sqlite_path(url) if url else Path(data_dir) / DB_FILENAME
     return open_sqlite(path)

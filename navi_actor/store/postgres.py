@@ -14,9 +14,16 @@ same answers as `SQLiteStore` (`tests/store_contract.py` runs against both).
   one; the call that met the loss fails with `StoreFailure`.
 - **Transactions.** Every write method is one transaction. `batch` is group
   commit: one transaction, a savepoint per call, one commit (one WAL flush).
-- **Schema.** Versioned migrations (the table ``navi_schema`` holds the
-  version), applied at open under an advisory lock, so that nodes starting
-  together migrate once; a database newer than this code is refused.
+- **Schema.** Versioned migrations (`navi_actor.store.pgschema`; the table
+  ``navi_schema`` holds the version), applied at open under an advisory lock,
+  so that nodes starting together migrate once; a database newer than this
+  code is refused.
+- **Several nodes.** A turn runs under its session's lease (``leases``: the
+  node and a generation number). `begin_run` refuses a turn while another
+  live node runs one (`SessionBusy`), ends the turns of a dead node as
+  interrupted, and takes the lease (a new generation when it changes
+  hands). Checkpoints and results are fenced: written only while this node
+  holds the lease at the run's generation (`LeaseLost`).
 - **Times** are unix seconds (``double precision``) taken from this host's
   clock, as SQLite's are; JSON columns are ``text``, as SQLite's are.
 """
@@ -24,6 +31,7 @@ same answers as `SQLiteStore` (`tests/store_contract.py` runs against both).
 from __future__ import annotations
 
 import functools
+import socket
 import threading
 import time
 import uuid
@@ -38,42 +46,16 @@ from navi_actor import logs
 from navi_actor.store.common import (
     ANY_OWNER, dumps, load_dict, redact, require_final, run_each, title_from, valid_session_id,
 )
-from navi_actor.store.errors import RunNotRunning, SessionNotFound, StoreError, StoreFailure
+from navi_actor.store.pgschema import ALIVE, MIGRATION_LOCK, MIGRATIONS, PG_SCHEMA_VERSION
+from navi_actor.store.errors import (
+    LeaseLost, RunNotRunning, SessionBusy, SessionNotFound, StoreError, StoreFailure,
+)
 
-__all__ = ["PG_SCHEMA_VERSION", "PostgresStore", "open_postgres"]
+__all__ = ["PG_SCHEMA_VERSION", "PostgresStore", "open_postgres", "finish_in", "interrupt_in", "node_lost_reason"]
 
 log = logs.get("navi.store")
 _MESSAGE_KEYS = ("id", "role", "content", "run_id", "created_at")
 _SESSION_COLUMNS = "id, title, created_at, updated_at, last_seq, owner"
-#: The advisory lock key that serialises migrations ("navi" in ASCII, then 1).
-_MIGRATION_LOCK = 0x6E617669_0001
-
-# Version N's statements turn a version N-1 database into version N.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE sessions (
-            id text PRIMARY KEY, n bigint GENERATED ALWAYS AS IDENTITY,
-            title text, created_at double precision, updated_at double precision,
-            last_seq bigint NOT NULL DEFAULT 0, owner text)""",
-        "CREATE INDEX sessions_updated ON sessions (updated_at DESC, n DESC)",
-        "CREATE INDEX sessions_owner ON sessions (owner, updated_at DESC, n DESC)",
-        """CREATE TABLE runs (
-            id text PRIMARY KEY, n bigint GENERATED ALWAYS AS IDENTITY,
-            session_id text REFERENCES sessions(id) ON DELETE CASCADE,
-            status text NOT NULL, started_at double precision, ended_at double precision,
-            first_seq bigint, last_seq bigint, partial_content text,
-            error text, error_code text, stats text)""",
-        "CREATE INDEX runs_running ON runs (started_at, n) WHERE status = 'running'",
-        "CREATE INDEX runs_session ON runs (session_id, started_at, n)",
-        """CREATE TABLE messages (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            session_id text REFERENCES sessions(id) ON DELETE CASCADE,
-            run_id text, role text NOT NULL, content text, data text,
-            created_at double precision)""",
-        "CREATE INDEX messages_session ON messages (session_id, id)",
-    ),
-}
-PG_SCHEMA_VERSION = max(_MIGRATIONS)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -105,9 +87,16 @@ def _reason(exc: BaseException) -> str:
 class PostgresStore:
     """PostgreSQL implementation: one connection, explicit transactions, group commit with savepoints."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
-        """Connect to the database ``url`` names and migrate its schema."""
+    def __init__(self, url: str, *, node_id: str | None = None, connect_timeout: float = 5.0) -> None:
+        """Connect to the database ``url`` names and migrate its schema.
+
+        ``node_id`` names this node among those sharing the database
+        (default: the host name): the runs it begins are its own, under the
+        session's lease, and `recover_interrupted` and `running_runs` see only
+        its own runs.
+        """
         self.url = url
+        self.node_id = node_id or socket.gethostname()
         self._connect_timeout = connect_timeout
         self._lock = threading.RLock()  # batch() holds it around the methods it calls
         self._closed = False
@@ -169,7 +158,7 @@ class PostgresStore:
     def _migrate(self) -> None:
         """Apply missing schema versions in one transaction; refuse a database newer than this code."""
         with self._tx() as db:
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             db.execute("CREATE TABLE IF NOT EXISTS navi_schema (version integer NOT NULL)")
             row = db.execute("SELECT version FROM navi_schema").fetchone()
             if row is None:
@@ -180,7 +169,7 @@ class PostgresStore:
                     f"{redact(self.url)} has schema version {version}, but this code supports up to "
                     f"version {PG_SCHEMA_VERSION}; upgrade navi_actor or use another database")
             for n in range(version + 1, PG_SCHEMA_VERSION + 1):
-                for stmt in _MIGRATIONS[n]:
+                for stmt in MIGRATIONS[n]:
                     db.execute(stmt)
                 db.execute("UPDATE navi_schema SET version = %s", (n,))
                 log.info("store.migrated", version=n)
@@ -197,14 +186,6 @@ class PostgresStore:
         for k, v in (load_dict(row["data"]) or {}).items():
             out.setdefault(k, v)
         return out
-
-    @staticmethod
-    def _add_message(db: psycopg.Connection[Any], session_id: str, run_id: str | None,
-                     role: str, content: str, data: dict, now: float) -> None:
-        db.execute(
-            "INSERT INTO messages (session_id, run_id, role, content, data, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (session_id, run_id, role, content, dumps(data), now))
 
     # -- sessions ----------------------------------------------------------
 
@@ -302,14 +283,17 @@ class PostgresStore:
             row = db.execute("SELECT last_seq FROM sessions WHERE id = %s FOR UPDATE", (session_id,)).fetchone()
             if row is None:
                 raise SessionNotFound(f"session {session_id!r} does not exist; create it first")
-            base = int(row["last_seq"])
-            cur = db.execute(
-                "INSERT INTO runs (id, session_id, status, started_at, first_seq)"
-                " VALUES (%s, %s, 'running', %s, %s) ON CONFLICT (id) DO NOTHING",
-                (run_id, session_id, now, base + 1))
-            if cur.rowcount == 0:
+            # Several nodes: the session's lease (a generation number that fences late writes).
+            if db.execute("SELECT 1 FROM runs WHERE id = %s", (run_id,)).fetchone() is not None:
                 raise StoreError(f"run {run_id!r} already exists; use a new run id")
-            self._add_message(db, session_id, run_id, "user", content,
+            self._reclaim(db, session_id)
+            base = int(db.execute("SELECT last_seq FROM sessions WHERE id = %s", (session_id,)).fetchone()["last_seq"])
+            generation = self._take_lease(db, session_id)
+            db.execute(
+                "INSERT INTO runs (id, session_id, status, started_at, first_seq, node_id, generation)"
+                " VALUES (%s, %s, 'running', %s, %s, %s, %s)",
+                (run_id, session_id, now, base + 1, self.node_id, generation))
+            _add_message(db, session_id, run_id, "user", content,
                               {"agent_content": agent_content, "images": images, "files": files or []}, now)
             title = title_from(content)
             db.execute("UPDATE sessions SET updated_at = %s,"
@@ -317,34 +301,45 @@ class PostgresStore:
                        " WHERE id = %s", (now, title, title, session_id))
         return base
 
+    def _reclaim(self, db: psycopg.Connection[Any], session_id: str) -> None:
+        """Before a turn: SessionBusy if one runs on another live node; end those of dead nodes as interrupted."""
+        runs = db.execute(
+            f"SELECT r.id, r.session_id, r.first_seq, r.last_seq, r.partial_content, r.node_id, {ALIVE} AS alive"
+            " FROM runs r LEFT JOIN nodes n ON n.node_id = r.node_id"
+            " WHERE r.session_id = %s AND r.status = 'running' ORDER BY r.started_at, r.n FOR UPDATE OF r",
+            (session_id,)).fetchall()
+        busy = [r for r in runs if r["node_id"] not in (None, self.node_id) and r["alive"]]
+        if busy:
+            raise SessionBusy(session_id, busy[0]["node_id"])
+        dead = [r for r in runs if r["node_id"] not in (None, self.node_id)]
+        if dead:
+            interrupt_in(db, dead, node_lost_reason(dead[0]["node_id"]), 10**9)
+            log.warning("store.runs_reclaimed", session_id=session_id, runs=[r["id"] for r in dead],
+                        node=dead[0]["node_id"])
+
+    def _take_lease(self, db: psycopg.Connection[Any], session_id: str) -> int:
+        """Hold the session's lease (a new generation when another node held it); its generation."""
+        row = db.execute(
+            "INSERT INTO leases AS l (session_id, node_id, generation) VALUES (%s, %s, 1)"
+            " ON CONFLICT (session_id) DO UPDATE SET node_id = EXCLUDED.node_id,"
+            " generation = l.generation + 1, taken_at = now() WHERE l.node_id <> EXCLUDED.node_id"
+            " RETURNING generation", (session_id, self.node_id)).fetchone()
+        if row is None:  # this node held it already: the same generation
+            row = db.execute("SELECT generation FROM leases WHERE session_id = %s", (session_id,)).fetchone()
+        return int(row["generation"])
+
     @_locked
     def checkpoint_runs(self, items: list[tuple[str, str, int]]) -> None:
-        """Store (run_id, partial_content, last_seq) for runs still "running"."""
+        """Store (run_id, partial_content, last_seq) for runs still "running" under this node's lease."""
         if not items:
             return
         with self._tx() as db, db.cursor() as cur:
+            # Fenced: only while this node holds the session's lease at the run's generation.
             cur.executemany(
-                "UPDATE runs SET partial_content = %s, last_seq = %s WHERE id = %s AND status = 'running'",
-                [(partial, int(seq), rid) for rid, partial, seq in items])
-
-    def _finish(self, db: psycopg.Connection[Any], run: dict, *, status: str,
-                content: str, last_seq: int | None, tool_calls: list[dict],
-                thinking: str, error: str | None, error_code: str | None,
-                stats: dict | None, now: float) -> None:
-        sid, rid = run["session_id"], run["id"]
-        for tc in tool_calls:
-            result = tc.get("result")
-            self._add_message(db, sid, rid, "tool", result if isinstance(result, str) else dumps(result),
-                              {"tool": tc.get("tool"), "args": tc.get("args"), "success": tc.get("success"),
-                               "is_subagent": bool(tc.get("is_subagent", False)),
-                               "metadata": tc.get("metadata")}, now)
-        self._add_message(db, sid, rid, "assistant", content,
-                          {"status": status, "error": error, "error_code": error_code,
-                           "thinking": thinking, "stats": stats or {}}, now)
-        db.execute(
-            "UPDATE runs SET status = %s, ended_at = %s, last_seq = %s, error = %s,"
-            " error_code = %s, stats = %s, partial_content = NULL WHERE id = %s",
-            (status, now, last_seq, error, error_code, None if stats is None else dumps(stats), rid))
+                "UPDATE runs r SET partial_content = %s, last_seq = %s FROM leases l"
+                " WHERE r.id = %s AND r.status = 'running' AND l.session_id = r.session_id"
+                " AND l.node_id = %s AND l.generation = r.generation",
+                [(partial, int(seq), rid, self.node_id) for rid, partial, seq in items])
 
     @_locked
     def finish_run(self, run_id: str, *, status: str, content: str | None, last_seq: int,
@@ -355,50 +350,55 @@ class PostgresStore:
         require_final(status)
         now = time.time()
         with self._tx() as db:
-            run = db.execute("SELECT id, session_id, status, partial_content FROM runs WHERE id = %s FOR UPDATE",
-                             (run_id,)).fetchone()
+            run = db.execute(
+                "SELECT r.id, r.session_id, r.status, r.partial_content, r.node_id, r.generation,"
+                " l.node_id AS lease_node, l.generation AS lease_generation"
+                " FROM runs r LEFT JOIN leases l ON l.session_id = r.session_id WHERE r.id = %s FOR UPDATE OF r",
+                (run_id,)).fetchone()
             if run is None:
                 raise RunNotRunning(f"run {run_id!r} does not exist; start it with begin_run()")
+            if run["node_id"] is not None and (run["node_id"] != self.node_id
+                                               or (run["lease_node"], run["lease_generation"])
+                                               != (self.node_id, run["generation"])):
+                raise LeaseLost(f"run {run_id!r} was begun by node {run['node_id']!r} under lease generation "
+                                f"{run['generation']}; the session's lease is now node {run['lease_node']!r}'s, "
+                                f"generation {run['lease_generation']} (the run is {run['status']!r}): "
+                                "this late result is refused")
             if run["status"] != "running":
                 raise RunNotRunning(f"run {run_id!r} is already {run['status']!r}; "
                                     "its result was written before, do not write it again")
             if content is None:
                 content = run["partial_content"] or ""
-            self._finish(db, run, status=status, content=content, last_seq=int(last_seq),
-                         tool_calls=tool_calls or [], thinking=thinking, error=error,
-                         error_code=error_code, stats=stats, now=now)
+            finish_in(db, run, status=status, content=content, last_seq=int(last_seq),
+                      tool_calls=tool_calls or [], thinking=thinking, error=error,
+                      error_code=error_code, stats=stats, now=now)
             db.execute("UPDATE sessions SET last_seq = GREATEST(last_seq, %s), updated_at = %s WHERE id = %s",
                        (int(last_seq), now, run["session_id"]))
 
     @_locked
     def recover_interrupted(self, reason: str = "server stopped during this turn",
                             seq_gap: int = 10**9, keep: Iterable[str] = ()) -> list[str]:
-        """Finish every "running" run but those in ``keep`` as "interrupted"; return their ids, oldest first."""
-        now = time.time()
+        """Finish this node's "running" runs but those in ``keep`` as "interrupted"; their ids, oldest first.
+
+        Other nodes' runs are theirs (or the sweeper's, once their node is dead).
+        """
         kept = set(keep)
         with self._tx() as db:
             runs = db.execute(
                 "SELECT id, session_id, first_seq, last_seq, partial_content FROM runs"
-                " WHERE status = 'running' ORDER BY started_at, n FOR UPDATE").fetchall()
+                " WHERE status = 'running' AND (node_id = %s OR node_id IS NULL)"
+                " ORDER BY started_at, n FOR UPDATE", (self.node_id,)).fetchall()
             runs = [run for run in runs if run["id"] not in kept]
-            top: dict[str, int] = {}
-            for run in runs:
-                seq = run["last_seq"] if run["last_seq"] is not None else run["first_seq"]
-                top[run["session_id"]] = max(top.get(run["session_id"], 0), int(seq or 0))
-                self._finish(db, run, status="interrupted", content=run["partial_content"] or "",
-                             last_seq=run["last_seq"], tool_calls=[], thinking="", error=reason,
-                             error_code="interrupted", stats=None, now=now)
-            for sid, seq in sorted(top.items()):
-                db.execute("UPDATE sessions SET last_seq = GREATEST(last_seq, %s) + %s, updated_at = %s"
-                           " WHERE id = %s", (seq, int(seq_gap), now, sid))
+            interrupt_in(db, runs, reason, seq_gap)
         return [r["id"] for r in runs]
 
     @_locked
     def running_runs(self) -> list[dict]:
-        """Return runs still "running": {"id", "session_id", "first_seq", "last_seq"}, oldest first."""
+        """This node's runs still "running": {"id", "session_id", "first_seq", "last_seq"}, oldest first."""
         return self._db.execute(
             "SELECT id, session_id, first_seq, last_seq FROM runs"
-            " WHERE status = 'running' ORDER BY started_at, n").fetchall()
+            " WHERE status = 'running' AND (node_id = %s OR node_id IS NULL) ORDER BY started_at, n",
+            (self.node_id,)).fetchall()
 
     # -- the store itself --------------------------------------------------
 
@@ -461,6 +461,53 @@ class PostgresStore:
             self._drop()
 
 
-def open_postgres(url: str) -> PostgresStore:
+def _add_message(db: psycopg.Connection[Any], session_id: str, run_id: str | None,
+                 role: str, content: str, data: dict, now: float) -> None:
+    db.execute(
+        "INSERT INTO messages (session_id, run_id, role, content, data, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (session_id, run_id, role, content, dumps(data), now))
+
+
+def finish_in(db: psycopg.Connection[Any], run: dict, *, status: str, content: str, last_seq: int | None,
+              tool_calls: list[dict], thinking: str, error: str | None, error_code: str | None,
+              stats: dict | None, now: float) -> None:
+    """Write a run's tool and assistant messages and close it (the caller checked it may)."""
+    sid, rid = run["session_id"], run["id"]
+    for tc in tool_calls:
+        result = tc.get("result")
+        _add_message(db, sid, rid, "tool", result if isinstance(result, str) else dumps(result),
+                     {"tool": tc.get("tool"), "args": tc.get("args"), "success": tc.get("success"),
+                      "is_subagent": bool(tc.get("is_subagent", False)), "metadata": tc.get("metadata")}, now)
+    _add_message(db, sid, rid, "assistant", content,
+                 {"status": status, "error": error, "error_code": error_code,
+                  "thinking": thinking, "stats": stats or {}}, now)
+    db.execute(
+        "UPDATE runs SET status = %s, ended_at = %s, last_seq = %s, error = %s,"
+        " error_code = %s, stats = %s, partial_content = NULL WHERE id = %s",
+        (status, now, last_seq, error, error_code, None if stats is None else dumps(stats), rid))
+
+
+def interrupt_in(db: psycopg.Connection[Any], runs: list[dict], reason: str, seq_gap: int) -> None:
+    """Finish ``runs`` as interrupted with their checkpointed text; each session's last_seq jumps by the gap."""
+    now = time.time()
+    top: dict[str, int] = {}
+    for run in runs:
+        seq = run["last_seq"] if run["last_seq"] is not None else run["first_seq"]
+        top[run["session_id"]] = max(top.get(run["session_id"], 0), int(seq or 0))
+        finish_in(db, run, status="interrupted", content=run["partial_content"] or "",
+                  last_seq=run["last_seq"], tool_calls=[], thinking="", error=reason,
+                  error_code="interrupted", stats=None, now=now)
+    for sid, seq in sorted(top.items()):
+        db.execute("UPDATE sessions SET last_seq = GREATEST(last_seq, %s) + %s, updated_at = %s"
+                   " WHERE id = %s", (seq, int(seq_gap), now, sid))
+
+
+def node_lost_reason(node: str) -> str:
+    """The error of a turn ended because its node stopped renewing its lease."""
+    return f"the node running this turn ({node}) stopped answering: its lease expired"
+
+
+def open_postgres(url: str, node_id: str | None = None) -> PostgresStore:
     """Connect to the PostgreSQL database ``url`` names (``postgresql://USER@HOST:PORT/DB``)."""
-    return PostgresStore(url)
+    return PostgresStore(url, node_id=node_id)
