@@ -12,6 +12,53 @@ __all__ = ["MIGRATIONS", "PG_SCHEMA_VERSION", "MIGRATION_LOCK", "ALIVE"]
 #: The advisory lock key that serialises migrations ("navi" in ASCII, then 1).
 MIGRATION_LOCK = 0x6E617669_0001
 
+#: begin_run as one statement (one round trip, its own transaction outside a batch): lock the
+#: session, refuse a reused run id, stop at another node's running turn (the caller sorts that
+#: out: busy, or a dead node's turn to end first), take the lease (a new generation when it
+#: changes hands), then write the run and its user message. Outcomes: ok, no_session,
+#: run_exists, other_node; o_base is the session's last_seq, o_generation the lease's.
+BEGIN_RUN = """
+CREATE FUNCTION navi_begin_run(p_sid text, p_rid text, p_node text, p_now double precision,
+                               p_content text, p_data text, p_title text)
+RETURNS TABLE (o_outcome text, o_base bigint, o_generation bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_last bigint;
+    v_gen bigint;
+BEGIN
+    SELECT s.last_seq INTO v_last FROM sessions s WHERE s.id = p_sid FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'no_session'::text, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM runs r WHERE r.id = p_rid) THEN
+        RETURN QUERY SELECT 'run_exists'::text, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM runs r WHERE r.session_id = p_sid AND r.status = 'running'
+               AND r.node_id IS NOT NULL AND r.node_id <> p_node) THEN
+        RETURN QUERY SELECT 'other_node'::text, v_last, NULL::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO leases AS l (session_id, node_id, generation) VALUES (p_sid, p_node, 1)
+        ON CONFLICT (session_id) DO UPDATE SET node_id = EXCLUDED.node_id,
+            generation = l.generation + 1, taken_at = now()
+        WHERE l.node_id <> EXCLUDED.node_id
+        RETURNING l.generation INTO v_gen;
+    IF v_gen IS NULL THEN  -- this node held it already: the same generation
+        SELECT l.generation INTO v_gen FROM leases l WHERE l.session_id = p_sid;
+    END IF;
+    INSERT INTO runs (id, session_id, status, started_at, first_seq, node_id, generation)
+        VALUES (p_rid, p_sid, 'running', p_now, v_last + 1, p_node, v_gen);
+    INSERT INTO messages (session_id, run_id, role, content, data, created_at)
+        VALUES (p_sid, p_rid, 'user', p_content, p_data, p_now);
+    UPDATE sessions s SET updated_at = p_now,
+        title = CASE WHEN p_title <> '' AND (s.title IS NULL OR s.title = '') THEN p_title ELSE s.title END
+        WHERE s.id = p_sid;
+    RETURN QUERY SELECT 'ok'::text, v_last, v_gen;
+END
+$$"""
+
 # Version N's statements turn a version N-1 database into version N.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -53,6 +100,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             node_id text NOT NULL, op text NOT NULL, requested_by text,
             requested_at timestamptz NOT NULL DEFAULT now(), acked_at timestamptz, result text)""",
         "CREATE INDEX control_pending ON control (node_id) WHERE acked_at IS NULL",
+        BEGIN_RUN,
     ),
 }
 PG_SCHEMA_VERSION = max(MIGRATIONS)

@@ -278,28 +278,26 @@ class PostgresStore:
         if not valid_session_id(session_id):
             raise SessionNotFound(f"session {session_id!r} does not exist; create it first")
         now = time.time()
-        with self._tx() as db:
-            # Locks the session's row: a concurrent finish_run on another node cannot move last_seq under us.
-            row = db.execute("SELECT last_seq FROM sessions WHERE id = %s FOR UPDATE", (session_id,)).fetchone()
-            if row is None:
-                raise SessionNotFound(f"session {session_id!r} does not exist; create it first")
-            # Several nodes: the session's lease (a generation number that fences late writes).
-            if db.execute("SELECT 1 FROM runs WHERE id = %s", (run_id,)).fetchone() is not None:
-                raise StoreError(f"run {run_id!r} already exists; use a new run id")
-            self._reclaim(db, session_id)
-            base = int(db.execute("SELECT last_seq FROM sessions WHERE id = %s", (session_id,)).fetchone()["last_seq"])
-            generation = self._take_lease(db, session_id)
-            db.execute(
-                "INSERT INTO runs (id, session_id, status, started_at, first_seq, node_id, generation)"
-                " VALUES (%s, %s, 'running', %s, %s, %s, %s)",
-                (run_id, session_id, now, base + 1, self.node_id, generation))
-            _add_message(db, session_id, run_id, "user", content,
-                              {"agent_content": agent_content, "images": images, "files": files or []}, now)
-            title = title_from(content)
-            db.execute("UPDATE sessions SET updated_at = %s,"
-                       " title = CASE WHEN %s <> '' AND (title IS NULL OR title = '') THEN %s ELSE title END"
-                       " WHERE id = %s", (now, title, title, session_id))
-        return base
+        args = (session_id, run_id, self.node_id, now, content,
+                dumps({"agent_content": agent_content, "images": images, "files": files or []}), title_from(content))
+        # One round trip in the common case: navi_begin_run (pgschema) does it all, as one statement.
+        outcome, base = self._begin(self._db, args)
+        if outcome == "other_node":  # another node's turn is running, or was when its node died
+            with self._tx() as db:
+                self._reclaim(db, session_id)  # SessionBusy, or that turn ends as interrupted
+                outcome, base = self._begin(db, args)
+        if outcome == "no_session":
+            raise SessionNotFound(f"session {session_id!r} does not exist; create it first")
+        if outcome == "run_exists":
+            raise StoreError(f"run {run_id!r} already exists; use a new run id")
+        if outcome != "ok":
+            raise StoreError(f"begin_run: unexpected outcome {outcome!r} of navi_begin_run")
+        return int(base)
+
+    @staticmethod
+    def _begin(db: psycopg.Connection[Any], args: tuple) -> tuple[str, int | None]:
+        row = db.execute("SELECT o_outcome, o_base FROM navi_begin_run(%s, %s, %s, %s, %s, %s, %s)", args).fetchone()
+        return row["o_outcome"], row["o_base"]
 
     def _reclaim(self, db: psycopg.Connection[Any], session_id: str) -> None:
         """Before a turn: SessionBusy if one runs on another live node; end those of dead nodes as interrupted."""
@@ -316,17 +314,6 @@ class PostgresStore:
             interrupt_in(db, dead, node_lost_reason(dead[0]["node_id"]), 10**9)
             log.warning("store.runs_reclaimed", session_id=session_id, runs=[r["id"] for r in dead],
                         node=dead[0]["node_id"])
-
-    def _take_lease(self, db: psycopg.Connection[Any], session_id: str) -> int:
-        """Hold the session's lease (a new generation when another node held it); its generation."""
-        row = db.execute(
-            "INSERT INTO leases AS l (session_id, node_id, generation) VALUES (%s, %s, 1)"
-            " ON CONFLICT (session_id) DO UPDATE SET node_id = EXCLUDED.node_id,"
-            " generation = l.generation + 1, taken_at = now() WHERE l.node_id <> EXCLUDED.node_id"
-            " RETURNING generation", (session_id, self.node_id)).fetchone()
-        if row is None:  # this node held it already: the same generation
-            row = db.execute("SELECT generation FROM leases WHERE session_id = %s", (session_id,)).fetchone()
-        return int(row["generation"])
 
     @_locked
     def checkpoint_runs(self, items: list[tuple[str, str, int]]) -> None:
