@@ -11,6 +11,7 @@ can play every scenario:
 - ``usererr``: one delta, then raises AgentError with its own message and code
 - ``crash``: one delta, then ``os._exit(3)``
 - ``badyield``: yields an int
+- ``oddtypes``: events of its own types named like Object's members (``valueOf``, ``__proto__``…), then text
 - ``ignore_stop``: deltas every 20 ms forever, never looking at the stop event
 - ``block``: blocks its event loop in ``time.sleep`` forever
 - ``segv``: one delta, then a segmentation fault
@@ -147,6 +148,10 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
         os._exit(3)
     elif cmd == "badyield":
         yield 42
+    elif cmd == "oddtypes":  # an agent's own event types, named like what every JS object inherits
+        for kind in ("valueOf", "__proto__", "hasOwnProperty", "constructor", "toString"):
+            yield {"type": kind, "note": kind}
+        yield TextDelta("after the odd types")
     elif cmd == "ignore_stop":
         while True:
             yield TextDelta("x")
