@@ -14,10 +14,8 @@ from __future__ import annotations
 import random
 import socket
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from supervisor.supervisor import _Actor
+from supervisor.actors import Actor
 
 MAX_BACKOFF = 30.0
 
@@ -27,7 +25,7 @@ class WarmPool:
         if size < 0:
             raise ValueError(f"the warm pool size must be >= 0, got {size}")
         self.size = size
-        self._ready: OrderedDict[int, tuple[_Actor, socket.socket]] = OrderedDict()
+        self._ready: OrderedDict[int, tuple[Actor, socket.socket]] = OrderedDict()
         self._failures = 0
         self._not_before = 0.0
         self._rng = rng or random.Random()
@@ -41,10 +39,10 @@ class WarmPool:
     def wants_one(self, now: float) -> bool:
         return len(self._ready) < self.size and now >= self._not_before
 
-    def add(self, actor: _Actor, chan_front: socket.socket) -> None:
+    def add(self, actor: Actor, chan_front: socket.socket) -> None:
         self._ready[actor.pid] = (actor, chan_front)
 
-    def take(self) -> tuple[_Actor, socket.socket] | None:
+    def take(self) -> tuple[Actor, socket.socket] | None:
         """The oldest warm actor (the likeliest to have finished starting), or None."""
         if not self._ready:
             return None
@@ -70,7 +68,7 @@ class WarmPool:
         self._not_before = now + delay
         return delay
 
-    def drain(self) -> list[_Actor]:
+    def drain(self) -> list[Actor]:
         """Empty the pool (its actors run old code after a reload); return them to be ended."""
         actors = [actor for actor, _chan in self._ready.values()]
         self.close()

@@ -15,7 +15,7 @@ from supervisor.supervisor import REFILL_DELAY
 from tests.conftest import run_turn, text_of, wait_for
 
 
-class _A:  # stands for supervisor._Actor: the pool only keeps it
+class _A:  # stands for supervisor.actors.Actor: the pool only keeps it
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
