@@ -106,7 +106,8 @@ class Operations:
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "list":  # rows of actors with a session; warm ones are only counted
-            return {"ok": True, "actors": self.rows(), "warm": len(self.sup.pool)}
+            return {"ok": True, "actors": self.rows(), "warm": len(self.sup.pool),
+                    "agent_start": self.sup.pool.start_state()}
         if op == "status":
             return {"ok": True, **self.state()}
         if op in ("stop", "kill"):
@@ -124,6 +125,7 @@ class Operations:
             "actors": len(sup.actors),  # warm ones included: see the module's docstring
             "warm": len(sup.pool),
             "warm_target": sup.pool.size,
+            "agent_start": sup.pool.start_state(),  # whether new actors start their agent; paused pool
             "zygote": sup.spawner.zygote_state(),
             "sandbox": sup.hooks.sandbox,
             "limits": {"actor_max_rss": sup.hooks.actor_max_rss, "term_after": self.term_after,

@@ -43,7 +43,7 @@ import structlog
 
 from supervisor import limits, proctitle, spawn
 from supervisor.actors import SIGNALS, Actor, killpg, log_ids, read_last_word
-from supervisor.causes import describe_status
+from supervisor.causes import EXIT_AGENT_FAILED, describe_status
 from supervisor.control import ControlServer
 from supervisor.fdchannel import ChannelClosed
 from supervisor.front import Front
@@ -145,12 +145,16 @@ class Supervisor:
                 self._reload()
 
     def _reload(self) -> None:
-        """New agent code for new actors; running turns finish on the old."""
+        """New agent code for new actors; running turns finish on the old. A paused pool starts again."""
+        if self.pool.resume():  # the operator may have mended what made the agent fail to start
+            log.info("supervisor.warm_pool_resumed", reason="SIGHUP")
         if self.hooks.on_reload is None:
+            self._refill_pool()
             return
         error = self.hooks.on_reload()
         if error is not None:
             log.error("supervisor.reload_failed", error=error, note="the running agent code stays in use")
+            self._refill_pool()  # a resumed pool starts again with that code
             return
         for actor in self.pool.drain():  # forked before the reload: old code
             actor.kill_kind = "reload"
@@ -205,6 +209,7 @@ class Supervisor:
             self.front.write_server_file(self.server_file, msg)
         elif op == "status":
             self.ops.on_front_status(msg.get("actors") or {})
+            self._note_agent_starts(msg.get("actors") or {})
         elif op == "control":
             req = msg.get("req")
             self.ops.request(msg.get("request") or {},
@@ -263,6 +268,29 @@ class Supervisor:
                 return
             self.pool.add(actor, chan_front)
 
+    def _note_agent_starts(self, rows: dict[str, Any]) -> None:
+        """The front's report: an actor past ``starting`` has made its agent; it may end a pause."""
+        if not self.pool.start_failures:
+            return
+        for actor_id, row in rows.items():
+            pid = self.spawner.by_id.get(str(actor_id))
+            actor = self.actors.get(pid) if pid is not None else None
+            if actor is None or not isinstance(row, dict) or row.get("state") in (None, "starting"):
+                continue
+            if self.pool.agent_started(actor.serial):
+                log.info("supervisor.warm_pool_resumed", reason="the agent started", actor_id=actor.actor_id)
+                self._refill_pool()
+            if not self.pool.start_failures:
+                return
+
+    def _agent_failed(self, actor: Actor, message: str) -> None:
+        """An actor's agent factory raised (warm or not): count it; a streak pauses the pool."""
+        if self.pool.agent_failed(actor.serial, message):
+            log.error("supervisor.warm_pool_paused", cause=message, failures=self.pool.start_failures,
+                      note="the agent failed to start in every new actor; no warm actor is forked until "
+                           "one starts (a new session's turn forks its own) or SIGHUP")
+            sd_notify(f"STATUS=the agent cannot start: {message[:200]}")
+
     def _reap(self) -> None:
         while True:
             try:
@@ -293,10 +321,13 @@ class Supervisor:
         self.ops.on_exit(actor, kind)
         log.info("supervisor.actor_exited", **log_ids(actor), actor_pid=actor.pid,
                  exitcode=cause.exitcode, signal=cause.signal_name, cause=message, warm=was_warm)
+        if cause.exitcode == EXIT_AGENT_FAILED and self.shutdown.running:
+            self._agent_failed(actor, message)
         if was_warm:
             if self.shutdown.running:
                 delay = self.pool.failed(time.monotonic())  # a warm actor should not die: back off
-                log.warning("supervisor.warm_actor_died", cause=message, retry_in=round(delay, 2))
+                log.warning("supervisor.warm_actor_died", cause=message,
+                            retry_in=None if self.pool.paused else round(delay, 2), paused=self.pool.paused)
             return
         if self.stage != "stopping_actors":
             self.front.send({

@@ -260,6 +260,20 @@ def broken_factory() -> _Broken:
     return _Broken()
 
 
+class _Echo:
+    async def run_stream(self, turn: Turn) -> AsyncIterator[Any]:
+        yield TextDelta(turn.display_content)
+
+
+def misconfigured_factory() -> _Echo:
+    """A factory that raises, as one with a bad setting does, while the file named by
+    NAVI_TEST_BAD_SETTING exists; once it is gone, the agent echoes (the setting was mended)."""
+    path = os.environ["NAVI_TEST_BAD_SETTING"]
+    if os.path.exists(path):
+        raise ValueError(f"bad setting in {path}: remove it to mend")
+    return _Echo()
+
+
 # ── a hostile agent, for tests/test_security_*.py ───────────────────────────
 
 
