@@ -265,6 +265,36 @@ def broken_factory() -> _Broken:
     return _Broken()
 
 
+class _Echo:
+    async def run_stream(self, turn: Turn) -> AsyncIterator[Any]:
+        yield TextDelta(turn.display_content)
+
+
+async def environ_agent(turn: Turn) -> AsyncIterator[Any]:
+    """Reports (as JSON text) the variable named by the message: the sha256 of its value as this actor's
+    environment has it (None if unset), and whether /proc/self/environ shows it."""
+    import hashlib
+    import json
+
+    name = turn.display_content.strip()
+    value = os.environb.get(os.fsencode(name))
+    with open("/proc/self/environ", "rb") as f:
+        block = f.read()
+    yield TextDelta(json.dumps({
+        "sha256": hashlib.sha256(value).hexdigest() if value is not None else None,
+        "in_proc_environ": any(e.startswith(os.fsencode(name) + b"=") for e in block.split(b"\0")),
+    }))
+
+
+def misconfigured_factory() -> _Echo:
+    """A factory that raises, as one with a bad setting does, while the file named by
+    NAVI_TEST_BAD_SETTING exists; once it is gone, the agent echoes (the setting was mended)."""
+    path = os.environ["NAVI_TEST_BAD_SETTING"]
+    if os.path.exists(path):
+        raise ValueError(f"bad setting in {path}: remove it to mend")
+    return _Echo()
+
+
 # ── a hostile agent, for tests/test_security_*.py ───────────────────────────
 
 
