@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import socket
@@ -233,7 +234,7 @@ def serve(cfg: config_mod.Config) -> int:
         return plan
 
     def recover(reason: str) -> None:
-        store = open_store(data, cfg.store or None)
+        store = open_store(data, cfg.store or None, node_id=cfg.node_id)
         try:
             runs = store.recover_interrupted(reason)
         finally:
@@ -242,19 +243,22 @@ def serve(cfg: config_mod.Config) -> int:
             log.warning("serve.turns_interrupted", count=len(runs), reason=reason)
 
     try:
-        recover("server stopped during this turn")
-    except (StoreError, OSError) as exc:
-        where = f"store {redact(cfg.store)}" if cfg.store else f"data dir {data}"
-        print(f"navi-actor: cannot use {where}: {exc}", file=sys.stderr)
-        return EXIT_CANNOT_START
-
-    try:
         listener = listen(cfg.host, cfg.port)
     except OSError as exc:
         log.error("serve.cannot_listen", host=cfg.host, port=cfg.port, error=str(exc))
         print(f"navi-actor: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_CANNOT_START
     listen_fd = listener.fileno()
+    if not cfg.node_id:  # the host name and the port bound (--port 0 picks one)
+        cfg = dataclasses.replace(cfg, node_id=f"{socket.gethostname()}:{listener.getsockname()[1]}")
+
+    try:
+        recover("server stopped during this turn")
+    except (StoreError, OSError) as exc:
+        listener.close()
+        where = f"store {redact(cfg.store)}" if cfg.store else f"data dir {data}"
+        print(f"navi-actor: cannot use {where}: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
 
     # Everything an actor needs is imported now; freeze it so forked actors
     # share these pages instead of copying them when the GC touches them.

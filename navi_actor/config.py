@@ -184,6 +184,16 @@ def store_url(text: str) -> str:
     return text
 
 
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _node_id(text: str) -> str:
+    text = text.strip()
+    if text and not _NODE_ID_RE.match(text):
+        raise ValueError(f"a node id is 1-64 letters, digits, '_', '.', ':' or '-', got {text!r}")
+    return text
+
+
 def _rlimits(text: str) -> str:
     values = rlimit_values(text)
     return ",".join(f"{k}={v}" for k, v in values.items())
@@ -206,6 +216,21 @@ OPTIONS: tuple[Option, ...] = (
         "the session store: sqlite:///PATH (an SQLite file) or postgresql://USER@HOST:PORT/DB (a PostgreSQL "
         "database, its schema created or migrated at start; password in PGPASSFILE, never in the URL); "
         "empty: DATA_DIR/navi.sqlite3",
+    ),
+    Option(
+        "node_id",
+        "",
+        _node_id,
+        "this node's name among the nodes sharing a PostgreSQL store (letters, digits, _ . : -); "
+        "empty: the host name and the port, HOST:PORT",
+    ),
+    Option(
+        "lease_ttl",
+        10.0,
+        _positive(float),
+        "with a PostgreSQL store: seconds a node's hold on its running turns outlives its last heartbeat "
+        "(sent every TTL/5); past it, the node stops its own turns and another node ends them as "
+        "interrupted (within TTL + 5 s)",
     ),
     Option(
         "log_format",
@@ -391,6 +416,8 @@ class Config:
     agent: str = "demo"
     data_dir: str = "./var"
     store: str = ""
+    node_id: str = ""
+    lease_ttl: float = 10.0
     log_format: str = "auto"
     idle_timeout: float = 120.0
     heartbeat_interval: float = 20.0

@@ -67,7 +67,8 @@ async def test_a_turn_on_postgres_is_kept_in_postgres(make_server, client, pg_ur
 async def test_a_turn_cut_by_a_crash_ends_interrupted_in_postgres(make_server, client, pg_url, tmp_path):
     """kill -9 of the server mid-turn: the next start marks the run interrupted, keeping its checkpointed text."""
     data = tmp_path / "data"
-    server = make_server(SCRIPTED, args=["--store", pg_url], data_dir=data)
+    node = ["--store", pg_url, "--node-id", "n1"]  # restarted as the same node (--port 0 picks another port)
+    server = make_server(SCRIPTED, args=node, data_dir=data)
     c = client(server)
     sid, ws = await c.busy_session("slow 400 0.01")
     run_id = rows(pg_url, "SELECT id FROM runs WHERE status = 'running'")[0]["id"]
@@ -81,7 +82,7 @@ async def test_a_turn_cut_by_a_crash_ends_interrupted_in_postgres(make_server, c
             p.send_signal(signal.SIGKILL)
     server.proc.wait(10)
     await ws.close()
-    restarted = make_server(SCRIPTED, args=["--store", pg_url], data_dir=data)
+    restarted = make_server(SCRIPTED, args=node, data_dir=data)
     run = rows(pg_url, "SELECT status, error_code FROM runs WHERE id = %s", run_id)[0]
     assert run == {"status": "interrupted", "error_code": "interrupted"}
     last = (await client(restarted).session(sid))["messages"][-1]

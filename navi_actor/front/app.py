@@ -16,6 +16,7 @@ from navi_actor import logs, protocol, tokens
 from navi_actor.config import Config
 from navi_actor.front import auth, uploads
 from navi_actor.front.auth import can_see, principal_of
+from navi_actor.front.cluster import FrontCluster
 from navi_actor.front.metrics import CONTENT_TYPE
 from navi_actor.front.ratelimit import TokenBucket
 from navi_actor.front.runtime import Runtime
@@ -163,8 +164,16 @@ async def stop_session(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     sid = request.match_info["session_id"]
     # Another user's session answers like one with no run, as an unknown session does.
-    if (principal_of(request).user is None or await _visible_session(request, sid) is not None) and rt.stop(sid):
+    visible = principal_of(request).user is None or await _visible_session(request, sid) is not None
+    if visible and rt.stop(sid):
         return _json({"ok": True})
+    if visible and rt.cluster is not None and valid_session_id(sid):  # does it run on another node?
+        out = await rt.cluster.request(sid, "stop")
+        if out["delivered"]:
+            return _json({"ok": out["result"] != "no active run", "node": out["node"],
+                          **({} if out["result"] != "no active run" else {"reason": "no active run"})})
+        if "node" in out:
+            return _json({"ok": False, "node": out["node"], "reason": out["reason"]})
     return _json({"ok": False, "reason": "no active run"})
 
 
@@ -320,6 +329,14 @@ async def kill_run(request: web.Request) -> web.Response:
     sid = request.match_info["session_id"]
     reply = await _ask_supervisor(rt, {"op": "kill" if body.get("force") else "stop", "session_ids": [sid]})
     results = reply.get("results", [])
+    if (not results or results[0].get("outcome") == "not found") and rt.cluster is not None \
+            and valid_session_id(sid):  # on another node?
+        out = await rt.cluster.request(sid, "kill" if body.get("force") else "terminate")
+        if out["delivered"] and out["result"] not in ("no active run", "not found"):
+            return _json({"session_id": sid, "outcome": out["result"], "node": out["node"]})
+        if not out["delivered"] and "node" in out:
+            return _error(504, f"The turn runs on node {out['node']}, which did not carry out the request: "
+                               f"{out['reason']}", "node_unreachable")
     if not results or results[0].get("outcome") == "not found":
         return _error(404, "No actor runs for this session", "not_found")
     return _json(results[0])
@@ -425,7 +442,7 @@ def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = 
 async def _serve(config: Config, fd: int, listen_fd: int, guard: auth.Guard | None = None) -> int:
     loop = asyncio.get_running_loop()
     try:
-        store = open_store(config.data_path, config.store or None)
+        store = open_store(config.data_path, config.store or None, node_id=config.node_id)
     except Exception as exc:
         log.error("front.store_unusable", error=str(exc), data_dir=str(config.data_path), store=redact(config.store))
         return EXIT_CANNOT_START
@@ -437,11 +454,19 @@ async def _serve(config: Config, fd: int, listen_fd: int, guard: auth.Guard | No
     site = web.SockSite(runner, listener)
     await site.start()
     host, port = listener.getsockname()[:2]
+    try:
+        runtime.cluster = FrontCluster.open(runtime, config, f"http://{host}:{port}")
+    except Exception as exc:  # the database went away between the store's open and this
+        log.error("front.cluster_unusable", error=str(exc), store=redact(config.store))
+        await runner.cleanup()
+        return EXIT_CANNOT_START
     runtime.link.send({"op": "ready", "host": host, "port": port})
     loop.add_signal_handler(signal.SIGTERM, runtime.request_shutdown, True)
     await runtime.shutdown_requested.wait()
     log.info("front.shutting_down", drain=runtime.drain)
     await runtime.shutdown()
+    if runtime.cluster is not None:
+        await loop.run_in_executor(None, runtime.cluster.close)
     await runner.cleanup()
     log.info("front.exit")
     return 0

@@ -20,12 +20,12 @@ from navi_actor.store.common import (
 from navi_actor.store.errors import (
     LeaseLost, RunNotRunning, SessionBusy, SessionNotFound, StoreError, StoreFailure,
 )
-from navi_actor.store.factory import open_store
+from navi_actor.store.factory import open_cluster, open_store
 from navi_actor.store.interface import SessionStore
 from navi_actor.store.sqlite import DB_FILENAME, SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
     "RUN_STATUSES", "FINAL_STATUSES", "SCHEMA_VERSION", "SESSION_ID_RE", "TITLE_MAX", "DB_FILENAME",
     "StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "SessionBusy", "LeaseLost", "ANY_OWNER",
-    "SessionStore", "SQLiteStore", "open_store", "valid_session_id", "redact",
+    "SessionStore", "SQLiteStore", "open_store", "open_cluster", "valid_session_id", "redact",
 ]

@@ -12,13 +12,14 @@ Any other URL is refused with a `StoreError` that says what is supported.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import unquote
 
 from navi_actor.store.errors import StoreError
 from navi_actor.store.interface import SessionStore
 from navi_actor.store.sqlite import DB_FILENAME, open_sqlite
 
-__all__ = ["open_store", "sqlite_path", "store_kind", "SUPPORTED"]
+__all__ = ["open_store", "open_cluster", "sqlite_path", "store_kind", "SUPPORTED"]
 
 #: What ``--store`` accepts, as errors say it.
 SUPPORTED = "sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
@@ -65,3 +66,21 @@ def open_store(data_dir: str | Path, url: str | None = None, *, node_id: str | N
         return open_postgres(url, node_id)
     path = sqlite_path(url) if url else Path(data_dir) / DB_FILENAME
     return open_sqlite(path)
+
+
+def open_cluster(url: str | None, node_id: str, *, lease_ttl: float, advertise_url: str = "",
+                 on_lost: Callable[[str], None], on_control: Callable[[dict[str, Any]], str]) -> Any:
+    """This node's membership of the cluster sharing the store ``url`` names, not yet started; None for SQLite.
+
+    A `navi_actor.store.pgcluster.PgNode`: ``start()``, ``request(session_id,
+    op)``, ``running()``, ``close()``. ``on_lost(reason)`` is called (from its
+    thread) when this node could not renew its lease for a whole TTL;
+    ``on_control(request)`` runs a stop or kill another node asked for and
+    returns its outcome.
+    """
+    if not url or store_kind(url) != "postgresql":
+        return None
+    from navi_actor.store.pgcluster import PgNode
+
+    return PgNode(url, node_id, advertise_url=advertise_url, lease_ttl=lease_ttl,
+                  on_lost=on_lost, on_control=on_control)

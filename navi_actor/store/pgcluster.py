@@ -38,7 +38,7 @@ from navi_actor.store.common import redact
 from navi_actor.store.pgschema import ALIVE
 from navi_actor.store.postgres import interrupt_in, node_lost_reason
 
-__all__ = ["PgNode", "CHANNEL", "SWEEP_LOCK"]
+__all__ = ["PgNode", "CHANNEL", "SWEEP_LOCK", "OPS"]
 
 log = logs.get("navi.cluster")
 CHANNEL = "navi_control"
@@ -46,6 +46,9 @@ CHANNEL = "navi_control"
 SWEEP_LOCK = 0x6E617669_0002
 RESCAN = 1.0  #: seconds between rescans of pending control requests, notified or not
 ACK_WAIT = 1.5  #: seconds a stop/kill request waits for the owner's acknowledgement
+#: What one node may ask of another: stop the turn (its stop event, as POST /sessions/ID/stop),
+#: run the stop ladder on its actor (POST /runs/ID/kill), or SIGKILL it (with force).
+OPS = ("stop", "terminate", "kill")
 
 
 class PgNode:
@@ -185,7 +188,7 @@ class PgNode:
                      result=result, requested_by=req["requested_by"])
 
     def request(self, session_id: str, op: str, timeout: float = ACK_WAIT) -> dict[str, Any]:
-        """Stop or kill the turn of ``session_id`` that runs on another node; what became of it.
+        """Stop or kill (`OPS`) the turn of ``session_id`` that runs on another node; what became of it.
 
         ``{"delivered": True, "node", "result"}`` once the owner ran it;
         ``{"delivered": False, "node"?, "reason"}`` when no other node runs a
@@ -193,8 +196,8 @@ class PgNode:
         it did not answer within ``timeout`` seconds (the request stays, and
         the owner runs it when it reads it).
         """
-        if op not in ("stop", "kill"):
-            raise ValueError(f"op must be 'stop' or 'kill', not {op!r}")
+        if op not in OPS:
+            raise ValueError(f"op must be one of {', '.join(OPS)}, not {op!r}")
         with self._connect() as conn:
             with conn.transaction():
                 run = conn.execute(

@@ -1,0 +1,168 @@
+"""Several nodes on one PostgreSQL store: real `navi-actor serve` processes on loopback ports.
+
+A node is a server with its own data folder and port, started with the same
+``--store postgresql://…`` (tests/pgserver.py), its own ``--node-id`` and a
+short ``--lease-ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any, Callable
+
+import psutil
+import psycopg
+from psycopg.rows import dict_row
+
+from tests.conftest import FINAL_TYPES, receive, receive_until, run_turn, text_of
+
+SCRIPTED = "tests.agents:scripted"
+TTL = 2.0
+LADDER = ["--stop-grace", "0.3", "--stop-term-after", "1", "--stop-kill-after", "1"]
+
+
+def start_nodes(make_server, pg_url: str, tmp_path, n: int = 2) -> list[Any]:
+    return [make_server(SCRIPTED, args=["--store", pg_url, "--node-id", f"n{i + 1}", "--lease-ttl", str(TTL),
+                                        "--warm-actors", "1", *LADDER], data_dir=tmp_path / f"node{i + 1}")
+            for i in range(n)]
+
+
+def rows(url: str, sql: str, *args: object) -> list[dict]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+async def poll(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := await cond() if asyncio.iscoroutinefunction(cond) else cond()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+def signal_tree(server: Any, sig: int) -> list[psutil.Process]:
+    """Send ``sig`` to the node's whole process tree (supervisor, front, zygote, actors)."""
+    family = [psutil.Process(server.pid), *server.descendants()]
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(sig)
+    return family
+
+
+async def test_a_session_is_shared_by_every_node(make_server, client, pg_url, tmp_path):
+    """Created on one node, a session is listed, read, continued and deleted on another."""
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    ca, cb = client(a), client(b)
+    sid, ws_a = await ca.open_session()
+    first = await run_turn(ws_a, "slow 3 0")
+    assert first[-1]["type"] == "stream_end"
+    async with cb.http.get(b.url + "/sessions") as r:
+        assert sid in [s["id"] for s in (await r.json())["sessions"]]
+    assert [m["role"] for m in (await cb.session(sid))["messages"]] == ["user", "assistant"]
+    ws_b = await cb.connect(sid)
+    assert await receive(ws_b) == {"type": "session_sync"}
+    second = await run_turn(ws_b, "slow 2 0")
+    assert second[0]["seq"] == first[-1]["seq"] + 1 and second[-1]["type"] == "stream_end"
+    assert [r["node_id"] for r in rows(pg_url, "SELECT node_id FROM runs ORDER BY started_at")] == ["n1", "n2"]
+    assert [m["content"] for m in (await ca.session(sid))["messages"]] == \
+        ["slow 3 0", text_of(first), "slow 2 0", text_of(second)]
+    async with cb.http.delete(f"{b.url}/sessions/{sid}") as r:
+        assert r.status in (200, 204)
+    async with ca.http.get(f"{a.url}/sessions/{sid}") as r:
+        assert r.status == 404
+
+
+async def test_the_busy_guard_and_stop_work_across_nodes(make_server, client, pg_url, tmp_path):
+    """A turn runs on node 1: node 2 refuses a second one, and a stop sent to node 2 ends it within 1 s."""
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    ca, cb = client(a), client(b)
+    sid, ws_a = await ca.busy_session("slow 500 0.02")
+    ws_b = await cb.connect(sid)
+    assert await receive(ws_b) == {"type": "session_sync"}
+    await ws_b.send_json({"type": "message", "content": "slow 1 0"})
+    refused = await receive(ws_b)
+    assert refused["type"] == "error" and refused["code"] == "already_running"
+    assert refused["message"] == "Agent is already running for this session."
+    t0 = time.monotonic()
+    assert await cb.stop(sid) == {"ok": True, "node": "n1"}
+    rest = await receive_until(ws_a, lambda e: e["type"] in FINAL_TYPES)
+    assert rest[-1]["type"] == "stream_stopped" and time.monotonic() - t0 < 1.0
+    assert (await cb.stop(sid))["ok"] is False  # nothing runs any more, anywhere
+    after = await run_turn(ws_b, "slow 1 0")  # and node 2 may run the next turn
+    assert after[-1]["type"] == "stream_end"
+
+
+async def test_kill_from_another_node(make_server, client, pg_url, tmp_path):
+    """POST /runs/ID/kill with force, sent to node 2, SIGKILLs the actor on node 1; its viewer is told."""
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    ca, cb = client(a), client(b)
+    sid, ws_a = await ca.busy_session("slow 500 0.02")
+    async with cb.http.post(f"{b.url}/runs/{sid}/kill", json={"force": True}) as r:
+        assert r.status == 200, await r.text()
+        out = await r.json()
+    assert out["node"] == "n1" and out["session_id"] == sid
+    final = (await receive_until(ws_a, lambda e: e["type"] in FINAL_TYPES))[-1]
+    assert final["type"] == "error"
+    async with cb.http.post(f"{b.url}/runs/{'0' * 32}/kill", json={}) as r:
+        assert r.status == 404
+
+
+async def test_a_node_killed_mid_turn_has_its_turn_interrupted_by_another(make_server, client, pg_url, tmp_path):
+    """kill -9 of node 1's whole tree mid-turn: within TTL + 5 s node 2 marks the turn interrupted with its text."""
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    ca, cb = client(a), client(b)
+    sid, ws_a = await ca.busy_session("slow 500 0.02")
+    run_id = rows(pg_url, "SELECT id FROM runs WHERE status = 'running'")[0]["id"]
+    checkpointed = await poll(lambda: rows(pg_url, "SELECT partial_content FROM runs WHERE id = %s",
+                                           run_id)[0]["partial_content"], "a checkpoint")
+    family = signal_tree(a, signal.SIGKILL)
+    t0 = time.monotonic()
+    a.proc.wait(10)
+    await ws_a.close()
+    run = await poll(lambda: (r := rows(pg_url, "SELECT status, error FROM runs WHERE id = %s", run_id)[0])
+                     ["status"] != "running" and r, "the sweeper", timeout=TTL + 5)
+    assert time.monotonic() - t0 < TTL + 5
+    assert run["status"] == "interrupted" and "(n1) stopped answering" in run["error"]
+    last = (await cb.session(sid))["messages"][-1]
+    assert last["status"] == "interrupted" and last["content"].startswith(checkpointed)
+    ws_b = await cb.connect(sid)
+    assert await receive(ws_b) == {"type": "session_sync"}
+    again = await run_turn(ws_b, "slow 2 0")
+    assert again[-1]["type"] == "stream_end"
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_a_paused_node_loses_its_session_and_its_late_writes_are_refused(make_server, client, pg_url,
+                                                                               tmp_path):
+    """SIGSTOP node 1 past its lease; node 2 takes the session and runs a turn; node 1, resumed, writes nothing."""
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    ca, cb = client(a), client(b)
+    sid, ws_a = await ca.busy_session("slow 300 0.02")
+    old_run = rows(pg_url, "SELECT id FROM runs WHERE status = 'running'")[0]["id"]
+    await poll(lambda: rows(pg_url, "SELECT partial_content FROM runs WHERE id = %s", old_run)[0]["partial_content"],
+               "a checkpoint")
+    signal_tree(a, signal.SIGSTOP)
+    try:
+        # Past the lease, node 2's sweeper ends node 1's turn; node 2 then runs one of its own.
+        await poll(lambda: rows(pg_url, "SELECT status FROM runs WHERE id = %s", old_run)[0]["status"]
+                   == "interrupted", "node 1's turn interrupted", timeout=TTL + 5)
+        ws_b = await cb.connect(sid)
+        assert await receive(ws_b) == {"type": "session_sync"}
+        new = await run_turn(ws_b, "slow 3 0")
+        assert new[-1]["type"] == "stream_end"
+        before = await cb.session(sid)
+    finally:
+        signal_tree(a, signal.SIGCONT)
+    # Node 1 wakes up: its turn is stopped (lease lost), and what it writes late is refused.
+    tail = await receive_until(ws_a, lambda e: e["type"] in FINAL_TYPES, timeout=15)
+    assert tail[-1]["type"] in ("error", "stream_stopped")
+    await poll(lambda: "cluster.lease_lost" in a.log_text(), "node 1 to see its lease lost")
+    await poll(lambda: "this late result is refused" in a.log_text(), "node 1's late result, refused")
+    after = await cb.session(sid)
+    assert after["messages"] == before["messages"]
+    assert [(r["id"], r["status"]) for r in after["runs"]] == [(old_run, "interrupted"), (new[0]["run_id"], "done")]
+    assert after["messages"][-1]["content"] == text_of(new)
