@@ -26,6 +26,7 @@ from navi_actor.front import resume
 from navi_actor.front.actors import ActorHandle
 from navi_actor.front.link import SupervisorLink
 from navi_actor.front.metrics import Metrics
+from navi_actor.front.runs import LOST_IN_RESTART, Run
 from navi_actor.front.storekeeper import StoreKeeper
 from navi_actor.front.storeq import StoreQueue
 from navi_actor.front.viewer import Viewer
@@ -37,42 +38,6 @@ T = TypeVar("T")
 
 CHECKPOINT_EVERY = 1.0  # seconds between saves of running turns' partial text
 ADOPT_WAIT = 3.0  # seconds a new front waits for adopted actors to report their runs
-LOST_IN_RESTART = "the agent process ended while the server's front was restarting"
-
-
-class Run:
-    """One turn as the front sees it (the actor owns the rest)."""
-
-    def __init__(self, run_id: str, session_id: str) -> None:
-        self.run_id = run_id
-        self.session_id = session_id
-        self.actor: ActorHandle | None = None
-        self.viewers: set[Viewer] = set()
-        self.pending_replays: dict[int, Viewer] = {}
-        self.start_bytes: bytes | None = None
-        self.first_seq = 0
-        self.last_seq = 0
-        self.text: list[str] = []
-        self.tool_events: list[dict[str, Any]] = []  # tool_started/tool_call, for a turn whose actor dies
-        self.checkpointed_seq = 0
-        self.started_at = time.monotonic()
-        self.started_wall = time.time()
-        self.last_event_at = self.started_at
-        self.events = 0
-        self.stop_requested_at: float | None = None
-        self.operator_stop_at: float | None = None  # when the supervisor said an operator stops it
-        self.stop_step: str | None = None
-        self.stop_reason: dict[str, str] | None = None  # set when a limit, not the user, stopped it
-        self.ladder: list[asyncio.TimerHandle] = []
-        self.finishing = False
-        self.ended = asyncio.Event()
-
-    def __repr__(self) -> str:
-        return f"<Run {self.run_id} session={self.session_id} seq={self.last_seq} viewers={len(self.viewers)}>"
-
-    def broadcast(self, data: bytes, seq: int = 0) -> None:
-        for viewer in self.viewers:
-            viewer.send(data, seq)
 
 
 def _not_saved(sid: str, exc: StoreError) -> ClientError:
