@@ -69,7 +69,7 @@ class Run:
         self.events = 0
         self.stop_requested_at: float | None = None
         self.operator_stop_at: float | None = None  # when the supervisor said an operator stops it
-        self.stop_step: str | None = None
+        self.stop_step: str | None = None  # the ladder's last step the front took (navi_actor.stopladder)
         self.stop_reason: dict[str, str] | None = None  # set when a limit, not the user, stopped it
         self.ladder: list[asyncio.TimerHandle] = []
         self.finishing = False
