@@ -180,6 +180,11 @@ def ps_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--sort", default="session_id", choices=COLUMNS, help="column to sort by (default session_id)")
     parser.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
                         help="refresh in place every SECONDS (default 2) until Ctrl-C")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the running turns of every live node sharing the PostgreSQL store --store names, "
+                             "each with its node (read from the database: no server need run here)")
+    parser.add_argument("--store", default=os.environ.get("NAVI_STORE") or "",
+                        help="with --cluster: the store, postgresql://USER@HOST:PORT/DB [env NAVI_STORE]")
     return parser
 
 
@@ -205,7 +210,47 @@ def kill_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+CLUSTER_HEADERS = ("NODE", "SESSION", "RUN", "AGE", "URL")
+
+
+def format_cluster(runs: list[dict[str, Any]], now: float) -> str:
+    """The table of ``ps --cluster``: one row per running turn, with its node."""
+    if not runs:
+        return "no turn runs on any live node"
+    cells = [CLUSTER_HEADERS] + [(r["node"], r["session_id"], r["run_id"][:12],
+                                  human_age(max(0.0, now - r["started_at"]) if r.get("started_at") else None),
+                                  r.get("url") or "-") for r in runs]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(CLUSTER_HEADERS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def run_ps_cluster(args: argparse.Namespace) -> int:
+    from navi_actor.store import open_cluster
+
+    try:
+        node = open_cluster(args.store or None, "navi-actor-ps", lease_ttl=10.0,
+                            on_lost=lambda reason: None, on_control=lambda req: "not handled")
+        if node is None:
+            print("navi-actor ps: --cluster needs a PostgreSQL store: --store postgresql://USER@HOST:PORT/DB "
+                  "(or NAVI_STORE)", file=sys.stderr)
+            return EXIT_USAGE
+        runs = node.running()
+    except Exception as exc:  # noqa: BLE001 — psycopg's errors (it is imported only here) and a bad URL
+        print(f"navi-actor ps: cannot read the cluster's turns: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    runs = sort_cluster(runs, args.sort)
+    print(json.dumps({"runs": runs}, indent=2) if args.json else format_cluster(runs, time.time()))
+    return 0
+
+
+def sort_cluster(runs: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    key = {"run_id": "run_id", "turn_age": "started_at"}.get(column, "session_id")
+    return sorted(runs, key=lambda r: (r["node"], str(r.get(key) or "")))
+
+
 def run_ps(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return run_ps_cluster(args)
     path = socket_path(args)
     try:
         while True:

@@ -166,3 +166,29 @@ async def test_a_paused_node_loses_its_session_and_its_late_writes_are_refused(m
     assert after["messages"] == before["messages"]
     assert [(r["id"], r["status"]) for r in after["runs"]] == [(old_run, "interrupted"), (new[0]["run_id"], "done")]
     assert after["messages"][-1]["content"] == text_of(new)
+
+
+async def test_the_cluster_run_list_shows_every_nodes_turns(make_server, client, pg_url, tmp_path):
+    """GET /runs?cluster=1 on either node, and navi-actor ps --cluster, list the turns of both nodes."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    ca, cb = client(a), client(b)
+    sa, _ws_a = await ca.busy_session("slow 500 0.02")
+    sb, _ws_b = await cb.busy_session("slow 500 0.02")
+    for c, server in ((ca, a), (cb, b)):
+        async with c.http.get(server.url + "/runs?cluster=1") as r:
+            assert r.status == 200, await r.text()
+            listed = await r.json()
+        assert {(x["session_id"], x["node"], x["url"]) for x in listed["runs"]} == {(sa, "n1", a.url), (sb, "n2", b.url)}
+    out = subprocess.run([sys.executable, "-m", "navi_actor", "ps", "--cluster", "--json", "--store", pg_url],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert {(x["session_id"], x["node"]) for x in json.loads(out.stdout)["runs"]} == {(sa, "n1"), (sb, "n2")}
+    table = subprocess.run([sys.executable, "-m", "navi_actor", "ps", "--cluster", "--store", pg_url],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
+    assert table.splitlines()[0].split() == ["NODE", "SESSION", "RUN", "AGE", "URL"] and sa in table and sb in table

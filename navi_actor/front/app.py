@@ -315,8 +315,15 @@ async def _ask_supervisor(rt: Runtime, request: dict[str, Any]) -> dict[str, Any
 
 
 async def list_runs(request: web.Request) -> web.Response:
-    """The same rows as ``navi-actor ps --json``."""
-    reply = await _ask_supervisor(request.app[RUNTIME], {"op": "list"})
+    """The same rows as ``navi-actor ps --json``; with ``?cluster=1``, every live node's running turns."""
+    rt = request.app[RUNTIME]
+    if request.query.get("cluster") not in (None, "", "0"):
+        if rt.cluster is None:
+            return _error(400, "This server shares its store with no other node (its store is SQLite): "
+                               "GET /runs lists all it runs", "not_a_cluster")
+        runs = await rt.cluster.running()
+        return _json({"runs": runs, "node": rt.cluster.node_id})
+    reply = await _ask_supervisor(rt, {"op": "list"})
     return _json({"actors": reply.get("actors", []), "warm": reply.get("warm", 0)})
 
 
