@@ -192,3 +192,43 @@ async def test_the_cluster_run_list_shows_every_nodes_turns(make_server, client,
     table = subprocess.run([sys.executable, "-m", "navi_actor", "ps", "--cluster", "--store", pg_url],
                            capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
     assert table.splitlines()[0].split() == ["NODE", "SESSION", "RUN", "AGE", "URL"] and sa in table and sb in table
+
+
+async def test_a_postgresql_restart_during_turns(make_server, client, tmp_path):
+    """PostgreSQL stops mid-turn: new turns get store_unavailable, the running turn goes on, and once the
+    database is back its answer is saved, once, with the whole text; new turns work again."""
+    from tests.pgserver import PgServer
+
+    try:
+        pg = PgServer().start()  # its own server: this test stops it
+    except (RuntimeError, OSError) as exc:
+        import pytest
+
+        pytest.skip(f"PostgreSQL is not available, so this PostgreSQL test cannot run: {exc}")
+    try:
+        url = pg.create_database("restart")
+        node = make_server(SCRIPTED, args=["--store", url, "--node-id", "n1", *LADDER],
+                           data_dir=tmp_path / "node1")
+        c = client(node)
+        sid, ws = await c.busy_session("slow 150 0.02")  # 3 s of streaming
+        other, ws_other = await c.open_session()
+        pg.stop("fast")  # clients are disconnected at once
+        await ws_other.send_json({"type": "message", "content": "slow 1 0"})
+        refused = await receive(ws_other)
+        assert refused["type"] == "error" and refused["code"] == "store_unavailable", refused
+        rest = await receive_until(ws, lambda e: e["type"] in FINAL_TYPES, timeout=15)
+        streamed = text_of(rest)
+        assert rest[-1]["type"] == "error" and rest[-1]["code"] == "store_error"  # kept, to be saved
+        assert "saves it as soon as the store can write again" in rest[-1]["message"]
+        pg.start()
+        assert (await receive(ws, timeout=15)) == {"type": "session_sync"}  # saved now
+        detail = await c.session(sid)
+        answers = [m for m in detail["messages"] if m["role"] == "assistant"]
+        assert len(answers) == 1 and answers[0]["status"] == "done"
+        assert answers[0]["content"] == "".join(f"w{i} " for i in range(150)) and answers[0]["content"].endswith(streamed)
+        await poll(lambda: rows(url, "SELECT heartbeat_at > pg_postmaster_start_time() AS beat FROM nodes"
+                                     " WHERE node_id = 'n1'")[0]["beat"], "a heartbeat after the restart")
+        after = await run_turn(ws_other, "slow 2 0")
+        assert after[-1]["type"] == "stream_end"
+    finally:
+        pg.destroy()

@@ -396,7 +396,7 @@ async def _store_failures(request: web.Request, handler: Any) -> web.StreamRespo
     try:
         return await handler(request)
     except StoreFailure as exc:
-        return _error(503, str(exc), protocol.STORE_ERROR)
+        return _error(503, str(exc), protocol.store_code(exc))
 
 
 def make_app(runtime: Runtime, guard: auth.Guard | None = None) -> web.Application:

@@ -20,13 +20,16 @@ class StoreFailure(StoreError):
 
     Not a refusal of this one call: the same call may succeed later. ``op`` is
     the store method that failed; ``reason`` the database's own words
-    ("database or disk is full").
+    ("database or disk is full"); ``unavailable`` is true when the database
+    cannot be reached at all (a database server that is down or restarting),
+    as opposed to one that answers with an error.
     """
 
-    def __init__(self, op: str, reason: str) -> None:
+    def __init__(self, op: str, reason: str, *, unavailable: bool = False) -> None:
         super().__init__(f"the session store failed in {op}: {reason}")
         self.op = op
         self.reason = reason
+        self.unavailable = unavailable
 
 
 class SessionNotFound(StoreError):

@@ -74,8 +74,14 @@ def _locked(fn: _F) -> _F:
                 self._ensure_connected()
                 return fn(self, *args, **kwargs)
             except psycopg.Error as exc:
-                raise StoreFailure(op, _reason(exc)) from exc
+                raise _failure(op, exc) from exc
     return cast(_F, wrapper)
+
+
+def _failure(op: str, exc: psycopg.Error) -> StoreFailure:
+    """psycopg's error as a StoreFailure; ``unavailable`` for the connection-level ones (server down)."""
+    return StoreFailure(op, _reason(exc), unavailable=isinstance(exc, (psycopg.OperationalError,
+                                                                        psycopg.InterfaceError)))
 
 
 def _reason(exc: BaseException) -> str:
@@ -106,7 +112,8 @@ class PostgresStore:
             self._migrate()
         except psycopg.Error as exc:
             self._drop()
-            raise StoreFailure("open", f"cannot use {redact(url)}: {_reason(exc)}") from exc
+            raise StoreFailure("open", f"cannot use {redact(url)}: {_reason(exc)}",
+                               unavailable=isinstance(exc, psycopg.OperationalError)) from exc
         except BaseException:
             self._drop()
             raise
@@ -400,7 +407,7 @@ class PostgresStore:
         if isinstance(exc, StoreFailure):
             return exc
         if isinstance(exc, psycopg.Error):
-            return StoreFailure(op, _reason(exc))
+            return _failure(op, exc)
         return None
 
     def batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
