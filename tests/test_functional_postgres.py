@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
+import sys
 import time
 from typing import Any, Callable
 
 import psutil
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
 from navi_actor.store.postgres import PG_SCHEMA_VERSION
-from tests.conftest import receive, run_turn
+from tests.conftest import ROOT, receive, run_turn, text_of
 
 FAST = {"NAVI_AGENT_TOKENS_PER_SECOND": "0"}
 SCRIPTED = "tests.agents:scripted"
@@ -88,3 +91,33 @@ async def test_a_turn_cut_by_a_crash_ends_interrupted_in_postgres(make_server, c
     last = (await client(restarted).session(sid))["messages"][-1]
     assert last["role"] == "assistant" and last["status"] == "interrupted"
     assert last["content"].startswith(checkpointed)
+
+
+async def test_actors_cannot_read_the_postgresql_password_file(make_server, client, pg_url, tmp_path):
+    """PGPASSFILE is left out of the actors' sandbox like the tokens file, even inside a folder they may read."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    passfile = secrets / "pgpass"
+    passfile.write_text("*:*:*:navi:hunter2\n")
+    passfile.chmod(0o600)
+    (secrets / "notes.txt").write_text("not a secret")
+    server = make_server(SCRIPTED, env={"PGPASSFILE": str(passfile)},
+                         args=["--store", pg_url, "--sandbox-read", str(secrets)])
+    if "serve.sandbox_off" in server.log_text() or '"files": false' in server.log_text():
+        pytest.skip("this kernel has no Landlock for files: nothing to confine the actor with")
+    _sid, ws = await client(server).open_session()
+    assert text_of(await run_turn(ws, f"read {secrets / 'notes.txt'}")) == "open"
+    assert text_of(await run_turn(ws, f"read {passfile}")).startswith("denied")
+
+
+def test_serve_says_so_when_postgresql_cannot_be_reached(tmp_path):
+    """Nothing listens at the store's address: serve exits at once, with a message naming the store."""
+    from supervisor.causes import EXIT_CANNOT_START
+    from tests.pgserver import _free_port
+
+    url = f"postgresql://navi@127.0.0.1:{_free_port()}/navi"
+    out = subprocess.run([sys.executable, "-m", "navi_actor", "serve", "--port", "0", "--store", url,
+                          "--data-dir", str(tmp_path / "var"), "--log-format", "json"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == EXIT_CANNOT_START
+    assert f"cannot use store {url}" in out.stderr and "Connection refused" in out.stderr
