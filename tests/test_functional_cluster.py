@@ -232,3 +232,23 @@ async def test_a_postgresql_restart_during_turns(make_server, client, tmp_path):
         assert after[-1]["type"] == "stream_end"
     finally:
         pg.destroy()
+
+
+async def test_navi_actor_kill_ends_a_turn_on_another_node(make_server, client, pg_url, tmp_path):
+    """navi-actor kill --store URL SESSION, typed at node 2, runs the stop ladder on node 1's actor."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    sid, ws_a = await client(a).busy_session("slow 500 0.02")
+    out = subprocess.run([sys.executable, "-m", "navi_actor", "kill", "--data-dir", str(b.data_dir),
+                          "--store", pg_url, sid], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().startswith(f"{sid}  -  ") and "on node n1" in out.stdout
+    final = (await receive_until(ws_a, lambda e: e["type"] in FINAL_TYPES))[-1]
+    assert final["type"] == "stream_stopped" and final["reason"] == "killed_by_operator"
+    gone = subprocess.run([sys.executable, "-m", "navi_actor", "kill", "--data-dir", str(b.data_dir),
+                           "--store", pg_url, sid], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert gone.returncode == 1 and "not found" in gone.stdout
