@@ -96,6 +96,18 @@ async def test_the_busy_guard_and_stop_work_across_nodes(make_server, client, pg
     assert after[-1]["type"] == "stream_end"
 
 
+async def test_deleting_a_session_on_another_node_stops_its_turn_first(make_server, client, pg_url, tmp_path):
+    """DELETE on node 2 of a session whose turn runs on node 1: the turn is stopped there, then it is deleted."""
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    sid, ws_a = await client(a).busy_session("slow 500 0.02")
+    cb = client(b)
+    async with cb.http.delete(f"{b.url}/sessions/{sid}") as r:
+        assert r.status == 200, await r.text()
+    final = (await receive_until(ws_a, lambda e: e["type"] in FINAL_TYPES))[-1]
+    assert final["type"] == "stream_stopped"
+    assert rows(pg_url, "SELECT id FROM sessions") == [] and rows(pg_url, "SELECT id FROM runs") == []
+
+
 async def test_kill_from_another_node(make_server, client, pg_url, tmp_path):
     """POST /runs/ID/kill with force, sent to node 2, SIGKILLs the actor on node 1; its viewer is told."""
     a, b = start_nodes(make_server, pg_url, tmp_path)

@@ -149,6 +149,10 @@ async def delete_session(request: web.Request) -> web.Response:
             await asyncio.wait_for(run.ended.wait(), cfg.stop_term_after + cfg.stop_kill_after + 3.0)
         except TimeoutError:
             return _error(409, "The running turn did not stop in time; try again.", "stop_timeout")
+    elif rt.cluster is not None:  # its turn may run on another node: stopped there first
+        cfg = rt.config
+        if not await rt.cluster.stop_and_wait(sid, cfg.stop_term_after + cfg.stop_kill_after + 3.0):
+            return _error(409, "The running turn did not stop in time; try again.", "stop_timeout")
     await rt.store(rt.store_backend.delete_session, sid)
     for viewer in list(rt.viewers.get(sid, ())):
         await viewer.flush_and_close(CLOSE_NOT_FOUND, "Session deleted")

@@ -94,6 +94,13 @@ class FrontCluster:
         """Stop or kill the session's turn on the node that runs it: ``{"delivered", "node", ...}``."""
         return await self.loop.run_in_executor(None, self.node.request, session_id, op)
 
+    async def stop_and_wait(self, session_id: str, timeout: float) -> bool:
+        """Stop the session's turn on whichever node runs it; True once none runs (or none did)."""
+        out = await self.request(session_id, "stop")
+        if not out["delivered"] and "node" not in out:
+            return True  # no other node runs one
+        return await self.loop.run_in_executor(None, self.node.wait_ended, session_id, timeout)
+
     async def running(self) -> list[dict[str, Any]]:
         """The running turns of every live node, each with its ``node``."""
         return await self.loop.run_in_executor(None, self.node.running)

@@ -222,6 +222,17 @@ class PgNode:
                     return {"delivered": False, "node": run["node_id"],
                             "reason": f"node {run['node_id']} did not acknowledge within {timeout:g} s"}
 
+    def wait_ended(self, session_id: str, timeout: float) -> bool:
+        """Wait until no live node runs a turn of ``session_id`` (True), or ``timeout`` seconds (False)."""
+        deadline = time.monotonic() + timeout
+        with self._connect() as conn:
+            while conn.execute(
+                    f"SELECT 1 FROM runs r LEFT JOIN nodes n ON n.node_id = r.node_id WHERE r.session_id = %s"
+                    f" AND r.status = 'running' AND {ALIVE}", (session_id,)).fetchone() is not None:
+                if time.monotonic() > deadline or self._closing.wait(0.05):
+                    return False
+        return True
+
     def running(self) -> list[dict[str, Any]]:
         """The running turns of every live node: ``{"run_id", "session_id", "node", "url", "started_at"}``."""
         with self._connect() as conn:
