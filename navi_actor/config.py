@@ -194,6 +194,16 @@ def _node_id(text: str) -> str:
     return text
 
 
+_URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", re.IGNORECASE)
+
+
+def _advertise_url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    if text and not _URL_RE.match(text):
+        raise ValueError(f"expected http(s)://HOST[:PORT][/PATH], got {text!r}")
+    return text
+
+
 def _rlimits(text: str) -> str:
     values = rlimit_values(text)
     return ",".join(f"{k}={v}" for k, v in values.items())
@@ -223,6 +233,13 @@ OPTIONS: tuple[Option, ...] = (
         _node_id,
         "this node's name among the nodes sharing a PostgreSQL store (letters, digits, _ . : -); "
         "empty: the host name and the port, HOST:PORT",
+    ),
+    Option(
+        "advertise_url",
+        "",
+        _advertise_url,
+        "how the other nodes and operators reach this node's HTTP port, e.g. http://10.0.0.5:8765 (shown with "
+        "its turns by GET /runs?cluster=1 and ps --cluster); empty: http://HOST:PORT as bound",
     ),
     Option(
         "lease_ttl",
@@ -417,6 +434,7 @@ class Config:
     data_dir: str = "./var"
     store: str = ""
     node_id: str = ""
+    advertise_url: str = ""
     lease_ttl: float = 10.0
     log_format: str = "auto"
     idle_timeout: float = 120.0

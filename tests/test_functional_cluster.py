@@ -24,9 +24,11 @@ TTL = 2.0
 LADDER = ["--stop-grace", "0.3", "--stop-term-after", "1", "--stop-kill-after", "1"]
 
 
-def start_nodes(make_server, pg_url: str, tmp_path, n: int = 2) -> list[Any]:
+def start_nodes(make_server, pg_url: str, tmp_path, n: int = 2,
+                extra: dict[int, list[str]] | None = None) -> list[Any]:
     return [make_server(SCRIPTED, args=["--store", pg_url, "--node-id", f"n{i + 1}", "--lease-ttl", str(TTL),
-                                        "--warm-actors", "1", *LADDER], data_dir=tmp_path / f"node{i + 1}")
+                                        "--warm-actors", "1", *LADDER, *(extra or {}).get(i, [])],
+                        data_dir=tmp_path / f"node{i + 1}")
             for i in range(n)]
 
 
@@ -188,7 +190,7 @@ async def test_the_cluster_run_list_shows_every_nodes_turns(make_server, client,
 
     from tests.conftest import ROOT
 
-    a, b = start_nodes(make_server, pg_url, tmp_path)
+    a, b = start_nodes(make_server, pg_url, tmp_path, extra={1: ["--advertise-url", "http://node2.example:8002"]})
     ca, cb = client(a), client(b)
     sa, _ws_a = await ca.busy_session("slow 500 0.02")
     sb, _ws_b = await cb.busy_session("slow 500 0.02")
@@ -196,7 +198,8 @@ async def test_the_cluster_run_list_shows_every_nodes_turns(make_server, client,
         async with c.http.get(server.url + "/runs?cluster=1") as r:
             assert r.status == 200, await r.text()
             listed = await r.json()
-        assert {(x["session_id"], x["node"], x["url"]) for x in listed["runs"]} == {(sa, "n1", a.url), (sb, "n2", b.url)}
+        assert {(x["session_id"], x["node"], x["url"]) for x in listed["runs"]} == \
+            {(sa, "n1", a.url), (sb, "n2", "http://node2.example:8002")}
     out = subprocess.run([sys.executable, "-m", "navi_actor", "ps", "--cluster", "--json", "--store", pg_url],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -264,3 +267,29 @@ async def test_navi_actor_kill_ends_a_turn_on_another_node(make_server, client, 
     gone = subprocess.run([sys.executable, "-m", "navi_actor", "kill", "--data-dir", str(b.data_dir),
                            "--store", pg_url, sid], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert gone.returncode == 1 and "not found" in gone.stdout
+
+
+async def test_ownership_holds_on_every_node(make_server, pg_url, tmp_path):
+    """With authentication, a user's session created on node 1 is theirs on node 2, and another user's 404."""
+    import aiohttp
+
+    alice, bob = "a" * 40, "b" * 40
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{alice} alice\n{bob} bob\n")
+    tokens.chmod(0o600)
+    nodes = [make_server(SCRIPTED, args=["--store", pg_url, "--node-id", f"n{i}", "--tokens-file", str(tokens)],
+                         data_dir=tmp_path / f"node{i}") for i in (1, 2)]
+    async with aiohttp.ClientSession() as http:
+        async def call(node, token, method, path):
+            async with http.request(method, node.url + path, headers={"Authorization": f"Bearer {token}"},
+                                    json={} if method == "POST" else None) as r:
+                return r.status, await r.json()
+
+        status, made = await call(nodes[0], alice, "POST", "/sessions")
+        assert status == 201
+        sid = made["id"]
+        assert (await call(nodes[1], alice, "GET", f"/sessions/{sid}"))[0] == 200
+        assert (await call(nodes[1], bob, "GET", f"/sessions/{sid}"))[0] == 404
+        assert (await call(nodes[1], bob, "DELETE", f"/sessions/{sid}"))[0] == 404
+        assert sid not in [s["id"] for s in (await call(nodes[1], bob, "GET", "/sessions"))[1]["sessions"]]
+        assert sid in [s["id"] for s in (await call(nodes[1], alice, "GET", "/sessions"))[1]["sessions"]]

@@ -466,7 +466,7 @@ async def _serve(config: Config, fd: int, listen_fd: int, guard: auth.Guard | No
     await site.start()
     host, port = listener.getsockname()[:2]
     try:
-        runtime.cluster = FrontCluster.open(runtime, config, f"http://{host}:{port}")
+        runtime.cluster = FrontCluster.open(runtime, config, config.advertise_url or f"http://{host}:{port}")
     except Exception as exc:  # the database went away between the store's open and this
         log.error("front.cluster_unusable", error=str(exc), store=redact(config.store))
         await runner.cleanup()
