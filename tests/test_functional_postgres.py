@@ -106,8 +106,8 @@ async def test_actors_cannot_read_the_postgresql_password_file(make_server, clie
     if "serve.sandbox_off" in server.log_text() or '"files": false' in server.log_text():
         pytest.skip("this kernel has no Landlock for files: nothing to confine the actor with")
     _sid, ws = await client(server).open_session()
-    assert text_of(await run_turn(ws, f"read {secrets / 'notes.txt'}")) == "open"
-    assert text_of(await run_turn(ws, f"read {passfile}")).startswith("denied")
+    assert text_of(await run_turn(ws, f"canread {secrets / 'notes.txt'}")) == "open"
+    assert text_of(await run_turn(ws, f"canread {passfile}")).startswith("denied")
 
 
 def test_serve_says_so_when_postgresql_cannot_be_reached(tmp_path):
