@@ -347,3 +347,12 @@ def test_open_store_from_a_url_makes_its_folder_and_file_private(tmp_path):
         assert again.get_session(sid)["title"] == "by url"
     finally:
         again.close()
+
+
+def test_a_postgresql_url_without_psycopg_says_what_to_install(tmp_path, monkeypatch):
+    """Where psycopg is not installed, a postgresql:// store is refused with the pip command that adds it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now raises ImportError
+    with pytest.raises(StoreError, match=r"pip install 'navi-actor\[postgres\]'"):
+        open_store(tmp_path / "data", "postgresql://navi@127.0.0.1:1/navi")

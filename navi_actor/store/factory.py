@@ -51,6 +51,15 @@ def sqlite_path(url: str) -> Path:
     return path
 
 
+def _need_psycopg() -> None:
+    """StoreError saying how to install psycopg, if it is missing."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise StoreError(f"a postgresql:// store needs psycopg 3, which is not installed ({exc}): "
+                         "pip install 'navi-actor[postgres]'") from None
+
+
 def open_store(data_dir: str | Path, url: str | None = None, *, node_id: str | None = None) -> SessionStore:
     """Open the store ``url`` names, or ``data_dir/navi.sqlite3`` without one.
 
@@ -61,6 +70,7 @@ def open_store(data_dir: str | Path, url: str | None = None, *, node_id: str | N
     sharing the database (SQLite has one node: it is ignored).
     """
     if url and store_kind(url) == "postgresql":
+        _need_psycopg()
         from navi_actor.store.postgres import open_postgres
 
         return open_postgres(url, node_id)
@@ -80,6 +90,7 @@ def open_cluster(url: str | None, node_id: str, *, lease_ttl: float, advertise_u
     """
     if not url or store_kind(url) != "postgresql":
         return None
+    _need_psycopg()
     from navi_actor.store.pgcluster import PgNode
 
     return PgNode(url, node_id, advertise_url=advertise_url, lease_ttl=lease_ttl,
