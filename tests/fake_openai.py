@@ -82,6 +82,7 @@ class Recorded:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float
+    peer: tuple[str, int] | None = None  # the client's address and port: one TCP connection, one peer
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -167,7 +168,9 @@ class FakeOpenAI:
     # ── the endpoint ─────────────────────────────────────────────────────────
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(Recorded(body, dict(request.headers), time.monotonic()))
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        self.requests.append(Recorded(body, dict(request.headers), time.monotonic(),
+                                      tuple(peer[:2]) if peer else None))
         self._n += 1
         item = self.script.popleft() if self.script else Fail(500, "fake_openai: nothing scripted")
         if isinstance(item, Fail):

@@ -225,7 +225,8 @@ async def test_history_is_sent_on_the_second_turn(openai_server, client, fake):
 
 async def test_history_is_trimmed_to_the_context_budget(openai_server, client, fake):
     """History beyond NAVI_OPENAI_CONTEXT_CHARS is dropped from the oldest, announced by context_compressed first."""
-    c = client(openai_server(NAVI_OPENAI_SYSTEM_PROMPT="Be brief.", NAVI_OPENAI_CONTEXT_CHARS="200"))
+    c = client(openai_server(NAVI_OPENAI_SYSTEM_PROMPT="Be brief.", NAVI_OPENAI_CONTEXT_CHARS="200",
+                             NAVI_OPENAI_BUILTIN_TOOLS=""))  # no tool schemas in the budget here
     sid, ws = await c.open_session()
     for ask, answer in (("a" * 60, "b" * 60), ("c" * 60, "d" * 60)):
         fake.push(Reply(answer))

@@ -41,7 +41,12 @@ from navi_actor.agents.openai.stream import SSEDecoder, StreamState, ToolCall, T
 def agent() -> OpenAIAgent:
     """The factory (``--agent openai``): read the settings and tools, or fail naming the bad variable."""
     settings = Settings.from_env()
-    return OpenAIAgent(settings, load_tools(settings))
+    instance = OpenAIAgent(settings, load_tools(settings))
+    try:
+        instance.start()  # ask the server its context size while the actor waits for a turn
+    except RuntimeError:  # no running loop: the first turn asks
+        pass
+    return instance
 
 
 __all__ = [

@@ -8,11 +8,14 @@ requests were made.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator
 
+from navi_actor import logs
 from navi_actor.agents.openai.client import ModelClient, StopRace, Stopped
+from navi_actor.agents.openai.context import probe_context
 from navi_actor.agents.openai.errors import ModelServerError, short
-from navi_actor.agents.openai.history import build_messages
+from navi_actor.agents.openai.history import Budget, build_messages, tools_chars
 from navi_actor.agents.openai.settings import Settings
 from navi_actor.agents.openai.stream import StreamState, ToolCall
 from navi_actor.agents.tools import ToolError, Tools, result_text
@@ -20,6 +23,8 @@ from navi_actor.events import StreamEnd, TextDelta, ToolEvent, ToolStarted
 from navi_actor.turn import Turn
 
 MAX_TOOL_RESULT_CHARS = 100_000  # a tool result sent back to the model is cut to this
+
+log = logs.get("navi.openai")
 
 
 class OpenAIAgent:
@@ -29,9 +34,51 @@ class OpenAIAgent:
         self.settings = settings
         self.tools = tools
         self.client = ModelClient(settings)
+        self.tools_chars = tools_chars(tools.specs())  # sent with every request: part of the budget
+        self.budget: Budget | None = Budget.configured(settings) if settings.context_chars_set else None
+        self._probe: asyncio.Task[Budget | None] | None = None
+
+    def start(self) -> None:
+        """Ask the server its context size now (at actor start), if it is not configured."""
+        if self.budget is None and self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self._find_budget())
+
+    async def _find_budget(self) -> Budget | None:
+        """The server's context as a budget, or the configured default; None: ask again next turn."""
+        s = self.settings
+        found = await probe_context(self.client.fetch_json, s.base_url, s.model)
+        if found.n_ctx is not None:
+            budget = Budget.from_context(found.n_ctx, s.max_tokens, found.where)
+        elif found.reached:
+            budget = Budget(s.context_chars, f"NAVI_OPENAI_CONTEXT_CHARS={s.context_chars} (the default; "
+                                             "the model server did not say its context size)")
+        else:
+            log.info("openai.context_unknown", base_url=s.base_url, reason="the model server could not be reached")
+            return None
+        log.info("openai.context", n_ctx=budget.n_ctx, context_chars=budget.chars, source=budget.source,
+                 tools_chars=self.tools_chars)
+        self.budget = budget
+        return budget
+
+    async def _budget(self, stop: StopRace) -> Budget:
+        if self.budget is not None:
+            return self.budget
+        if self._probe is None:
+            self.start()
+        assert self._probe is not None
+        try:
+            found = await stop.run(asyncio.shield(self._probe))
+        finally:
+            if self._probe.done():
+                self._probe = None  # a probe that found nothing is made again next turn
+        return found or Budget.configured(self.settings)
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self.client.close()
+
+    aclose = close  # the actor awaits it when it exits in order
 
     def request_body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         s = self.settings
@@ -61,7 +108,8 @@ class OpenAIAgent:
 
     async def _turn(self, turn: Turn, stop: StopRace) -> AsyncIterator[Any]:
         s = self.settings
-        messages, compressed = build_messages(s, turn)
+        budget = await self._budget(stop)
+        messages, compressed = build_messages(s, turn, budget, self.tools_chars)
         if compressed is not None:
             yield compressed
         completion_tokens: int | None = None
@@ -93,8 +141,8 @@ class OpenAIAgent:
                 )
             async for event in self._run_tools(turn, step, calls, "".join(state.text), messages, stop):
                 yield event
-        if completion_tokens is not None or prompt_tokens is not None:
-            yield StreamEnd(token_count=completion_tokens, context_tokens=prompt_tokens, max_context_tokens=None)
+        yield StreamEnd(token_count=completion_tokens, context_tokens=prompt_tokens,
+                        max_context_tokens=budget.n_ctx, finish_reason=state.outcome)
 
     async def _run_tools(self, turn: Turn, step: int, calls: list[ToolCall], text: str,
                          messages: list[dict[str, Any]], stop: StopRace) -> AsyncIterator[Any]:

@@ -6,6 +6,7 @@ Pure: the saved history in, Chat Completions messages and a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -80,20 +81,65 @@ def trim_history(messages: list[dict[str, str]], budget: int, fixed: int = 0) ->
     return kept
 
 
-def build_messages(settings: Settings, turn: Turn) -> tuple[list[dict[str, Any]], ContextCompressed | None]:
-    """The request's messages for this turn, and the event to yield if history was trimmed."""
+CHARS_PER_TOKEN = 3  # a cautious figure: English runs near 4 characters a token, code and JSON nearer 3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Budget:
+    """How many characters a request's prompt may take, and where that figure comes from."""
+
+    chars: int
+    source: str  # said in context_compressed's summary and in the log
+    n_ctx: int | None = None  # the server's context in tokens, when it said
+
+    @classmethod
+    def configured(cls, settings: Settings) -> Budget:
+        return cls(settings.context_chars, f"NAVI_OPENAI_CONTEXT_CHARS={settings.context_chars}")
+
+    @classmethod
+    def from_context(cls, n_ctx: int, max_tokens: int | None, where: str) -> Budget:
+        """The budget for a server context of ``n_ctx`` tokens, keeping room for the answer.
+
+        The answer gets ``max_tokens`` (NAVI_OPENAI_MAX_TOKENS) or a quarter of
+        the context, at most half; the rest is the prompt's, at
+        :data:`CHARS_PER_TOKEN` characters a token.
+        """
+        answer = min(max_tokens or n_ctx // 4, n_ctx // 2)
+        chars = max(MIN_BUDGET_CHARS, (n_ctx - answer) * CHARS_PER_TOKEN)
+        return cls(chars, f"the model server's context of {n_ctx} tokens ({where}), about {chars} characters",
+                   n_ctx)
+
+
+MIN_BUDGET_CHARS = 100
+
+
+def tools_chars(specs: list[dict[str, Any]]) -> int:
+    """What the tools' JSON schemas take of the prompt: they are sent with every request."""
+    return len(json.dumps(specs, ensure_ascii=False)) if specs else 0
+
+
+def build_messages(settings: Settings, turn: Turn, budget: Budget | None = None,
+                   fixed_extra: int = 0) -> tuple[list[dict[str, Any]], ContextCompressed | None]:
+    """The request's messages for this turn, and the event to yield if history was trimmed.
+
+    The system prompt, the new message and ``fixed_extra`` (the tools'
+    schemas, :func:`tools_chars`) come out of the budget first; the history
+    gets the rest, newest first.
+    """
+    budget = budget or Budget.configured(settings)
     system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
     past = history_messages(turn.history)
-    fixed = len(settings.system_prompt) + len(turn.content)
-    kept = trim_history(past, settings.context_chars, fixed)
+    fixed = len(settings.system_prompt) + len(turn.content) + fixed_extra
+    kept = trim_history(past, budget.chars, fixed)
     compressed = None
     if len(kept) < len(past):
         dropped = len(past) - len(kept)
         chars = sum(len(m["content"]) for m in past[:dropped])
+        tools = f" (the tools' schemas take {fixed_extra} characters of it)" if fixed_extra else ""
         compressed = ContextCompressed(
             len(past),
             len(kept),
             f"The {dropped} oldest messages ({chars} characters) were left out to fit "
-            f"NAVI_OPENAI_CONTEXT_CHARS={settings.context_chars}.",
+            f"{budget.source}{tools}.",
         )
     return [*system, *kept, {"role": "user", "content": turn.content}], compressed

@@ -22,7 +22,7 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_STEPS = 8
-DEFAULT_CONTEXT_CHARS = 24_000
+DEFAULT_CONTEXT_CHARS = 4_000  # fits llama-cpp-python's default context of 2,048 tokens, tools included
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_BACKOFF = 0.5
 MAX_RETRY_WAIT = 60.0  # a retry-after longer than this is not waited for: the turn fails at once
@@ -47,6 +47,7 @@ class Settings:
     timeout: float = DEFAULT_TIMEOUT
     max_steps: int = DEFAULT_MAX_STEPS
     context_chars: int = DEFAULT_CONTEXT_CHARS
+    context_chars_set: bool = False  # NAVI_OPENAI_CONTEXT_CHARS was given: the server is not asked its context
     retries: int = DEFAULT_RETRIES
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
     builtin_tools: tuple[str, ...] = tuple(BUILTIN_TOOLS)
@@ -107,6 +108,7 @@ class Settings:
             if not sep or not module or not attr:
                 raise ConfigError(f"NAVI_OPENAI_TOOLS={spec!r} is not MODULE:ATTR")
         timeout = number("TIMEOUT", float, 0.001, None, "a number of seconds above 0")
+        context_chars = number("CONTEXT_CHARS", int, 100, None, "a whole number of characters, at least 100")
         backoff = number("RETRY_BACKOFF", float, 0, MAX_BACKOFF, f"a number of seconds from 0 to {MAX_BACKOFF:g}")
         return cls(
             base_url=base_url,
@@ -117,8 +119,8 @@ class Settings:
             max_tokens=number("MAX_TOKENS", int, 1, None, "a whole number above 0"),
             timeout=_or(timeout, DEFAULT_TIMEOUT),
             max_steps=_or(number("MAX_STEPS", int, 1, 100, "a whole number from 1 to 100"), DEFAULT_MAX_STEPS),
-            context_chars=_or(number("CONTEXT_CHARS", int, 100, None, "a whole number of characters, at least 100"),
-                              DEFAULT_CONTEXT_CHARS),
+            context_chars=_or(context_chars, DEFAULT_CONTEXT_CHARS),
+            context_chars_set=context_chars is not None,
             retries=_or(number("RETRIES", int, 0, 10, "a whole number from 0 to 10"), DEFAULT_RETRIES),
             retry_backoff=_or(backoff, DEFAULT_RETRY_BACKOFF),
             builtin_tools=builtin,

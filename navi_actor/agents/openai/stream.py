@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from navi_actor.agents.openai.errors import ModelServerError, error_text, short
-from navi_actor.events import TextDelta, ThinkingDelta, ThinkingEnd
+from navi_actor.events import FINISH_REASONS, TextDelta, ThinkingDelta, ThinkingEnd
 
 # ── server-sent events ───────────────────────────────────────────────────────
 
@@ -140,6 +140,7 @@ class StreamState:
         self.usage: dict[str, Any] | None = None
         self.thinking = False  # a reasoning block is open
         self.done = False  # "[DONE]" arrived
+        self.chunks = 0  # JSON chunks received: none at all means the server answered nothing
 
     def feed_data(self, data: str) -> list[Any]:
         """Handle one event's data (a JSON chunk or ``[DONE]``)."""
@@ -158,6 +159,7 @@ class StreamState:
         return self.feed(chunk)
 
     def feed(self, chunk: dict[str, Any]) -> list[Any]:
+        self.chunks += 1
         if chunk.get("error"):
             raise ModelServerError(f"the model server reported an error mid-answer: {error_text(chunk)}")
         if isinstance(chunk.get("usage"), dict):
@@ -203,3 +205,23 @@ class StreamState:
     def finished(self) -> bool:
         """The response is complete: ``[DONE]``, or a finish reason (then EOF is accepted)."""
         return self.done or self.finish_reason is not None
+
+    @property
+    def outcome(self) -> str:
+        """The finish reason as reported to the client: one of :data:`FINISH_REASONS`."""
+        return normalize_finish_reason(self.finish_reason)
+
+
+_FINISH_ALIASES = {"function_call": "tool_calls", "eos": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+def normalize_finish_reason(raw: str | None) -> str:
+    """A server's ``finish_reason`` as one of :data:`FINISH_REASONS` (older and other servers' names mapped).
+
+    None or empty is ``unknown``: the stream ended with ``[DONE]`` alone, as
+    llama-cpp-python's does when it cuts a running answer off for a new request.
+    """
+    if not raw:
+        return "unknown"
+    reason = _FINISH_ALIASES.get(raw, raw)
+    return reason if reason in FINISH_REASONS else "unknown"
