@@ -41,7 +41,7 @@ from navi_actor import framing, logs, protocol
 from navi_actor.agent_loader import AgentSpec
 from navi_actor.channel import Channel
 from navi_actor.config import Config
-from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
+from navi_actor.events import FINISH_REASONS, AgentError, StreamEnd, TextDelta, event_to_wire
 from navi_actor.lifeline import read_on_loop as read_lifeline_on_loop
 from navi_actor.lifeline import start_thread as start_lifeline_thread
 from navi_actor.replay import EndedTurn, ReplayBuffer
@@ -66,6 +66,13 @@ def _give_back_memory() -> None:
     import gc
 
     gc.collect()
+
+
+def _finish_reason(reason: Any) -> str | None:
+    """The agent's finish reason as ``stream_end`` carries it: one of FINISH_REASONS, or null."""
+    if reason is None:
+        return None
+    return reason if reason in FINISH_REASONS else "unknown"
 
 
 def _json_default(obj: Any) -> Any:
@@ -476,6 +483,7 @@ class Actor:
             "token_count": token_count,
             "context_tokens": end.context_tokens,
             "max_context_tokens": end.max_context_tokens,
+            "finish_reason": _finish_reason(end.finish_reason),
         }
         run.seq += 1
         err_text = err_code = None

@@ -41,6 +41,8 @@ class Reply:
     usage: tuple[int, int] | None = (11, 7)  # (prompt_tokens, completion_tokens)
     reasoning_field: str = "reasoning_content"
     arg_piece: int = 4
+    finish: str | None = "auto"  # the last chunk's finish_reason: "auto" is stop or tool_calls; None sends none
+    eof_delay: float = 0.0  # seconds between [DONE] and the body's end, as a server that flushes [DONE] first
 
 
 @dataclasses.dataclass
@@ -67,6 +69,18 @@ class Malformed:
 
     text: str
     bad: str = "{this is not json"
+
+
+@dataclasses.dataclass
+class Empty:
+    """``200 text/event-stream`` with an empty body, cleanly ended: llama-cpp-python's answer to a
+    prompt that overflows its context."""
+
+
+@dataclasses.dataclass
+class Drop:
+    """Close the connection on receiving the request, without an answer: what a kept-alive
+    connection does when the server closed it while it was idle."""
 
 
 @dataclasses.dataclass
@@ -102,6 +116,9 @@ class FakeOpenAI:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._n = 0
+        self.props: dict[str, Any] | None = None  # GET /props answers it (llama-server), else 404
+        self.show: dict[str, Any] | None = None  # POST /api/show answers it (Ollama), else 404
+        self.probes: list[str] = []  # the paths of those requests
 
     def push(self, *responses: Any) -> None:
         self.script.extend(responses)
@@ -109,6 +126,8 @@ class FakeOpenAI:
     async def start(self) -> FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/props", self._about)
+        app.router.add_post("/api/show", self._about)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -160,12 +179,20 @@ class FakeOpenAI:
             for j in range(0, len(args), r.arg_piece):
                 chunks.append(self._chunk({"tool_calls": [
                     {"index": i, "function": {"arguments": args[j:j + r.arg_piece]}}]}))
-        chunks.append(self._chunk({}, "tool_calls" if r.tool_calls else "stop"))
+        finish = ("tool_calls" if r.tool_calls else "stop") if r.finish == "auto" else r.finish
+        chunks.append(self._chunk({}, finish))
         if include_usage and r.usage is not None:
             chunks.append(self._usage_chunk(r.usage))
         return chunks
 
-    # ── the endpoint ─────────────────────────────────────────────────────────
+    # ── the endpoints ────────────────────────────────────────────────────────
+    async def _about(self, request: web.Request) -> web.Response:
+        self.probes.append(request.path)
+        answer = self.props if request.path == "/props" else self.show
+        if answer is None:
+            raise web.HTTPNotFound()
+        return web.json_response(answer)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
@@ -173,6 +200,10 @@ class FakeOpenAI:
                                       tuple(peer[:2]) if peer else None))
         self._n += 1
         item = self.script.popleft() if self.script else Fail(500, "fake_openai: nothing scripted")
+        if isinstance(item, Drop):
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()  # never sent: the connection is gone
         if isinstance(item, Fail):
             return web.json_response(
                 {"error": {"message": item.message, "type": "fake_error", "param": None, "code": None}},
@@ -187,10 +218,14 @@ class FakeOpenAI:
             await resp.write(f"data: {data}\n\n".encode())
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if isinstance(item, Reply):
+        if isinstance(item, Empty):
+            await resp.write_eof()
+        elif isinstance(item, Reply):
             for chunk in self.reply_chunks(item, include_usage):
                 await send(chunk)
             await send("[DONE]")
+            if item.eof_delay:
+                await asyncio.sleep(item.eof_delay)  # the server's own pace, not a test waiting for a state
             await resp.write_eof()
         elif isinstance(item, (Cut, Malformed)):
             await send(self._chunk({"role": "assistant", "content": ""}))
