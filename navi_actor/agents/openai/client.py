@@ -216,13 +216,13 @@ class ModelClient:
         for fresh in (False, True):
             try:
                 return await stop.run(self.session().post(url, json=body, headers=self.headers()))
-            except aiohttp.ServerDisconnectedError:
-                if fresh:
-                    raise ModelServerError(
-                        f"the model server at {s.base_url} closed the connection without answering; "
-                        "check its logs") from None
             except aiohttp.ClientConnectorError as exc:
                 raise connect_error(s, exc) from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:  # closed, or reset
+                if fresh:
+                    raise ModelServerError(
+                        f"the model server at {s.base_url} closed the connection without answering "
+                        f"({type(exc).__name__}); check its logs") from None
             except asyncio.TimeoutError:
                 raise ModelServerError(
                     f"the model server at {s.base_url} did not answer within NAVI_OPENAI_TIMEOUT="
