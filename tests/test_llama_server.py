@@ -45,24 +45,42 @@ def _why_not_built() -> str | None:
 
 
 pytestmark = pytest.mark.skipif(_why_not_built() is not None, reason=_why_not_built() or "")
+LLAMA_CPP_SERVER = LLAMA_HOME / "server-current" / "bin" / "llama-server"
+
+
+def _why_no_llama_server() -> str | None:
+    if LLAMA_CPP_SERVER.exists():
+        return None
+    failed = LLAMA_HOME / "SERVER_FAILED"
+    detail = failed.read_text(errors="replace").strip() if failed.exists() else "scripts/ensure-llama has not built it"
+    return f"no llama.cpp llama-server at {LLAMA_CPP_SERVER}: {detail}"
+
+
+needs_llama_server = pytest.mark.skipif(_why_no_llama_server() is not None, reason=_why_no_llama_server() or "")
 
 
 class LlamaServer:
-    """``python -m llama_cpp.server`` on 127.0.0.1, its output in a log file."""
+    """``python -m llama_cpp.server`` (or llama.cpp's ``llama-server`` with ``cpp=[flags]``) on 127.0.0.1,
+    its output in a log file."""
 
-    def __init__(self, model: Path, log: Path, n_ctx: int) -> None:
+    def __init__(self, model: Path, log: Path, n_ctx: int, cpp: list[str] | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = log
         self.log = open(log, "ab")
-        self.proc = subprocess.Popen(
-            [str(LLAMA_PYTHON), "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny",
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_for(self._ready, 60, "llama-cpp-python's server to answer")
+        if cpp is None:
+            cmd = [str(LLAMA_PYTHON), "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny",
+                   "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", "1"]
+            env = None
+        else:
+            cmd = [str(LLAMA_CPP_SERVER), "-m", str(model), "--alias", "tiny", "--host", "127.0.0.1",
+                   "--port", str(self.port), "-c", str(n_ctx), "-t", "1", *cpp]
+            env = {**os.environ, "LD_LIBRARY_PATH": str(LLAMA_CPP_SERVER.parent)}  # its libraries sit beside it
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=env)
+        wait_for(self._ready, 60, "the llama server to answer")
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -104,8 +122,8 @@ def own_llama(tiny_model: Path, tmp_path: Path) -> Iterator[Any]:
     """``own_llama(n_ctx)``: a server of the test's own, to kill or to overflow."""
     started: list[LlamaServer] = []
 
-    def start(n_ctx: int = 4096) -> LlamaServer:
-        started.append(LlamaServer(tiny_model, tmp_path / f"llama{len(started)}.log", n_ctx))
+    def start(n_ctx: int = 4096, cpp: list[str] | None = None) -> LlamaServer:
+        started.append(LlamaServer(tiny_model, tmp_path / f"llama{len(started)}.log", n_ctx, cpp))
         return started[-1]
 
     yield start
@@ -255,3 +273,38 @@ async def test_tools_with_a_server_whose_template_has_none(make_server, client, 
     sid, ws = await c.open_session()
     events = await run_turn(ws, "what is 2 + 2?", timeout=30)
     assert events[-1]["type"] == "stream_end" and not [e for e in events if e["type"] == "tool_call"]
+
+
+# ── llama.cpp's own llama-server ─────────────────────────────────────────────
+
+
+@needs_llama_server
+async def test_llama_server_without_jinja_refuses_tools(make_server, client, own_llama):
+    """llama-server started without --jinja answers HTTP 500 'tools param requires --jinja flag': the turn
+    ends at once with the tools hint, after one request, not after retries."""
+    llama = own_llama(n_ctx=1024, cpp=["--no-jinja", "--chat-template", "chatml"])  # ours needs --jinja
+    c = client(navi(make_server, llama, NAVI_OPENAI_RETRY_BACKOFF="0.5"))
+    sid, ws = await c.open_session()
+    message = error_message(await run_turn(ws, "what is 2 + 2?", timeout=30))
+    assert "HTTP 500 (tools param requires --jinja flag)" in message and "tried" not in message
+    assert "set NAVI_OPENAI_BUILTIN_TOOLS to empty" in message and "started with --jinja" in message
+    assert llama.log_text().count("tools param requires --jinja flag") == 1  # asked once, not retried
+    c2 = client(navi(make_server, llama, NAVI_OPENAI_BUILTIN_TOOLS=""))
+    sid2, ws2 = await c2.open_session()
+    assert (await run_turn(ws2, "what is 2 + 2?", timeout=30))[-1]["type"] == "stream_end"  # as the hint says
+
+
+@needs_llama_server
+async def test_llama_server_says_its_context_size(make_server, client, own_llama):
+    """The budget is sized from llama-server's /props n_ctx (one slot's), logged at actor start, and
+    stream_end reports it as max_context_tokens."""
+    llama = own_llama(n_ctx=2048, cpp=["--parallel", "2"])  # two slots of 1,024 tokens
+    server = navi(make_server, llama)
+    c = client(server)
+    sid, ws = await c.open_session()
+    end = (await run_turn(ws, "tell me about the water", timeout=30))[-1]
+    assert end["type"] == "stream_end" and end["max_context_tokens"] == 1024, end
+    assert end["finish_reason"] == "length" and end["context_tokens"] > 0
+    line = wait_for(lambda: next((ln for ln in server.log_text().splitlines() if '"openai.context"' in ln), None),
+                    10, "the openai.context log line")
+    assert '"n_ctx": 1024' in line and "llama-server GET /props n_ctx" in line
