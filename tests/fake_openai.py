@@ -119,6 +119,7 @@ class FakeOpenAI:
         self.props: dict[str, Any] | None = None  # GET /props answers it (llama-server), else 404
         self.show: dict[str, Any] | None = None  # POST /api/show answers it (Ollama), else 404
         self.probes: list[str] = []  # the paths of those requests
+        self.props_delay = 0.0  # seconds before /props answers: a server slow to say
 
     def push(self, *responses: Any) -> None:
         self.script.extend(responses)
@@ -188,6 +189,8 @@ class FakeOpenAI:
     # ── the endpoints ────────────────────────────────────────────────────────
     async def _about(self, request: web.Request) -> web.Response:
         self.probes.append(request.path)
+        if request.path == "/props" and self.props_delay:
+            await asyncio.sleep(self.props_delay)  # the server's own pace, not a test waiting for a state
         answer = self.props if request.path == "/props" else self.show
         if answer is None:
             raise web.HTTPNotFound()

@@ -485,6 +485,22 @@ async def test_the_context_size_comes_from_ollama(fake):
         await agent.close()
 
 
+async def test_a_server_slow_to_say_its_context_is_not_waited_for(fake, monkeypatch):
+    """The context questions get PROBE_SECONDS in all; past that the configured default is the budget."""
+    import navi_actor.agents.openai.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "PROBE_SECONDS", 0.3)
+    fake.props, fake.props_delay = {"n_ctx": 100_000}, 30.0
+    agent = OpenAIAgent(*_settings_and_tools(fake))
+    try:
+        t0 = asyncio.get_running_loop().time()
+        budget = await agent._budget(_race())
+        assert asyncio.get_running_loop().time() - t0 < 5
+        assert budget.n_ctx is None and "did not say its context size" in budget.source
+    finally:
+        await agent.close()
+
+
 def _settings_and_tools(fake: FakeOpenAI, **env: str):
     settings = Settings.from_env({"NAVI_OPENAI_BASE_URL": fake.url, "NAVI_OPENAI_MODEL": MODEL, **env})
     return settings, load_tools(settings)

@@ -25,13 +25,14 @@ The package's modules, each holding one part:
 - :mod:`.stream`: the HTTP stream parser (SSE, chunks, tool-call fragments), pure;
 - :mod:`.history`: the history as messages, cut to the context budget, pure;
 - :mod:`.errors`: what to tell the user when the server fails, pure;
+- :mod:`.context`: asking the server its context size (the parsers pure);
 - :mod:`.client`: the HTTP requests, retries and the stop race;
-- :mod:`.agent`: the turn and its tool loop.
+- :mod:`.loop`: the turn and its tool loop (:class:`OpenAIAgent`).
 """
 
 from __future__ import annotations
 
-from navi_actor.agents.openai.agent import OpenAIAgent
+from navi_actor.agents.openai.loop import OpenAIAgent
 from navi_actor.agents.openai.errors import ModelServerError, error_text, http_error_message, retry_after_seconds
 from navi_actor.agents.openai.history import build_messages, history_messages, trim_history
 from navi_actor.agents.openai.settings import ConfigError, Settings, load_tools

@@ -11,8 +11,8 @@ Servers that say it:
 
 OpenAI and llama-cpp-python's server say none of these: the configured
 ``NAVI_OPENAI_CONTEXT_CHARS`` (or its default) stays. The parsers are pure;
-:func:`probe_context` does the requests, each bounded by
-:data:`PROBE_SECONDS`, and never raises.
+:func:`probe_context` does the requests (the agent gives them
+:data:`PROBE_SECONDS` in all) and never raises.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import re
 from typing import Any, Awaitable, Callable
 
 OLLAMA_NUM_CTX = 4096  # Ollama's default window (OLLAMA_CONTEXT_LENGTH), used when the model sets no num_ctx
-PROBE_SECONDS = 3.0  # each question to the server; a server that is slow to say is not waited for
+PROBE_SECONDS = 3.0  # all the questions together; a server that is slow to say is not waited for
 
 
 def server_root(base_url: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 from navi_actor import logs
 from navi_actor.agents.openai.client import ModelClient, StopRace, Stopped
-from navi_actor.agents.openai.context import probe_context
+from navi_actor.agents.openai.context import PROBE_SECONDS, Probe, probe_context
 from navi_actor.agents.openai.errors import ModelServerError, short
 from navi_actor.agents.openai.history import Budget, build_messages, tools_chars
 from navi_actor.agents.openai.settings import Settings
@@ -46,7 +46,10 @@ class OpenAIAgent:
     async def _find_budget(self) -> Budget | None:
         """The server's context as a budget, or the configured default; None: ask again next turn."""
         s = self.settings
-        found = await probe_context(self.client.fetch_json, s.base_url, s.model)
+        try:  # the questions together get PROBE_SECONDS: a slow server is not waited for longer
+            found = await asyncio.wait_for(probe_context(self.client.fetch_json, s.base_url, s.model), PROBE_SECONDS)
+        except asyncio.TimeoutError:
+            found = Probe(None)
         if found.n_ctx is not None:
             budget = Budget.from_context(found.n_ctx, s.max_tokens, found.where)
         elif found.reached:
