@@ -134,11 +134,12 @@ def _sandbox_plan(cfg: config_mod.Config, spec: Any, log: Any) -> Any:
     return plan
 
 
-def _secure(cfg: config_mod.Config) -> tuple[int | None, bool] | int:
+def _secure(cfg: config_mod.Config) -> tuple[int | None, int | None, bool] | int:
     """The supervisor's security set-up, before anything is forked (see navi_actor/sandbox.py).
 
-    Returns (descriptor of NAVI_TOKENS for the front, authentication on), or
-    an exit code when the server must not start.
+    Returns (descriptor of NAVI_TOKENS for the front, descriptor of the
+    allow-listed secrets for actors, authentication on), or an exit code when
+    the server must not start.
     """
     from navi_actor import sandbox
     from navi_actor import tokens
@@ -171,12 +172,12 @@ def _secure(cfg: config_mod.Config) -> tuple[int | None, bool] | int:
         log.warning("serve.insecure_no_auth", host=cfg.host,
                     note="no authentication: anyone who reaches this address can use every session; "
                          "a proxy in front must authenticate")
-    tokens_fd, dropped = sandbox.secure_supervisor(cfg)
+    tokens_fd, env_fd, dropped = sandbox.secure_supervisor(cfg)
     if configured:
         sandbox.set_dumpable(False)
     log.info("serve.security", auth="on" if configured else "off", tokens=count,
              env_dropped=dropped, actor_env_allow=cfg.actor_env_allow, actor_rlimits=cfg.actor_rlimits or None)
-    return tokens_fd, configured
+    return tokens_fd, env_fd, configured
 
 
 def _raise_fd_limit() -> None:
@@ -218,7 +219,7 @@ def serve(cfg: config_mod.Config) -> int:
     secured = _secure(cfg)
     if isinstance(secured, int):
         return secured
-    tokens_fd, _auth_on = secured
+    tokens_fd, env_fd, _auth_on = secured
     _raise_fd_limit()
     try:
         spec = agent_loader.load(cfg.agent)
@@ -295,7 +296,7 @@ def serve(cfg: config_mod.Config) -> int:
 
     def run_actor(actor_id: str, session_id: str, fd: int, life_fd: int) -> int:
         """In the forked actor: shed secrets and privileges, apply limits, then serve (and confine)."""
-        sandbox.enter_actor(cfg)
+        sandbox.enter_actor(cfg, env_fd)
         return actor_mod.actor_main(agent[0], cfg, actor_id, session_id, fd, life_fd)
 
     hooks = Hooks(
@@ -312,7 +313,7 @@ def serve(cfg: config_mod.Config) -> int:
         warm_actors=cfg.warm_actors,
         use_zygote=not cfg.no_zygote,
         shutdown_grace=cfg.drain_timeout + cfg.stop_term_after + cfg.stop_kill_after + 2.0,
-        actor_fds=plan.fds(),
+        actor_fds=(*plan.fds(), *(() if env_fd is None else (env_fd,))),  # the sandbox's rules, the secrets
         sandbox=plan.summary(),
     )
     log.info("serve.start", agent=spec.target, data_dir=str(data), host=cfg.host, port=cfg.port,

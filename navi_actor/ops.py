@@ -96,12 +96,24 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def format_listing(rows: list[dict[str, Any]], warm: int) -> str:
-    """The table of actors with a session, and a line for the warm ones (started ahead, no session yet)."""
+def format_listing(rows: list[dict[str, Any]], warm: int, agent_start: dict[str, Any] | None = None) -> str:
+    """The table of actors with a session, a line for the warm ones (started ahead, no session yet),
+    and, when new actors fail to start their agent, a line that says why."""
     ready = f"{warm} warm actor{'' if warm == 1 else 's'} ready for new sessions"
-    if not rows:
-        return f"no actors with a session; {ready}"
-    return format_table(rows) + f"\n(+ {ready})"
+    out = f"no actors with a session; {ready}" if not rows else format_table(rows) + f"\n(+ {ready})"
+    return out + format_agent_start(agent_start)
+
+
+def format_agent_start(state: dict[str, Any] | None) -> str:
+    """``""`` while the agent starts; else a line with the failures in a row and the last error."""
+    if not state or state.get("ok", True):
+        return ""
+    n = state.get("failures", 0)
+    line = f"\nthe agent failed to start in {n} new actor{'' if n == 1 else 's'} in a row: {state.get('error')}"
+    if state.get("paused"):
+        line += ("\n(the warm pool is paused: a new session's turn forks its own actor and ends the pause "
+                 "if the agent starts; so does SIGHUP)")
+    return line
 
 
 def describe_filters(*, all_: bool, idle: bool, older_than: str | None, rss_over: str | None) -> str:
@@ -199,10 +211,11 @@ def run_ps(args: argparse.Namespace) -> int:
         while True:
             listing = ask(path, {"op": "list"})
             rows, warm = sort_rows(listing["actors"], args.sort), int(listing.get("warm", 0))
+            agent_start = listing.get("agent_start")
             if args.json:
-                out = json.dumps({"actors": rows, "warm": warm}, indent=2)
+                out = json.dumps({"actors": rows, "warm": warm, "agent_start": agent_start}, indent=2)
             else:
-                out = format_listing(rows, warm)
+                out = format_listing(rows, warm, agent_start)
             if args.watch:
                 sys.stdout.write("\033[H\033[2J" + time.strftime("%H:%M:%S ") + path.as_posix() + "\n" + out + "\n")
                 sys.stdout.flush()

@@ -10,6 +10,11 @@ import signal
 #: A child that exits with this code cannot start (port taken, unusable data
 #: folder, an agent that fails to load): restarting it would only loop.
 EXIT_CANNOT_START = 2
+#: An actor that exits with this code could not start its agent (the factory
+#: raised; its last word on the lifeline says why): the same cause would fail
+#: the next one, so the warm pool stops forking after a few (supervisor/pool.py).
+#: The actor's side of this protocol is ``navi_actor.actor.EXIT_AGENT_FAILED``.
+EXIT_AGENT_FAILED = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

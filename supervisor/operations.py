@@ -27,16 +27,19 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import orjson
 import psutil
 import structlog
 
+from supervisor.actors import Actor
+from supervisor.control import ControlServer
 from supervisor.fdchannel import ChannelClosed
-
-if TYPE_CHECKING:
-    from supervisor.supervisor import Supervisor, _Actor
+from supervisor.front import Front
+from supervisor.hooks import Hooks
+from supervisor.pool import WarmPool
+from supervisor.spawner import Spawner
 
 log = structlog.get_logger("navi.supervisor.ops")
 
@@ -45,8 +48,25 @@ STATUS_WAIT = 0.5  # seconds a list waits for the front's answer before it uses 
 STATES = ("starting", "idle", "running", "stopping")
 
 
+class SupervisorView(Protocol):
+    """What operations read of the supervisor (supervisor/supervisor.py), which imports this module."""
+
+    hooks: Hooks
+    started: float
+    front: Front
+    spawner: Spawner
+    pool: WarmPool
+    control: ControlServer | None
+
+    @property
+    def stage(self) -> str: ...
+
+    @property
+    def actors(self) -> dict[int, Actor]: ...
+
+
 class Operations:
-    def __init__(self, sup: Supervisor, term_after: float, kill_after: float) -> None:
+    def __init__(self, sup: SupervisorView, term_after: float, kill_after: float) -> None:
         self.sup = sup
         self.term_after = term_after
         self.kill_after = kill_after
@@ -64,13 +84,13 @@ class Operations:
     def request(self, req: dict[str, Any], respond: Callable[[dict[str, Any]], None]) -> None:
         """Answer ``req`` through ``respond``: at once, or (``list``) once the front said how its actors are."""
         sup = self.sup
-        if req.get("op") != "list" or sup.front_chan is None:
+        if req.get("op") != "list" or sup.front.chan is None:
             respond(self.handle(req))
             return
         self._waiting.append(respond)
         if self._asked_at is None:
             self._asked_at = time.monotonic()
-            sup._send_front({"op": "status_request"})
+            sup.front.send({"op": "status_request"})
 
     def _answer_lists(self) -> None:
         waiting, self._waiting, self._asked_at = self._waiting, [], None
@@ -86,7 +106,8 @@ class Operations:
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "list":  # rows of actors with a session; warm ones are only counted
-            return {"ok": True, "actors": self.rows(), "warm": len(self.sup.pool)}
+            return {"ok": True, "actors": self.rows(), "warm": len(self.sup.pool),
+                    "agent_start": self.sup.pool.start_state()}
         if op == "status":
             return {"ok": True, **self.state()}
         if op in ("stop", "kill"):
@@ -98,13 +119,14 @@ class Operations:
         return {
             "pid": os.getpid(),
             "uptime": round(time.time() - sup.started, 1),
-            "front_pid": sup.front_pid,
-            "front_restarts": sup.front_restarts,
+            "front_pid": sup.front.pid,
+            "front_restarts": sup.front.restarts,
             "stage": sup.stage,
             "actors": len(sup.actors),  # warm ones included: see the module's docstring
             "warm": len(sup.pool),
             "warm_target": sup.pool.size,
-            "zygote": sup.zygote_state(),
+            "agent_start": sup.pool.start_state(),  # whether new actors start their agent; paused pool
+            "zygote": sup.spawner.zygote_state(),
             "sandbox": sup.hooks.sandbox,
             "limits": {"actor_max_rss": sup.hooks.actor_max_rss, "term_after": self.term_after,
                        "kill_after": self.kill_after},
@@ -182,7 +204,7 @@ class Operations:
         return {"ok": True, "results": results}
 
     # ── the operator's ladder ────────────────────────────────────────────
-    def stop_actor(self, actor: _Actor, force: bool) -> dict[str, Any]:
+    def stop_actor(self, actor: Actor, force: bool) -> dict[str, Any]:
         row = {"session_id": actor.session_id, "pid": actor.pid}
         if force:
             actor.killed_for = "agent process was killed by an operator (SIGKILL)"
@@ -193,7 +215,7 @@ class Operations:
             return {**row, "outcome": "already stopping"}
         reason = {"code": KILLED_BY_OPERATOR, "message": "The turn was stopped by an operator."}
         # The front times every stop from its request (navi_stop_seconds): tell it first.
-        self.sup._send_front({"op": "operator_stop", "actor_id": actor.actor_id})
+        self.sup.front.send({"op": "operator_stop", "actor_id": actor.actor_id})
         try:
             actor.lifeline.send(orjson.dumps({"op": "stop", "reason": reason}))
         except ChannelClosed:
@@ -204,7 +226,7 @@ class Operations:
         log.info("supervisor.operator_stop", actor_pid=actor.pid, session_id=actor.session_id)
         return {**row, "outcome": "stopping"}
 
-    def _signal(self, actor: _Actor, sig: int, step: str) -> None:
+    def _signal(self, actor: Actor, sig: int, step: str) -> None:
         self.ladder[step] += 1
         log.warning("supervisor.ladder_step", actor_pid=actor.pid, session_id=actor.session_id, step=step)
         try:
@@ -242,7 +264,7 @@ class Operations:
     def on_spawn(self) -> None:
         self.spawns += 1
 
-    def on_exit(self, actor: _Actor, kind: str) -> None:
+    def on_exit(self, actor: Actor, kind: str) -> None:
         self.deaths[kind] += 1
         self._ladders.pop(actor.pid, None)
         self._procs.pop(actor.pid, None)

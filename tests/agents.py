@@ -11,6 +11,7 @@ can play every scenario:
 - ``usererr``: one delta, then raises AgentError with its own message and code
 - ``crash``: one delta, then ``os._exit(3)``
 - ``badyield``: yields an int
+- ``oddtypes``: events of its own types named like Object's members (``valueOf``, ``__proto__``…), then text
 - ``ignore_stop``: deltas every 20 ms forever, never looking at the stop event
 - ``block``: blocks its event loop in ``time.sleep`` forever
 - ``segv``: one delta, then a segmentation fault
@@ -147,6 +148,10 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
         os._exit(3)
     elif cmd == "badyield":
         yield 42
+    elif cmd == "oddtypes":  # an agent's own event types, named like what every JS object inherits
+        for kind in ("valueOf", "__proto__", "hasOwnProperty", "constructor", "toString"):
+            yield {"type": kind, "note": kind}
+        yield TextDelta("after the odd types")
     elif cmd == "ignore_stop":
         while True:
             yield TextDelta("x")
@@ -262,6 +267,36 @@ class _Broken:
 
 def broken_factory() -> _Broken:
     return _Broken()
+
+
+class _Echo:
+    async def run_stream(self, turn: Turn) -> AsyncIterator[Any]:
+        yield TextDelta(turn.display_content)
+
+
+async def environ_agent(turn: Turn) -> AsyncIterator[Any]:
+    """Reports (as JSON text) the variable named by the message: the sha256 of its value as this actor's
+    environment has it (None if unset), and whether /proc/self/environ shows it."""
+    import hashlib
+    import json
+
+    name = turn.display_content.strip()
+    value = os.environb.get(os.fsencode(name))
+    with open("/proc/self/environ", "rb") as f:
+        block = f.read()
+    yield TextDelta(json.dumps({
+        "sha256": hashlib.sha256(value).hexdigest() if value is not None else None,
+        "in_proc_environ": any(e.startswith(os.fsencode(name) + b"=") for e in block.split(b"\0")),
+    }))
+
+
+def misconfigured_factory() -> _Echo:
+    """A factory that raises, as one with a bad setting does, while the file named by
+    NAVI_TEST_BAD_SETTING exists; once it is gone, the agent echoes (the setting was mended)."""
+    path = os.environ["NAVI_TEST_BAD_SETTING"]
+    if os.path.exists(path):
+        raise ValueError(f"bad setting in {path}: remove it to mend")
+    return _Echo()
 
 
 # ── a hostile agent, for tests/test_security_*.py ───────────────────────────

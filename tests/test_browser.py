@@ -36,6 +36,7 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 15_000
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
+STATIC = ROOT / "navi_actor" / "static"
 
 # Installed before the page's own script on every load: it records what the
 # page shows, so the tests can check the order and the text without timing.
@@ -161,9 +162,10 @@ def answer_text(turn: Any) -> str:
 def test_page_and_its_files_are_served_uncached(make_server: Any) -> None:
     """GET / and /static/* answer with their content types and Cache-Control: no-cache, and nothing else is served."""
     server = make_server("echo")
-    for path, ctype in [("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/style.css", "text/css"),
-                        ("/static/markdown.js", "text/javascript"), ("/static/markdown-blocks.js", "text/javascript"),
-                        ("/static/markdown-inline.js", "text/javascript")]:
+    modules = sorted(p.name for p in STATIC.glob("*.js"))
+    assert {"app.js", "markdown.js", "session-view.js"} <= set(modules), modules
+    for path, ctype in [("/", "text/html"), ("/static/style.css", "text/css"),
+                        *((f"/static/{name}", "text/javascript") for name in modules)]:
         with urllib.request.urlopen(server.url + path, timeout=10) as r:
             assert r.headers["Content-Type"].startswith(ctype), (path, r.headers["Content-Type"])
             assert r.headers["Cache-Control"] == "no-cache"
@@ -172,6 +174,58 @@ def test_page_and_its_files_are_served_uncached(make_server: Any) -> None:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(server.url + path, timeout=10)
         assert err.value.code == 404, path
+
+
+IMPORT = re.compile(r"""^\s*(?:import|export)\b[^'"]*?\bfrom\s*["']\./([^"']+)["']|^\s*import\s*["']\./([^"']+)["']""", re.M)
+
+
+def page_modules() -> set[str]:
+    """Every module app.js imports, directly or not (read from the sources)."""
+    seen: set[str] = set()
+    todo = ["app.js"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        source = re.sub(r"/\*.*?\*/|//[^\n]*", "", (STATIC / name).read_text(), flags=re.S)
+        todo += [a or b for a, b in IMPORT.findall(source)]
+    return seen - {"app.js"}
+
+
+def test_index_preloads_every_module_the_page_imports() -> None:
+    """index.html names every module app.js imports (and only those) in a modulepreload link, so none waits for its importer."""
+    html = (STATIC / "index.html").read_text()
+    preloaded = re.findall(r'<link rel="modulepreload" href="static/([^"]+)">', html)
+    assert len(preloaded) == len(set(preloaded)), preloaded
+    assert set(preloaded) == page_modules(), (set(preloaded) ^ page_modules())
+    assert '<script type="module" src="static/app.js"></script>' in html
+
+
+def test_the_page_requests_all_its_modules_before_any_arrives(make_server: Any, page: Any) -> None:
+    """The module graph is one round of requests: with every script's response held back, the page still asks for all of them."""
+    server = make_server("echo")
+    wanted = page_modules() | {"app.js"}
+    held: list[Any] = []
+    asked: list[str] = []
+
+    def hold(route: Any) -> None:
+        asked.append(route.request.url.rsplit("/", 1)[-1])
+        held.append(route)
+        if wanted <= set(asked):  # the last one: let them all through
+            for r in held:
+                r.continue_()
+            held.clear()
+
+    page.route("**/static/*.js", hold)
+    try:
+        page.goto(server.url, timeout=8_000)
+    except Exception as exc:  # a module the page only finds in another's source never gets asked for
+        raise AssertionError(f"asked for {sorted(asked)} only, of {sorted(wanted)}") from exc
+    assert sorted(asked) == sorted(wanted), "each module once"
+    from playwright.sync_api import expect
+
+    expect(page.locator("#session-list-note")).to_have_text("No chats yet.")
 
 
 def test_turn_renders_thinking_tool_card_and_text_in_order(make_server: Any, page: Any, tmp_path: Path) -> None:
@@ -426,6 +480,18 @@ def test_crash_reason_is_shown_and_the_session_stays_usable(scripted_server: Ser
     failed, done = saved_replies(scripted_server, sid)
     assert (failed["status"], failed["error_code"], done["status"]) == ("failed", "actor_died", "done")
     assert "exited with code 3" in failed["error"]
+
+
+def test_an_agents_own_event_types_draw_nothing(scripted_server: Server, page: Any) -> None:
+    """Events of an agent's own types, even ones named like what every JavaScript object has (valueOf, __proto__), are skipped without an error."""
+    from playwright.sync_api import expect
+
+    page.goto(scripted_server.url)
+    send(page, "oddtypes")
+    turn = page.locator(".turn").last
+    expect(turn).to_have_attribute("data-status", "done")
+    expect(turn.locator(".block.text")).to_have_text("after the odd types")
+    assert page.evaluate("window.__naviBlocks") == ["text"]  # the page fixture fails on any JavaScript error
 
 
 # ── what agents write: Markdown ─────────────────────────────────────────────

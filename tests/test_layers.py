@@ -23,6 +23,7 @@ PURE = (
     "navi_actor.framing",
     "navi_actor.replay",
     "supervisor.restart",
+    "navi_actor.stopladder",
 )
 # What a pure core may not import: event loops, sockets, the web framework,
 # processes and files.

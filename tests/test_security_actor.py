@@ -131,3 +131,61 @@ async def test_without_authentication_secrets_are_still_kept_from_actors(make_se
     assert report["proc_environ"] == "clean"
     assert report["no_new_privs"] is True
     assert report["nice"] == min(report["front_nice"] + 10, 19)  # the default --actor-nice
+
+
+# ── the API key only where it is needed ─────────────────────────────────────
+
+
+def _environ_of(pid: int) -> bytes:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return f.read()
+
+
+def _in_memory(pid: int, needle: bytes) -> bool:
+    """Whether ``needle`` occurs anywhere in process ``pid``'s readable memory (its environment included,
+    wherever the environment's strings live once set or copied)."""
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read().splitlines()
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    try:
+        for line in maps:
+            fields = line.split()
+            if fields[1][0] != "r" or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]", "[vvar_vclock]")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            for at in range(start, end, 1 << 22):
+                try:
+                    data = os.pread(fd, min(end, at + (1 << 22) + len(needle)) - at, at)
+                except OSError:
+                    break
+                if needle in data:
+                    return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+async def test_the_api_key_is_in_actors_only_not_in_the_supervisor_front_or_zygote(make_server, client, sandbox):
+    """An allow-listed key (NAVI_OPENAI_API_KEY) is nowhere in the supervisor, the front or the zygote: not in
+    /proc/PID/environ, not in their memory (their environment included); actors still get its value."""
+    import hashlib
+
+    env = {"NAVI_OPENAI_API_KEY": API_KEY, "PLAIN_SETTING": "visible", "OTHER_SECRET": URL_PASSWORD}
+    server = make_server("tests.agents:environ_agent", args=["--sandbox", sandbox], env=env)
+    others = [server.pid, server.front_pid, *server.zygote_pids()]
+    assert len(others) >= 2
+    for pid in others:
+        block = _environ_of(pid)
+        assert API_KEY.encode() not in block and b"NAVI_OPENAI_API_KEY" not in block, pid
+        assert not _in_memory(pid, API_KEY.encode()), f"the key is in the memory of {pid}"
+        assert not _in_memory(pid, URL_PASSWORD.encode()), pid  # a secret not allowed: dropped, as before
+        assert _in_memory(pid, b"PLAIN_SETTING=visible"), pid  # the scan sees the environment's strings
+    c = client(server)
+    for _ in range(3):  # the two warm actors, then a refill
+        _, ws = await c.open_session()
+        report = json.loads(text_of(await run_turn(ws, "NAVI_OPENAI_API_KEY")))
+        assert report == {"sha256": hashlib.sha256(API_KEY.encode()).hexdigest(), "in_proc_environ": False}
+        await ws.close()
+    security = next(json.loads(line) for line in server.log_text().splitlines() if '"serve.security"' in line)
+    assert "NAVI_OPENAI_API_KEY" in security["env_dropped"] and API_KEY not in server.log_text()

@@ -302,6 +302,38 @@ def test_stashed_secret_moves_to_a_memfd_in_a_child_process():
     assert out.strip() == "tok-value-1234567890 alice False False"
 
 
+def test_allowed_secrets_move_to_a_sealed_memfd_and_back_in_an_actor_only():
+    """The allow-listed secret (not a plain allowed name) leaves the environment for a sealed memfd; restoring
+    sets only allowed names, and no process holding the fd can change what the next actor gets."""
+    code = (
+        "import os\n"
+        "from navi_actor import sandbox\n"
+        "allow = frozenset({'NAVI_OPENAI_API_KEY', 'PLAIN'})\n"
+        "fd, names = sandbox.stash_actor_env(allow)\n"
+        "env = open('/proc/self/environ', 'rb').read()\n"
+        "print(names, 'NAVI_OPENAI_API_KEY' in os.environ, b'sk-value' in env, os.environ['PLAIN'])\n"
+        "try:\n"
+        "    os.pwrite(fd, b'LD_PRELOAD=/x.so\\0', 0)\n"
+        "    print('writable')\n"
+        "except PermissionError:\n"
+        "    print('sealed')\n"
+        "other = os.dup(fd)\n"
+        "print(sandbox.restore_actor_env(other, frozenset({'PLAIN'})), 'NAVI_OPENAI_API_KEY' in os.environ)\n"
+        "print(sandbox.restore_actor_env(fd, allow), os.environ['NAVI_OPENAI_API_KEY'])\n"
+        "print(sandbox.stash_actor_env(frozenset({'PLAIN', 'NAVI_TOKENS'})))\n"
+    )
+    env = {**os.environ, "NAVI_OPENAI_API_KEY": "sk-value-123456", "PLAIN": "plain-value",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [
+        "['NAVI_OPENAI_API_KEY'] False False plain-value",
+        "sealed",
+        "[] False",
+        "['NAVI_OPENAI_API_KEY'] sk-value-123456",
+        "(None, [])",
+    ]
+
+
 def test_rlimits_are_applied_capped_at_the_hard_limit():
     """apply_rlimits sets soft and hard limits, never above the current hard limit (checked in a child)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -14,13 +14,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from navi_actor import framing, logs
-
-if TYPE_CHECKING:
-    from navi_actor.front.runtime import Run
-    from navi_actor.front.viewer import Viewer
+from navi_actor.front.runs import Run, RunViewer
 
 log = logs.get("navi.front.actors")
 parse_event = framing.parse_event
@@ -42,7 +39,7 @@ class ActorHandle(asyncio.Protocol):
         self.owner = owner
         self.pid: int | None = None
         self.run: Run | None = None
-        self.resumes: dict[int, Viewer] = {}  # viewers waiting for its finished turn (front/resume.py)
+        self.resumes: dict[int, RunViewer] = {}  # viewers waiting for its finished turn (front/resume.py)
         self.idle_since = time.monotonic()
         self.retiring = False  # told to shut down; takes no new turn
         self.requested_at: float | None = None  # when the front asked for it (None: adopted)

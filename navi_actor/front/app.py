@@ -199,7 +199,9 @@ async def healthz(request: web.Request) -> web.Response:
     """The front's health; 503 while the session store cannot write (``store.ok`` false).
 
     ``actors``: every actor process alive, warm ones included; ``warm``: those with no session yet
-    (the supervisor's counts, as in ``navi-actor ps`` and ``/metrics``; null if it does not answer in 1 s)."""
+    (the supervisor's counts, as in ``navi-actor ps`` and ``/metrics``; null if it does not answer in 1 s).
+    ``agent_start``: whether new actors start their agent (``ok``), the failures in a row and the last
+    one's ``error``, and whether that ``paused`` the warm pool (null with the counts)."""
     rt = request.app[RUNTIME]
     store = rt.store_keeper.health()
     try:
@@ -212,6 +214,7 @@ async def healthz(request: web.Request) -> web.Response:
             "shutting_down": rt.shutting_down,
             "actors": sup.get("actors"),
             "warm": sup.get("warm"),
+            "agent_start": sup.get("agent_start"),
             "runs": len(rt.runs),
             "viewers": sum(len(v) for v in rt.viewers.values()),
             "store": store,

@@ -20,22 +20,32 @@ checks the answer, since actors are untrusted (:func:`check`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+from typing import Any, Mapping, Protocol
 
 import orjson
 
 from navi_actor import protocol
 from navi_actor.events import RESERVED_TYPES
-
-if TYPE_CHECKING:
-    from navi_actor.front.actors import ActorHandle
-    from navi_actor.front.runtime import Runtime
-    from navi_actor.front.viewer import Viewer
+from navi_actor.front.actors import ActorHandle
+from navi_actor.front.runs import RunViewer as Viewer
 
 TERMINAL_TYPES = frozenset({"stream_end", "stream_stopped", "error"})
 #: Seconds to wait for the actor's answer; then the client is told to sync (an idle
 #: actor answers at once, unless something left behind by its agent blocks its loop).
 ANSWER_WAIT = 2.0
+
+
+class Runtime(Protocol):
+    """What resuming reaches of the runtime (:class:`navi_actor.front.runtime.Runtime`)."""
+
+    actors: Mapping[str, ActorHandle]  # session id → its live actor
+    loop: asyncio.AbstractEventLoop
+    replays_served: int
+
+    def on_actor_violation(self, actor: ActorHandle, reason: str) -> None: ...
+
+    def resumed(self, viewer: Viewer, last_seq: int | None) -> None: ...
 
 
 def check(msg: dict[str, Any], after: int) -> str | None:

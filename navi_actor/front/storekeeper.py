@@ -18,17 +18,29 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Iterable, Mapping, Protocol, TypeVar
 
 from navi_actor import logs, protocol
+from navi_actor.front.runs import LOST_IN_RESTART, Run, RunViewer
+from navi_actor.front.storeq import StoreQueue
 from navi_actor.front.unsaved import Unsaved, UnsavedResults
 from navi_actor.protocol import ClientError
-from navi_actor.store import StoreError, StoreFailure
-
-if TYPE_CHECKING:
-    from navi_actor.front.runtime import Run, Runtime
+from navi_actor.store import SessionStore, StoreError, StoreFailure
 
 log = logs.get("navi.front")
+T = TypeVar("T")
+
+
+class Runtime(Protocol):
+    """What the keeper reaches of the runtime (:class:`navi_actor.front.runtime.Runtime`)."""
+
+    loop: asyncio.AbstractEventLoop
+    store_queue: StoreQueue
+    store_backend: SessionStore
+    runs: Mapping[str, Run]  # session id → its running turn
+    viewers: Mapping[str, Iterable[RunViewer]]  # session id → its connected viewers
+
+    async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
 
 
 class StoreKeeper:
@@ -130,8 +142,6 @@ class StoreKeeper:
                 if viewer.run is None:
                     viewer.send(protocol.SESSION_SYNC)  # the history has the answer now
         if self.recover_pending:
-            from navi_actor.front.runtime import LOST_IN_RESTART
-
             keep = [run.run_id for run in rt.runs.values()] + [item.run_id for item in self.unsaved]
             try:
                 lost = await rt.store(rt.store_backend.recover_interrupted, LOST_IN_RESTART, keep=keep)

@@ -10,7 +10,9 @@ few commits instead of queuing for a thousand.
 The queue also knows the store's health, from the outcomes it hands back:
 a call that fails inside the database (`StoreFailure`: the disk is full, an
 I/O error) makes the store *failing*; the next write that succeeds makes it
-healthy again. Failures are counted by the store method that failed.
+healthy again. Failures are counted by the store method that failed. Which
+exceptions are the database's own is the backend's to say
+(`SessionStore.failure`): this module does not know the engine.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
-import sqlite3
 import time
 from typing import Any, Callable, TypeVar
 
@@ -33,15 +34,6 @@ log = logs.get("navi.front.store")
 #: the start-up recovery, which most often has nothing to write.
 NOT_PROOF_OPS = frozenset({"get_session", "list_sessions", "get_session_detail", "history", "running_runs",
                            "recover_interrupted"})
-
-
-def _failure(exc: BaseException, op: str) -> StoreFailure | None:
-    """The database's own failure in ``exc`` (not a refusal such as an unknown session), or None."""
-    if isinstance(exc, StoreFailure):
-        return exc
-    if isinstance(exc, sqlite3.Error):
-        return StoreFailure(op, str(exc))
-    return None
 
 
 class StoreQueue:
@@ -121,7 +113,7 @@ class StoreQueue:
             if ok:
                 wrote = wrote or op not in NOT_PROOF_OPS
                 continue
-            failure = _failure(value, op)
+            failure = self.backend.failure(value, op)
             if failure is not None:
                 self.failures[failure.op] = self.failures.get(failure.op, 0) + 1
                 failed = failure

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from navi_actor import logs
 from navi_actor.front.outbox import Outbox
+from navi_actor.front.runs import Run, RunActor
 from navi_actor.front.wsframes import FrameWriter
-
-if TYPE_CHECKING:
-    from navi_actor.front.actors import ActorHandle
-    from navi_actor.front.runtime import Run
 
 log = logs.get("navi.front.viewer")
 
@@ -40,7 +36,7 @@ class Viewer:
         self.run: Run | None = None  # the run it receives live events of
         self.needs_sync = False  # send session_sync when that run ends
         self.resume_after: int | None = None  # the ?after= it connected with
-        self.resuming: ActorHandle | None = None  # waiting for this actor's finished turn (front/resume.py)
+        self.resuming: RunActor | None = None  # waiting for this actor's finished turn (front/resume.py)
         self.resume_timer: asyncio.TimerHandle | None = None  # gives up on that answer
         self.delivered_seq = 0  # highest seq written to the socket
         self.closed = False

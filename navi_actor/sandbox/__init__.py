@@ -6,17 +6,20 @@ and environment; this module makes sure neither holds a secret by then:
 
 * :func:`secure_supervisor`, in the supervisor before anything is forked:
   checks the tokens in a short-lived child (so the supervisor never reads
-  them), moves ``NAVI_TOKENS`` into a memfd only the front receives, and drops
-  every secret-looking variable from the supervisor's own environment
-  (allow-listed ones stay: the agent needs them). Dropping wipes the value
-  where it lives: Python's copy and the process's original environment block
-  (what ``/proc/PID/environ`` shows). With authentication configured, the
+  them), moves ``NAVI_TOKENS`` into a memfd only the front receives, moves
+  the allow-listed secrets (``--actor-env-allow``: the agent's API key) into
+  a sealed memfd only actors receive, and drops every other secret-looking
+  variable from the supervisor's own environment. So neither the supervisor
+  nor the front (forked from it) holds one in its environment. Dropping wipes
+  the value where it lives: Python's copy and the process's original
+  environment block (what ``/proc/PID/environ`` shows). With authentication configured, the
   supervisor also becomes non-dumpable (``PR_SET_DUMPABLE`` 0), and so does
   the front forked from it: another process of the same user (an agent)
   cannot read their memory, environment or descriptors through ``/proc`` or
   ptrace (root can: CAP_SYS_PTRACE).
 * :func:`enter_actor`, first thing in each actor: the same scrub again (a
-  second line), dumpable again (it holds only its own session),
+  second line), the allow-listed secrets put back into its environment from
+  their memfd (then closed), dumpable again (it holds only its own session),
   ``PR_SET_NO_NEW_PRIVS`` (no setuid escalation), and the ``--actor-rlimits``.
 
 What it does not do: actors share the server's uid, so agent code can still
@@ -26,6 +29,7 @@ read any file that user can (the database, a tokens file); see SECURITY.md.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import re
 import resource
@@ -181,14 +185,20 @@ def apply_rlimits(text: str) -> dict[str, int]:
 # ── the two entry points ────────────────────────────────────────────────────
 
 
-def enter_actor(config: Config) -> None:
-    """First thing in a forked actor: no secrets, no privilege gain, the configured limits and nice value.
+def enter_actor(config: Config, env_fd: int | None = None) -> None:
+    """First thing in a forked actor: no secrets but its own, no privilege gain, the configured limits
+    and nice value.
 
-    The actor is made dumpable again (it inherits the supervisor's setting):
-    it holds nothing but its own session, and agents may read their own
-    ``/proc/self`` files, which a non-dumpable process cannot.
+    ``env_fd`` is the memfd of :func:`stash_actor_env`: its variables are put
+    back into this actor's environment, and the descriptor is closed before
+    any agent code runs. The actor is made dumpable again (it inherits the
+    supervisor's setting): it holds nothing but its own session, and agents
+    may read their own ``/proc/self`` files, which a non-dumpable process cannot.
     """
-    scrub_environ(parse_allow(config.actor_env_allow))
+    allow = parse_allow(config.actor_env_allow)
+    scrub_environ(allow)
+    if env_fd is not None:
+        restore_actor_env(env_fd, allow)
     set_dumpable(True)
     no_new_privs()
     apply_rlimits(config.actor_rlimits)
@@ -259,11 +269,72 @@ def stash_env_secret(name: str) -> int | None:
     return fd
 
 
-def secure_supervisor(config: Config) -> tuple[int | None, list[str]]:
-    """Before the supervisor forks: stash NAVI_TOKENS for the front, drop the other secrets.
+def actor_secret_names(allow: frozenset[str] | set[str]) -> list[str]:
+    """The allow-listed variables of this environment that look secret: only actors need them."""
+    return [name for name in sorted(allow)
+            if name not in ALWAYS_SECRET and (value := os.environb.get(os.fsencode(name))) is not None
+            and is_secret(name, value, frozenset())]
 
-    Returns the tokens' descriptor (or None) and the names of the variables dropped.
+
+def stash_actor_env(allow: frozenset[str] | set[str]) -> tuple[int | None, list[str]]:
+    """Move the allow-listed secrets (the agent's API key) into a sealed memory file for actors.
+
+    Returns its descriptor (None when there is none to move) and the names
+    moved. The variables are dropped from this process's environment and
+    wiped, so the supervisor and the front, forked from it, do not hold them;
+    each actor is given the descriptor and puts them back (:func:`restore_actor_env`).
+    The file is sealed: no actor can change what the next one gets.
     """
-    fd = stash_env_secret("NAVI_TOKENS")
-    dropped = scrub_environ(parse_allow(config.actor_env_allow))
-    return fd, (["NAVI_TOKENS"] if fd is not None else []) + dropped
+    names = actor_secret_names(allow)
+    if not names:
+        return None, []
+    fd = os.memfd_create("navi-actor-env", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    for name in names:
+        key = os.fsencode(name)
+        value = os.environb[key]  # the stored bytes themselves: no copy of the secret is made
+        for part in (key + b"=", value, b"\0"):
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view):]
+            view.release()
+        del view, part, value
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    drop_env(names)
+    return fd, names
+
+
+def restore_actor_env(fd: int, allow: frozenset[str] | set[str]) -> list[str]:
+    """In an actor: set the variables of :func:`stash_actor_env`'s file (allow-listed ones only), close it.
+
+    Returns the names set. Set with ``putenv``: the actor's own environment
+    and the programs it runs have them; its original environment block
+    (``/proc/PID/environ``) does not.
+    """
+    try:
+        data = os.pread(fd, os.fstat(fd).st_size, 0)  # pread: actors share the file's offset
+    finally:
+        os.close(fd)
+    found = []
+    for entry in data.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        name = os.fsdecode(key)
+        if sep and name in allow and name not in ALWAYS_SECRET:
+            os.environb[key] = value
+            found.append(name)
+    return found
+
+
+def secure_supervisor(config: Config) -> tuple[int | None, int | None, list[str]]:
+    """Before the supervisor forks: stash NAVI_TOKENS for the front and the allow-listed secrets
+    for actors, drop the other secrets.
+
+    Returns the tokens' descriptor, the actors' secrets' descriptor (each
+    None when there is nothing to hold) and the names of the variables taken
+    out of the supervisor's environment.
+    """
+    allow = parse_allow(config.actor_env_allow)
+    tokens_fd = stash_env_secret("NAVI_TOKENS")
+    env_fd, moved = stash_actor_env(allow)
+    dropped = scrub_environ(allow)
+    return tokens_fd, env_fd, (["NAVI_TOKENS"] if tokens_fd is not None else []) + moved + dropped

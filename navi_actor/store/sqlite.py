@@ -1,18 +1,17 @@
-"""Session store: sessions, their turns ("runs") and messages in one SQLite file.
+"""The SQLite backend of the session store: one file, WAL, synchronous=FULL.
 
-`SessionStore` is the interface (a PostgreSQL implementation may follow);
-`SQLiteStore` implements it. Every public method takes an internal lock and
-every write method is a single transaction. Timestamps are unix seconds
-(floats); JSON columns are TEXT.
+`SQLiteStore` implements `navi_actor.store.interface.SessionStore`. Every
+public method takes an internal lock and every write method is one
+transaction (BEGIN IMMEDIATE). `batch` is group commit: one transaction, a
+savepoint per call, one fsync. The schema is versioned (``PRAGMA
+user_version``) and migrated at open; a file newer than this code is refused.
+JSON columns are TEXT.
 """
 
 from __future__ import annotations
 
-import abc
 import functools
-import json
 import os
-import re
 import sqlite3
 import stat
 import threading
@@ -23,18 +22,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, cast
 
 from navi_actor import logs
+from navi_actor.store.common import (
+    ANY_OWNER, dumps, load_dict, require_final, run_each, title_from, valid_session_id,
+)
+from navi_actor.store.errors import RunNotRunning, SessionNotFound, StoreError, StoreFailure
 
-__all__ = [
-    "RUN_STATUSES", "FINAL_STATUSES", "SCHEMA_VERSION", "SESSION_ID_RE",
-    "StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "ANY_OWNER",
-    "SessionStore", "SQLiteStore", "open_store", "valid_session_id",
-]
+__all__ = ["SCHEMA_VERSION", "DB_FILENAME", "SQLiteStore", "open_sqlite"]
 
-RUN_STATUSES: tuple[str, ...] = ("running", "done", "stopped", "failed", "interrupted")
-FINAL_STATUSES: tuple[str, ...] = RUN_STATUSES[1:]
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DB_FILENAME = "navi.sqlite3"
-TITLE_MAX = 60
+DB_FILENAME = "navi.sqlite3"  #: the database's name in the data folder
 
 log = logs.get("navi.store")
 _MESSAGE_KEYS = ("id", "role", "content", "run_id", "created_at")
@@ -67,119 +62,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
-
-
-class _AnyOwner:
-    """``list_sessions(owner=ANY_OWNER)``: every session, whoever owns it."""
-
-    def __repr__(self) -> str:
-        return "ANY_OWNER"
-
-
-ANY_OWNER: Any = _AnyOwner()
 _SESSION_COLUMNS = "id, title, created_at, updated_at, last_seq, owner"
-
-
-class StoreError(Exception):
-    """The session store refused or failed an operation."""
-
-
-class StoreFailure(StoreError):
-    """The database itself failed (the disk is full, an I/O error, a locked file).
-
-    Not a refusal of this one call: the same call may succeed later. ``op`` is
-    the store method that failed; ``reason`` SQLite's own words
-    ("database or disk is full").
-    """
-
-    def __init__(self, op: str, reason: str) -> None:
-        super().__init__(f"the session store failed in {op}: {reason}")
-        self.op = op
-        self.reason = reason
-
-
-class SessionNotFound(StoreError):
-    """The session does not exist (or its id is invalid)."""
-
-
-class RunNotRunning(StoreError):
-    """The run does not exist or is already finished."""
-
-
-def valid_session_id(s: object) -> bool:
-    """Return True if `s` is a string matching `SESSION_ID_RE`."""
-    return isinstance(s, str) and SESSION_ID_RE.fullmatch(s) is not None
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _load_dict(text: str | None) -> dict | None:
-    """Decode a JSON object column; None if NULL, malformed or not an object."""
-    try:
-        value = json.loads(text) if text is not None else None
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _title_from(content: str) -> str:
-    """First non-blank line of `content`, stripped, cut to TITLE_MAX chars."""
-    return content.strip().split("\n", 1)[0].strip()[:TITLE_MAX]
-
-
-class SessionStore(abc.ABC):
-    """Interface of the session store; see `SQLiteStore` for semantics."""
-
-    @abc.abstractmethod
-    def create_session(self, title: str | None = None, owner: str | None = None) -> dict: ...
-    @abc.abstractmethod
-    def get_session(self, session_id: str) -> dict | None: ...
-    @abc.abstractmethod
-    def list_sessions(self, limit: int = 100, offset: int = 0, *, owner: Any = ANY_OWNER) -> list[dict]: ...
-    @abc.abstractmethod
-    def get_session_detail(self, session_id: str) -> dict | None: ...
-    @abc.abstractmethod
-    def delete_session(self, session_id: str) -> bool: ...
-    @abc.abstractmethod
-    def history(self, session_id: str) -> list[dict]: ...
-    @abc.abstractmethod
-    def begin_run(self, session_id: str, run_id: str, *, content: str,
-                  agent_content: str, images: int = 0,
-                  files: list | None = None) -> int: ...
-    @abc.abstractmethod
-    def checkpoint_runs(self, items: list[tuple[str, str, int]]) -> None: ...
-    @abc.abstractmethod
-    def finish_run(self, run_id: str, *, status: str, content: str | None, last_seq: int,
-                   tool_calls: list[dict] | None = None, thinking: str = "",
-                   error: str | None = None, error_code: str | None = None,
-                   stats: dict | None = None) -> None: ...
-    @abc.abstractmethod
-    def recover_interrupted(self, reason: str = "server stopped during this turn",
-                            seq_gap: int = 10**9, keep: Iterable[str] = ()) -> list[str]: ...
-    @abc.abstractmethod
-    def running_runs(self) -> list[dict]: ...
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
-    def probe(self) -> None:
-        """A write that changes nothing: raises `StoreFailure` while the store cannot write."""
-
-    def batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
-        """Run ``calls`` (store methods bound to their arguments) in order.
-
-        Returns ``(True, result)`` or ``(False, exception)`` per call. Each call
-        succeeds or fails on its own, exactly as if called alone. This default
-        runs them one after the other; `SQLiteStore` commits them together.
-        """
-        out: list[tuple[bool, Any]] = []
-        for call in calls:
-            try:
-                out.append((True, call()))
-            except Exception as exc:
-                out.append((False, exc))
-        return out
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -204,7 +87,7 @@ def _locked(fn: _F) -> _F:
     return cast(_F, wrapper)
 
 
-class SQLiteStore(SessionStore):
+class SQLiteStore:
     """SQLite implementation (WAL, synchronous=FULL, foreign keys on).
 
     `batch` is group commit: the calls waiting for the store share one
@@ -288,7 +171,7 @@ class SQLiteStore(SessionStore):
     @staticmethod
     def _message_dict(row: sqlite3.Row) -> dict:
         out = {k: row[k] for k in _MESSAGE_KEYS}
-        for k, v in (_load_dict(row["data"]) or {}).items():
+        for k, v in (load_dict(row["data"]) or {}).items():
             out.setdefault(k, v)
         return out
 
@@ -297,7 +180,7 @@ class SQLiteStore(SessionStore):
         db.execute(
             "INSERT INTO messages (session_id, run_id, role, content, data, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (session_id, run_id, role, content, _dumps(data), now))
+            (session_id, run_id, role, content, dumps(data), now))
 
     # -- sessions ----------------------------------------------------------
 
@@ -353,7 +236,7 @@ class SQLiteStore(SessionStore):
             "SELECT id, status, started_at, ended_at, first_seq, last_seq, error,"
             " error_code, stats FROM runs WHERE session_id = ?"
             " ORDER BY started_at, rowid", (session_id,))
-        out["runs"] = [{**r, "stats": _load_dict(r["stats"])} for r in map(dict, runs)]
+        out["runs"] = [{**r, "stats": load_dict(r["stats"])} for r in map(dict, runs)]
         return out
 
     @_locked
@@ -381,7 +264,7 @@ class SQLiteStore(SessionStore):
             " ORDER BY m.id", (session_id,)).fetchall()
         out = []
         for r in rows:
-            data = _load_dict(r["data"]) or {}
+            data = load_dict(r["data"]) or {}
             content = r["content"]
             if r["role"] == "user" and "agent_content" in data:
                 content = data.pop("agent_content")
@@ -418,7 +301,7 @@ class SQLiteStore(SessionStore):
                               {"agent_content": agent_content, "images": images,
                                "files": files or []}, now)
             db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, session_id))
-            title = _title_from(content)
+            title = title_from(content)
             if title:
                 db.execute("UPDATE sessions SET title = ? WHERE id = ?"
                            " AND (title IS NULL OR title = '')", (title, session_id))
@@ -443,7 +326,7 @@ class SQLiteStore(SessionStore):
         for tc in tool_calls:
             result = tc.get("result")
             self._add_message(db, sid, rid, "tool",
-                              result if isinstance(result, str) else _dumps(result),
+                              result if isinstance(result, str) else dumps(result),
                               {"tool": tc.get("tool"), "args": tc.get("args"),
                                "success": tc.get("success"),
                                "is_subagent": bool(tc.get("is_subagent", False)),
@@ -455,7 +338,7 @@ class SQLiteStore(SessionStore):
             "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?,"
             " error_code = ?, stats = ?, partial_content = NULL WHERE id = ?",
             (status, now, last_seq, error, error_code,
-             None if stats is None else _dumps(stats), rid))
+             None if stats is None else dumps(stats), rid))
 
     @_locked
     def finish_run(self, run_id: str, *, status: str, content: str | None, last_seq: int,
@@ -469,9 +352,7 @@ class SQLiteStore(SessionStore):
         run is unknown or already finished (a result is never written twice),
         StoreFailure if SQLite fails (the disk is full, say).
         """
-        if status not in FINAL_STATUSES:
-            raise StoreError(f"cannot finish a run with status {status!r}; "
-                             f"use one of {', '.join(FINAL_STATUSES)}")
+        require_final(status)
         now = time.time()
         with self._tx() as db:
             run = db.execute("SELECT id, session_id, status, partial_content FROM runs WHERE id = ?",
@@ -532,6 +413,14 @@ class SQLiteStore(SessionStore):
         with self._tx() as db:
             db.execute(f"PRAGMA user_version = {self._user_version()}")
 
+    def failure(self, exc: BaseException, op: str) -> StoreFailure | None:
+        """SQLite's own errors (``sqlite3.Error``) are failures of the database; refusals are not."""
+        if isinstance(exc, StoreFailure):
+            return exc
+        if isinstance(exc, sqlite3.Error):
+            return StoreFailure(op, str(exc))
+        return None
+
     def batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         """Group commit: run ``calls`` in one transaction, one savepoint each, and commit once.
 
@@ -544,10 +433,10 @@ class SQLiteStore(SessionStore):
         so that each gets its own outcome.
         """
         if len(calls) <= 1:
-            return super().batch(calls)
+            return run_each(calls)
         with self._lock:
             if self._conn is None:
-                return super().batch(calls)  # each raises "the store is closed"
+                return run_each(calls)  # each raises "the store is closed"
             db = self._conn
             out: list[tuple[bool, Any]] = []
             db.execute("BEGIN IMMEDIATE")
@@ -570,7 +459,7 @@ class SQLiteStore(SessionStore):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 log.warning("store.group_commit_failed", calls=len(calls), error=str(exc))
-                return super().batch(calls)
+                return run_each(calls)
             except BaseException:  # KeyboardInterrupt, SystemExit: never leave the transaction open
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -585,16 +474,19 @@ class SQLiteStore(SessionStore):
                 self._conn = None
 
 
-def open_store(data_dir: str | Path) -> SQLiteStore:
-    """Create `data_dir` (mode 0o700 if new) and open `data_dir/navi.sqlite3` (mode 0o600)."""
-    d = Path(data_dir)
+def open_sqlite(path: str | Path) -> SQLiteStore:
+    """Open the database file at ``path``, private to this user.
+
+    Its folder is created with mode 0o700 if missing; the file is created
+    with mode 0o600, or has group and others' access taken away.
+    """
+    path = Path(path)
     try:
-        d.mkdir(mode=0o700, parents=True)
+        path.parent.mkdir(mode=0o700, parents=True)
     except FileExistsError:
         pass
     else:
-        d.chmod(0o700)  # mkdir's mode is reduced by the umask
-    path = d / DB_FILENAME
+        path.parent.chmod(0o700)  # mkdir's mode is reduced by the umask
     _private_file(path)
     return SQLiteStore(path)
 

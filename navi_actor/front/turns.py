@@ -1,0 +1,58 @@
+"""A turn's start, outside the runtime's routing: what is saved, and what the actor is asked.
+
+The user's message is made durable before ``stream_start`` (DESIGN.md,
+invariant 4): :func:`begin_turn` runs on the store's thread, reads the
+session's history for the agent and saves the message with the new run, in
+one call of the group commit. The actor then gets :func:`turn_request`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from navi_actor import logs, protocol
+from navi_actor.protocol import ClientError, UserMessage
+from navi_actor.store import SessionStore, StoreError
+
+log = logs.get("navi.front")
+
+
+def begin_turn(store: SessionStore, sid: str, run_id: str, message: UserMessage) -> tuple[int, list[dict[str, Any]]]:
+    """On the store's thread: the session's history, then the message saved with its run.
+    Returns the seq before the turn's first event, and the history."""
+    history = store.history(sid)
+    base = store.begin_run(
+        sid,
+        run_id,
+        content=message.display_content,
+        agent_content=message.content,
+        images=len(message.images),
+        files=message.files,
+    )
+    return base, history
+
+
+def not_saved(sid: str, exc: StoreError) -> ClientError:
+    """The turn cannot start: its message could not be made durable. Logged here, told to the client."""
+    log.error("front.store_failed", session_id=sid, error=str(exc))
+    return ClientError(protocol.STORE_ERROR, f"Your message was not saved and no turn started: {exc}")
+
+
+def turn_request(run_id: str, start: dict[str, Any], message: UserMessage, history: list[dict[str, Any]],
+                 sid: str, upload_dir: Path) -> dict[str, Any]:
+    """The ``turn`` control message that starts the turn in the session's actor."""
+    return {
+        "op": "turn",
+        "run_id": run_id,
+        "start": start,
+        "turn": {
+            "session_id": sid,
+            "content": message.content,
+            "display_content": message.display_content,
+            "images": message.images,
+            "files": message.files,
+            "history": history,
+            "upload_dir": str(upload_dir),
+        },
+    }

@@ -1,0 +1,75 @@
+"""What every store backend shares: run statuses, session ids, titles, JSON columns.
+
+Pure helpers: no database, no I/O. A backend uses them so that its answers
+are the same as every other backend's (`tests/store_contract.py` checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Sequence
+
+from navi_actor.store.errors import StoreError
+
+__all__ = [
+    "RUN_STATUSES", "FINAL_STATUSES", "SESSION_ID_RE", "TITLE_MAX", "ANY_OWNER",
+    "valid_session_id", "title_from", "require_final", "run_each", "dumps", "load_dict",
+]
+
+RUN_STATUSES: tuple[str, ...] = ("running", "done", "stopped", "failed", "interrupted")
+FINAL_STATUSES: tuple[str, ...] = RUN_STATUSES[1:]
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TITLE_MAX = 60  #: a title taken from the first message is cut to this many characters
+
+
+class _AnyOwner:
+    """``list_sessions(owner=ANY_OWNER)``: every session, whoever owns it."""
+
+    def __repr__(self) -> str:
+        return "ANY_OWNER"
+
+
+ANY_OWNER: Any = _AnyOwner()
+
+
+def valid_session_id(s: object) -> bool:
+    """Return True if `s` is a string matching `SESSION_ID_RE`."""
+    return isinstance(s, str) and SESSION_ID_RE.fullmatch(s) is not None
+
+
+def title_from(content: str) -> str:
+    """First non-blank line of `content`, stripped, cut to TITLE_MAX chars."""
+    return content.strip().split("\n", 1)[0].strip()[:TITLE_MAX]
+
+
+def require_final(status: str) -> None:
+    """Raise StoreError unless `status` is one a run may finish with."""
+    if status not in FINAL_STATUSES:
+        raise StoreError(f"cannot finish a run with status {status!r}; "
+                         f"use one of {', '.join(FINAL_STATUSES)}")
+
+
+def run_each(calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+    """``batch`` without group commit: each call alone, ``(True, result)`` or ``(False, exception)``."""
+    out: list[tuple[bool, Any]] = []
+    for call in calls:
+        try:
+            out.append((True, call()))
+        except Exception as exc:
+            out.append((False, exc))
+    return out
+
+
+def dumps(value: Any) -> str:
+    """A JSON column's text (what json cannot encode is written as its str())."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def load_dict(text: str | None) -> dict | None:
+    """Decode a JSON object column; None if NULL, malformed or not an object."""
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
