@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import receive_until, run_turn, text_of
+from tests.conftest import receive_until, run_turn, text_of, wait_for
 from navi_actor.agents.openai import ModelServerError, OpenAIAgent, Settings, load_tools
+from navi_actor.agents.openai.client import StopRace
 from navi_actor.turn import Turn
 from tests.fake_openai import MODEL, Cut, Drop, Empty, Fail, FakeOpenAI, Malformed, Reply, Slow
 
@@ -467,7 +468,6 @@ async def test_the_context_size_comes_from_llama_server(openai_server, client, f
 
 
 def wait_for_log(server, needle: str) -> str:
-    from tests.conftest import wait_for
     return wait_for(lambda: needle in server.log_text() and server.log_text(), what=needle)
 
 
@@ -506,8 +506,7 @@ def _settings_and_tools(fake: FakeOpenAI, **env: str):
     return settings, load_tools(settings)
 
 
-def _race():
-    from navi_actor.agents.openai.client import StopRace
+def _race() -> StopRace:
     return StopRace(asyncio.Event())
 
 
