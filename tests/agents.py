@@ -229,6 +229,10 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
         for start in range(0, len(SAMPLE_MARKDOWN), 7):
             yield TextDelta(SAMPLE_MARKDOWN[start:start + 7])
             await asyncio.sleep(0.005)
+    elif cmd == "finish":  # finish REASON [WORDS...]: an answer that ends for that reason
+        for w in args[1:]:
+            yield TextDelta(w + " ")
+        yield StreamEnd(finish_reason=args[0])
     elif cmd == "tool":
         yield ToolStarted("lookup", {"q": "x"})
         yield ToolEvent("lookup", {"q": "x"}, {"answer": 42}, True, metadata={"call_id": "c1"})
