@@ -17,6 +17,7 @@ from navi_actor.config import Config
 from navi_actor.front import auth, uploads
 from navi_actor.front.auth import can_see, principal_of
 from navi_actor.front.cluster import FrontCluster
+from navi_actor.front.relay import Relay
 from navi_actor.front.metrics import CONTENT_TYPE
 from navi_actor.front.ratelimit import TokenBucket
 from navi_actor.front.runtime import Runtime
@@ -266,7 +267,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await rt.reconciled.wait()  # after a front restart: runs are adopted before anyone attaches
     viewer = Viewer(ws, request, sid, rt.config.client_max_pending_bytes)
     log.info("front.ws_connected", session_id=sid, viewer=viewer.id, after=after)
-    rt.attach(viewer, after)
+    link = await _relay_if_elsewhere(rt, request, viewer, after)
+    if link is None:
+        rt.attach(viewer, after)
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not bucket.take():
@@ -276,17 +279,32 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     f"Too many messages: at most {rt.config.rate_limit} a minute. Try again in {wait} s.",
                 ).event()))
             elif msg.type == WSMsgType.TEXT:
-                await _on_client_message(rt, guard, viewer, msg.data)
+                if link is None or not await link.send(msg.data):
+                    await _on_client_message(rt, guard, viewer, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 viewer.send(orjson.dumps(protocol.ClientError(protocol.INVALID_MESSAGE, protocol.EXPECTED_SHAPE).event()))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
+        if link is not None:
+            await link.close()
         rt.detach(viewer)
         log.info("front.ws_disconnected", session_id=sid, viewer=viewer.id)
         for gone in [s for s in rt.session_owners if s not in rt.viewers and s not in rt.actors]:
             del rt.session_owners[gone]
     return ws
+
+
+async def _relay_if_elsewhere(rt: Runtime, request: web.Request, viewer: Viewer, after: int | None) -> Any:
+    """A RelayLink when another live node runs the session's turn (front/relay.py); None: served here.
+
+    A connection that another node relays is never relayed again."""
+    if rt.relay is None or auth.RELAYED_BY in request or viewer.session_id in rt.runs:
+        return None
+    owner = await rt.relay.owner(viewer.session_id)
+    if owner is None or viewer.session_id in rt.runs:
+        return None
+    return rt.relay.open(viewer, owner, after, principal_of(request))
 
 
 async def _on_client_message(rt: Runtime, guard: auth.Guard, viewer: Viewer, raw: str) -> None:
@@ -471,11 +489,15 @@ async def _serve(config: Config, fd: int, listen_fd: int, guard: auth.Guard | No
         log.error("front.cluster_unusable", error=str(exc), store=redact(config.store))
         await runner.cleanup()
         return EXIT_CANNOT_START
+    if runtime.cluster is not None and guard is not None and guard.cluster_secret is not None:
+        runtime.relay = Relay(runtime, runtime.cluster, guard.cluster_secret, config.lease_ttl)
     runtime.link.send({"op": "ready", "host": host, "port": port})
     loop.add_signal_handler(signal.SIGTERM, runtime.request_shutdown, True)
     await runtime.shutdown_requested.wait()
     log.info("front.shutting_down", drain=runtime.drain)
     await runtime.shutdown()
+    if runtime.relay is not None:
+        await runtime.relay.close()
     if runtime.cluster is not None:
         await loop.run_in_executor(None, runtime.cluster.close)
     await runner.cleanup()

@@ -82,6 +82,7 @@ class Runtime:
         self.supervision = Supervision(self.loop, self.link, self.actor_set, self.viewers, self.session_owners)
         self.store_keeper = StoreKeeper(self)  # while the store cannot write (navi_actor.front.storekeeper)
         self.cluster: Any = None  # front.cluster.FrontCluster, with a store several nodes share
+        self.relay: Any = None  # front.relay.Relay, with a cluster secret too: turns of other nodes relayed
         self.loop.call_soon(lambda: self.loop.create_task(self.adoption.reconcile()))
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -233,6 +233,20 @@ class PgNode:
                     return False
         return True
 
+    def owner(self, session_id: str) -> dict[str, Any] | None:
+        """The live node other than this one that runs a turn of ``session_id``: ``{"node", "url", "run_id"}``."""
+        with self._connect() as conn:
+            return conn.execute(
+                "SELECT r.node_id AS node, n.advertise_url AS url, r.id AS run_id FROM runs r"
+                " JOIN nodes n ON n.node_id = r.node_id WHERE r.session_id = %s AND r.status = 'running'"
+                f" AND r.node_id <> %s AND {ALIVE} ORDER BY r.started_at DESC LIMIT 1",
+                (session_id, self.node_id)).fetchone()
+
+    def run_running(self, run_id: str) -> bool:
+        """Whether the run is still marked running (its node's or the sweeper's end not yet written)."""
+        with self._connect() as conn:
+            return conn.execute("SELECT 1 FROM runs WHERE id = %s AND status = 'running'", (run_id,)).fetchone() is not None
+
     def running(self) -> list[dict[str, Any]]:
         """The running turns of every live node: ``{"run_id", "session_id", "node", "url", "started_at"}``."""
         with self._connect() as conn:
