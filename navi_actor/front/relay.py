@@ -143,6 +143,8 @@ class RelayLink:
                 return
             if closed is not None:  # the owner closed it on purpose (shutting down, too slow): the client too
                 code, reason = closed
+                if not 1000 <= code <= 4999 or code in (1005, 1006, 1015):  # codes that cannot be sent on
+                    code = aiohttp.WSCloseCode.OK
                 await viewer.flush_and_close(code, reason or "closed by the node running this session")
                 return
             exc = self.up.exception()
