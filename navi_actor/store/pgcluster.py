@@ -34,7 +34,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from navi_actor import logs
-from navi_actor.store.common import redact
+from navi_actor.store.common import PG_SESSION_OPTIONS, redact
 from navi_actor.store.pgschema import ALIVE
 from navi_actor.store.postgres import interrupt_in, node_lost_reason
 
@@ -91,7 +91,8 @@ class PgNode:
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=5,
                                application_name=f"navi-actor cluster {self.node_id}"[:63],
-                               keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+                               keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+                               options=PG_SESSION_OPTIONS)
 
     # -- heartbeat and sweeper ----------------------------------------------
 
