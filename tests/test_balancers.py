@@ -4,6 +4,7 @@ and the HAProxy config checked by haproxy itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import signal
@@ -13,10 +14,11 @@ import time
 import types
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.conftest import FINAL_TYPES, ROOT, Client, receive_until, run_turn, wait_for
-from tests.test_functional_cluster import rows, signal_tree
+from tests.test_functional_cluster import TTL, rows, signal_tree
 from tests.test_functional_relay import start_nodes
 
 DEPLOY = ROOT / "deploy"
@@ -53,30 +55,41 @@ def test_the_haproxy_config_is_valid():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def _nginx(folder: Path, listen: int, ports: list[int]) -> list[str]:
+    (folder / "site.conf").write_text(shipped_config(DEPLOY / "nginx-cluster.conf", listen, ports))
+    (folder / "nginx.conf").write_text(
+        f"pid {folder}/nginx.pid;\nerror_log {folder}/error.log;\nevents {{}}\n"
+        f"http {{\n access_log off;\n client_body_temp_path {folder};\n proxy_temp_path {folder};\n"
+        f" include {folder}/site.conf;\n}}\n")
+    return [_binary("nginx"), "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"]
+
+
+def _haproxy(folder: Path, listen: int, ports: list[int]) -> list[str]:
+    (folder / "haproxy.cfg").write_text(shipped_config(DEPLOY / "haproxy.cfg", listen, ports))
+    return [_binary("haproxy"), "-db", "-f", str(folder / "haproxy.cfg")]
+
+
 @pytest.fixture
-def nginx_front(tmp_path):
-    """Start the shipped nginx site in front of the given node ports; the balancer's URL."""
-    nginx = _binary("nginx")
+def balancer(tmp_path):
+    """Start a shipped balancer config (nginx or haproxy) in front of the given node ports; its URL."""
     procs = []
 
-    def start(ports: list[int]) -> types.SimpleNamespace:
+    def start(kind: str, ports: list[int]) -> types.SimpleNamespace:
         listen = _free_port()
-        folder = tmp_path / "nginx"
+        folder = tmp_path / kind
         folder.mkdir()
-        (folder / "site.conf").write_text(shipped_config(DEPLOY / "nginx-cluster.conf", listen, ports))
-        (folder / "nginx.conf").write_text(
-            f"pid {folder}/nginx.pid;\nerror_log {folder}/error.log;\nevents {{}}\n"
-            f"http {{\n access_log off;\n client_body_temp_path {folder};\n proxy_temp_path {folder};\n"
-            f" include {folder}/site.conf;\n}}\n")
-        proc = subprocess.Popen([nginx, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"])
+        cmd = {"nginx": _nginx, "haproxy": _haproxy}[kind](folder, listen, ports)
+        log = open(folder / "out.log", "wb")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log)
         procs.append(proc)
 
         def listening() -> bool:
-            assert proc.poll() is None, (folder / "error.log").read_text()
+            assert proc.poll() is None, (folder / "out.log").read_text() + (
+                (folder / "error.log").read_text() if (folder / "error.log").exists() else "")
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", listen)) == 0
 
-        wait_for(listening, 10, "nginx listening")
+        wait_for(listening, 10, f"{kind} listening")
         return types.SimpleNamespace(url=f"http://127.0.0.1:{listen}", ws_url=f"ws://127.0.0.1:{listen}")
 
     yield start
@@ -85,12 +98,14 @@ def nginx_front(tmp_path):
         proc.wait(10)
 
 
-async def test_nginx_in_front_of_three_nodes_survives_the_loss_of_one(make_server, client, pg_url, tmp_path,
-                                                                     nginx_front):
-    """Through the shipped nginx site: turns of several sessions run; the node running one of them is
-    killed (-9) mid-turn; its clients reconnect through nginx and go on, on the survivors."""
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+async def test_a_balancer_in_front_of_three_nodes_survives_the_loss_of_one(make_server, client, pg_url, tmp_path,
+                                                                           balancer, kind):
+    """Through the shipped config: turns of several sessions run; the node running one of them is killed
+    (-9) mid-turn; its clients reconnect through the balancer (or are told by the node relaying them)
+    and go on, on the survivors."""
     nodes = start_nodes(make_server, pg_url, tmp_path, n=3)
-    front = nginx_front([int(n.url.rsplit(":", 1)[1]) for n in nodes])
+    front = balancer(kind, [int(n.url.rsplit(":", 1)[1]) for n in nodes])
     c = client(front)
     assert isinstance(c, Client)
     sessions = []
@@ -107,12 +122,13 @@ async def test_nginx_in_front_of_three_nodes_survives_the_loss_of_one(make_serve
     t0 = time.monotonic()
     dead.proc.wait(10)
     cut = [(sid, ws) for sid, ws in sessions if where[sid] == victim]
-    for sid, ws in cut:  # their sockets close: nginx's connection to the node is gone
-        await asyncio.wait_for(_closed(ws), 5)
-    for sid, _ws in cut:
-        ws = await c.connect(sid)
-        seen = await receive_until(ws, lambda e: e["type"] == "session_sync", timeout=20)
-        assert all(e["type"] in ("error", "session_sync") for e in seen), seen
+    for sid, ws in cut:
+        # Its socket closes (the balancer's connection to the dead node is gone), or, when the balancer
+        # sent it to another node (bounded load), that node says node_lost, then session_sync.
+        if not await asyncio.wait_for(_closed_or_synced(ws), TTL + 15):
+            ws = await _reconnect(c, sid)
+            seen = await receive_until(ws, lambda e: e["type"] == "session_sync", timeout=20)
+            assert all(e["type"] in ("error", "session_sync") for e in seen), seen
         after = await run_turn(ws, "slow 3 0")
         assert after[-1]["type"] == "stream_end", after
         await ws.close()
@@ -127,8 +143,27 @@ async def test_nginx_in_front_of_three_nodes_survives_the_loss_of_one(make_serve
             assert end[-1]["type"] == "stream_end"
 
 
-async def _closed(ws) -> None:
+async def _reconnect(c: Client, sid: str, timeout: float = 10.0):
+    """Connect as a client does after a drop: again at once if the balancer answers 502 or 503
+    (it has not yet marked the dead node down), within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await c.connect(sid)
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status not in (502, 503) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def _closed_or_synced(ws) -> bool:
+    """False once the socket closed; True at a session_sync after a node_lost error."""
+    lost = False
     while True:
         msg = await ws.receive()
         if msg.type.name in ("CLOSE", "CLOSED", "CLOSING", "ERROR"):
-            return
+            return False
+        ev = json.loads(msg.data)
+        lost = lost or (ev["type"] == "error" and ev.get("code") == "node_lost")
+        if ev["type"] == "session_sync" and lost:
+            return True
