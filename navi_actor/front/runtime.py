@@ -304,7 +304,8 @@ class Runtime:
         self._drop_run(run)
         if actor is not None and actor.retiring and actor.alive:
             actor.send({"op": "shutdown"})
-        self.queueing.kick(run.session_id)  # the next queued message, if any, starts now
+        self.queueing.kick(run.session_id)  # the next queued message, if any, starts now;
+        self.queueing.tick()  # and those another session's queue could not start (its actor is free now)
 
     # ── actors ────────────────────────────────────────────────────────────
     async def _watch(self, actor: ActorHandle) -> None:
