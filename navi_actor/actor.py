@@ -15,7 +15,8 @@ state and re-sends a ``turn_done`` not yet acknowledged. When the lifeline
 reaches end of file the supervisor is gone, and the actor kills its whole
 process group, the agent's own child processes included.
 
-A turn's events are encoded to JSON once, here; the front forwards those bytes.
+A turn's events are encoded to JSON once, in the actor (:mod:`navi_actor.driver`);
+the front forwards those bytes.
 The final event (``stream_end``/``stream_stopped``/``error``) travels inside
 ``turn_done`` with the result, so the front can make the result durable before
 any viewer sees the end. When the front says ``persisted``, the run is
@@ -24,6 +25,13 @@ event at its end (:class:`~navi_actor.replay.EndedTurn`, within ``--replay-max-b
 client that was away when the turn ended can still resume it with
 ``?after=SEQ``. It is kept until the session's next turn starts or the actor
 exits.
+
+The actor's parts: this module is the process (:func:`actor_main`,
+:func:`prewarm`) and its control (:class:`Actor`: messages from the front and
+the lifeline, confinement, exit); :mod:`navi_actor.driver` runs the turns and
+their stop; :mod:`navi_actor.replay_service` answers replays;
+:mod:`navi_actor.channel` writes the frames out; :mod:`navi_actor.lifeline`
+reads the supervisor's messages.
 """
 
 from __future__ import annotations
@@ -31,31 +39,25 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import time
 from typing import Any, AsyncIterator, Callable
 
-import orjson
-import structlog
-
-from navi_actor import framing, logs, protocol
+from navi_actor import framing, logs, protocol, replay_service
 from navi_actor.agent_loader import AgentSpec
 from navi_actor.channel import Channel
 from navi_actor.config import Config
-from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
+from navi_actor.driver import Run, TurnDriver
+from navi_actor.events import TextDelta
 from navi_actor.lifeline import read_on_loop as read_lifeline_on_loop
 from navi_actor.lifeline import start_thread as start_lifeline_thread
-from navi_actor.replay import EndedTurn, ReplayBuffer
+from navi_actor.replay import EndedTurn
 from navi_actor.sandbox import policy
-from navi_actor.turn import Turn, current_stop_event
+from navi_actor.turn import Turn
 from supervisor import proctitle
 
 EXIT_OK = 0
 EXIT_AGENT_FAILED = 3  # the agent factory raised: the supervisor must not respawn in a loop
 EXIT_UNCAUGHT = 70  # a BaseException escaped the agent
 EXIT_SANDBOX_FAILED = 4  # the sandbox could not be applied: no agent code ran under it
-
-_JSON_OPTS = orjson.OPT_NON_STR_KEYS
-_dumps = orjson.dumps  # a text delta needs no fallback: str, str, int
 
 log = logs.get("navi.actor")
 
@@ -68,49 +70,14 @@ def _give_back_memory() -> None:
     gc.collect()
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    return str(obj)
+class Actor(TurnDriver):
+    """Serve turns for one session until told to shut down or the front goes.
 
-
-def dumps(obj: Any) -> bytes:
-    """JSON for the wire; objects JSON cannot hold become their ``str``."""
-    return orjson.dumps(obj, default=_json_default, option=_JSON_OPTS)
-
-
-def _with_events(head: dict[str, Any], events: list[bytes]) -> bytes:
-    """``head`` as JSON with an ``events`` list of already-encoded events (their bytes, not re-encoded)."""
-    return dumps(head)[:-1] + b',"events":[' + b",".join(events) + b"]}"
-
-
-class _Run:
-    __slots__ = (
-        "run_id", "seq", "start", "buffer", "stop_event", "task", "text", "thinking",
-        "tool_calls", "end", "t0", "cancelled", "grace_timer", "done", "done_frame", "stop_reason",
-    )
-
-    def __init__(self, run_id: str, start: dict[str, Any], max_bytes: int) -> None:
-        self.run_id = run_id
-        self.start = start
-        self.seq: int = start["seq"]
-        self.buffer = ReplayBuffer(max_bytes)
-        self.stop_event = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.text: list[str] = []
-        self.thinking: list[str] = []
-        self.tool_calls: list[dict[str, Any]] = []
-        self.end: StreamEnd | None = None
-        self.t0 = time.monotonic()
-        self.cancelled = False
-        self.grace_timer: asyncio.TimerHandle | None = None
-        self.done = False
-        self.done_frame: bytes | None = None  # turn_done, kept until the front says persisted
-        self.stop_reason: dict[str, str] | None = None  # why the runtime stopped it, if not the user
-
-
-class Actor:
-    """Serve turns for one session until told to shut down or the front goes."""
+    This class holds the actor's control: its channel to the front and its
+    lifeline, the messages from both, its confinement and its exit. The turns
+    themselves are :class:`~navi_actor.driver.TurnDriver`'s; replays are
+    :mod:`navi_actor.replay_service`'s.
+    """
 
     def __init__(self, spec: AgentSpec, config: Config, actor_id: str, session_id: str,
                  sock: socket.socket) -> None:
@@ -119,7 +86,7 @@ class Actor:
         self.actor_id = actor_id
         self.session_id = session_id
         self.sock = sock
-        self.run: _Run | None = None
+        self.run: Run | None = None
         self.ended: EndedTurn | None = None  # the last turn, finished and persisted, for late resumes
         self.runner: Callable[[Turn], AsyncIterator[Any]] | None = None
         self.channel: Channel | None = None
@@ -170,15 +137,8 @@ class Actor:
             return True
         except Exception as exc:
             log.error("actor.agent_failed_to_start", agent=self.spec.target, error=repr(exc))
-            fatal = framing.control(
-                {
-                    "op": "fatal",
-                    "code": protocol.AGENT_FAILED_TO_START,
-                    "message": f"agent {self.spec.name} failed to start: {type(exc).__name__}: {exc}",
-                }
-            )
-            self._tell_supervisor(fatal)
-            self._send(fatal)
+            self._fatal(protocol.AGENT_FAILED_TO_START,
+                        f"agent {self.spec.name} failed to start: {type(exc).__name__}: {exc}")
             return False
 
     async def _close_agent(self) -> None:
@@ -190,6 +150,12 @@ class Actor:
             await asyncio.wait_for(aclose(), 5.0)
         except Exception:
             log.exception("actor.agent_aclose_failed")
+
+    def _fatal(self, code: str, message: str) -> None:
+        """Say why this actor cannot go on, to the front and (on the lifeline) the supervisor."""
+        fatal = framing.control({"op": "fatal", "code": code, "message": message})
+        self._tell_supervisor(fatal)
+        self._send(fatal)
 
     def _tell_supervisor(self, frame: bytes) -> None:
         """Leave a last word on the lifeline: the supervisor reads it when it reaps us,
@@ -262,19 +228,21 @@ class Actor:
     def on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "turn":
-            self._start_turn(msg)
+            if self.confined:
+                self._start_turn(msg)
+            else:
+                self._hold_turn(msg)
         elif op == "stop":
             self._stop(msg.get("run_id"), msg.get("reason"))
         elif op == "replay":
-            self._replay(msg["viewer"], msg.get("after"))
+            self._send(replay_service.replay(self.run, msg["viewer"], msg.get("after")))
         elif op == "replay_ended":
-            after = msg.get("after")
-            self._send(framing.frame(self._replay_ended(msg["viewer"], after if type(after) is int else None)))
+            self._send(replay_service.replay_ended(self.ended, msg["viewer"], msg.get("after")))
         elif op == "persisted":
             run = self.run
             if run is not None and run.run_id == msg.get("run_id") and run.done:
                 self.run = None
-                self.ended = self._keep_ended(run, msg.get("final"))
+                self.ended = replay_service.keep_ended(run, msg.get("final"))
                 if self._closing:
                     self._finish(EXIT_OK)
                 else:
@@ -288,6 +256,15 @@ class Actor:
                 self._stop(self.run.run_id)
         else:
             log.warning("actor.unknown_op", op=op)
+
+    def _hold_turn(self, msg: dict[str, Any]) -> None:
+        """A turn for a warm actor not yet confined: it starts once the supervisor's
+        assign (on its way, on the lifeline) has confined the actor."""
+        if self._pending_turn is None:
+            self._pending_turn = msg
+        else:
+            self._send(framing.control({"op": "rejected", "run_id": msg["run_id"],
+                                        "code": protocol.ALREADY_RUNNING}))
 
     def assign(self, actor_id: str, session_id: str) -> None:
         """A warm actor is given its session: confine it to that session, then serve its turns.
@@ -324,11 +301,13 @@ class Actor:
     def sandbox_failed(self, message: str) -> None:
         """The sandbox could not be applied: say why to the front and the supervisor, and exit."""
         log.error("actor.sandbox_failed", error=message)
-        fatal = framing.control({"op": "fatal", "code": protocol.SANDBOX_FAILED,
-                                 "message": f"the agent's sandbox could not be applied: {message}"})
-        self._tell_supervisor(fatal)
-        self._send(fatal)
+        self._fatal(protocol.SANDBOX_FAILED, f"the agent's sandbox could not be applied: {message}")
         self._finish(EXIT_SANDBOX_FAILED)
+
+    def _agent_raised(self, exc: BaseException) -> None:
+        """The agent raised a BaseException (SystemExit, KeyboardInterrupt, its own kind): it ends the process."""
+        self._fatal(protocol.ACTOR_DIED, f"agent raised {type(exc).__name__} ({exc}), which ends its process")
+        self._finish(EXIT_UNCAUGHT)
 
     def operator_stop(self, reason: dict[str, str] | None) -> None:
         """An operator's stop, by the supervisor: stop the turn, then exit once it is saved."""
@@ -348,224 +327,6 @@ class Actor:
     def _finish(self, code: int) -> None:
         if not self.finished.done():
             self.finished.set_result(code)
-
-    # ── turns ─────────────────────────────────────────────────────────────
-    def _start_turn(self, msg: dict[str, Any]) -> None:
-        run_id = msg["run_id"]
-        if self.run is not None:
-            self._send(framing.control({"op": "rejected", "run_id": run_id, "code": protocol.ALREADY_RUNNING}))
-            return
-        if not self.confined:  # the supervisor's assign is on its way, on the lifeline
-            if self._pending_turn is None:
-                self._pending_turn = msg
-            else:
-                self._send(framing.control({"op": "rejected", "run_id": run_id, "code": protocol.ALREADY_RUNNING}))
-            return
-        self.ended = None  # a new turn: the last one can no longer be resumed here
-        t = msg["turn"]
-        run = _Run(run_id, msg["start"], self.config.replay_max_bytes)
-        turn = Turn(
-            session_id=t["session_id"],
-            run_id=run_id,
-            content=t["content"],
-            display_content=t["display_content"],
-            images=t.get("images") or [],
-            files=t.get("files") or [],
-            history=t.get("history") or [],
-            stop_event=run.stop_event,
-            upload_dir=t.get("upload_dir") or "",
-        )
-        self.run = run
-        self._title("running")
-        run.task = self.loop.create_task(self._drive(run, turn))
-
-    async def _drive(self, run: _Run, turn: Turn) -> None:
-        assert self.runner is not None
-        current_stop_event.set(run.stop_event)
-        structlog.contextvars.bind_contextvars(session_id=turn.session_id, run_id=run.run_id)
-        log.info("actor.turn_start")
-        error: BaseException | None = None
-        agen = self.runner(turn)
-        try:
-            async for ev in agen:
-                if type(ev) is TextDelta:
-                    self._emit_text(run, ev.delta)
-                elif type(ev) is StreamEnd:
-                    run.end = ev
-                    continue
-                else:
-                    self._emit(run, event_to_wire(ev))
-                if not self.channel.writable.is_set():
-                    await self.channel.writable.wait()
-        except asyncio.CancelledError:
-            if not run.cancelled:
-                raise
-        except Exception as exc:
-            error = exc
-            log.exception("actor.agent_error")
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt, or the agent's own kind
-            log.exception("actor.agent_base_exception")
-            message = f"agent raised {type(exc).__name__} ({exc}), which ends its process"
-            fatal = framing.control({"op": "fatal", "code": protocol.ACTOR_DIED, "message": message})
-            self._tell_supervisor(fatal)
-            self._send(fatal)
-            self._finish(EXIT_UNCAUGHT)
-            return
-        finally:
-            if run.cancelled or error is not None:
-                try:
-                    await asyncio.wait_for(agen.aclose(), 1.0)
-                except BaseException:
-                    pass
-        self._end_turn(run, error)
-
-    def _emit_text(self, run: _Run, delta: str) -> None:
-        """The common event, without the general path's dict copy and checks."""
-        if type(delta) is not str:
-            return self._emit(run, event_to_wire(TextDelta(delta)))
-        run.seq = seq = run.seq + 1
-        run.text.append(delta)
-        run.buffer.append_delta("stream_delta", seq, delta)
-        self.channel.send_event(_dumps({"type": "stream_delta", "delta": delta, "seq": seq}))
-
-    def _emit(self, run: _Run, wire: dict[str, Any]) -> None:
-        run.seq += 1
-        seq = wire["seq"] = run.seq
-        kind = wire["type"]
-        if kind == "stream_delta":
-            delta = wire.get("delta")
-            if type(delta) is str:
-                run.text.append(delta)
-        elif kind == "thinking_delta":
-            delta = wire.get("delta")
-            if type(delta) is str:
-                run.thinking.append(delta)
-        elif kind == "turn_thinking":
-            thinking = wire.get("thinking")
-            if type(thinking) is str:
-                run.thinking.append(thinking)
-        elif kind == "tool_call":
-            run.tool_calls.append(
-                {
-                    "tool": wire.get("tool"),
-                    "args": wire.get("args"),
-                    "result": wire.get("result"),
-                    "success": wire.get("success"),
-                    "is_subagent": wire.get("is_subagent", False),
-                    "metadata": wire.get("metadata"),
-                }
-            )
-        data = dumps(wire)
-        if ReplayBuffer.is_plain_delta(wire):
-            run.buffer.append_delta(kind, seq, wire["delta"])
-        else:
-            run.buffer.append(seq, data)
-        self.channel.send_event(data)
-
-    def _end_turn(self, run: _Run, error: BaseException | None) -> None:
-        if run.grace_timer is not None:
-            run.grace_timer.cancel()
-        end = run.end or StreamEnd()
-        content = end.full_content if end.full_content is not None else "".join(run.text)
-        elapsed = round(time.monotonic() - run.t0, 3)
-        tool_count = end.tool_call_count if end.tool_call_count is not None else len(run.tool_calls)
-        token_count = end.token_count if end.token_count is not None else len(run.text)
-        stats = {
-            "elapsed_seconds": end.elapsed_seconds if end.elapsed_seconds is not None else elapsed,
-            "tool_call_count": tool_count,
-            "token_count": token_count,
-            "context_tokens": end.context_tokens,
-            "max_context_tokens": end.max_context_tokens,
-        }
-        run.seq += 1
-        err_text = err_code = None
-        if error is not None:
-            status = "failed"
-            if isinstance(error, AgentError):
-                err_text, err_code = error.message, error.code
-            else:
-                err_text, err_code = f"Internal error: {error}", protocol.AGENT_ERROR
-            final = protocol.error_event(err_text, err_code, run.seq, run_id=run.run_id)
-        elif run.stop_event.is_set():
-            status = "stopped"
-            step = "cancel" if run.cancelled else "event"
-            stats["stop_step"] = step
-            final = protocol.stream_stopped(run.seq, run.run_id, step, content, run.stop_reason)
-            if run.stop_reason:
-                err_text, err_code = run.stop_reason["message"], run.stop_reason["code"]
-        else:
-            status = "done"
-            final = {"type": "stream_end", "seq": run.seq, "run_id": run.run_id, "content": content, **stats}
-        result = {
-            "status": status,
-            "content": content,
-            "thinking": "".join(run.thinking),
-            "tool_calls": run.tool_calls,
-            "last_seq": run.seq,
-            "stats": stats,
-            "error": err_text,
-            "error_code": err_code,
-        }
-        run.done = True
-        self._title("exiting" if self._closing else "idle")
-        log.info(
-            "actor.turn_end", run_id=run.run_id, status=status, events=len(run.buffer),
-            elapsed=elapsed,
-        )
-        msg = {"op": "turn_done", "run_id": run.run_id, "final": final, "result": result}
-        run.done_frame = framing.frame(dumps(msg))
-        self._send(run.done_frame)
-
-    def _stop(self, run_id: Any, reason: dict[str, str] | None = None) -> None:
-        run = self.run
-        if run is None or run.run_id != run_id or run.done:
-            return
-        if reason and run.stop_reason is None:
-            run.stop_reason = reason
-        if not run.stop_event.is_set():
-            log.info("actor.stop", run_id=run_id)
-            self._title("stopping")
-            run.stop_event.set()
-            run.grace_timer = self.loop.call_later(self.config.stop_grace, self._cancel, run)
-
-    def _cancel(self, run: _Run) -> None:
-        if run.task is not None and not run.task.done() and not run.done:
-            log.info("actor.stop_cancel", run_id=run.run_id)
-            run.cancelled = True
-            run.task.cancel()
-
-    def _replay(self, viewer: int, after: Any) -> None:
-        run = self.run
-        after_seq = after if type(after) is int else None
-        if run is None:
-            body = dumps({"op": "replay", "viewer": viewer, "run_id": None, "events": []})
-        else:
-            part = run.buffer.after(after_seq)
-            body = _with_events({"op": "replay", "viewer": viewer, "run_id": run.run_id, "done": run.done,
-                                 "truncated": part.truncated, "first_seq": part.first_seq, "start": run.start},
-                                part.events)
-        self._send(framing.frame(body))
-
-    @staticmethod
-    def _keep_ended(run: _Run, final: Any) -> EndedTurn | None:
-        """Keep the persisted ``run``'s replay, ending with ``final`` when the front says its
-        viewers got that one (it replaced the actor's), else the one sent in ``turn_done``."""
-        if type(final) is not dict:
-            assert run.done_frame is not None
-            final = orjson.loads(run.done_frame[framing.HEADER.size:])["final"]
-        return EndedTurn.keep(run.run_id, run.start, run.buffer, final.get("seq"), dumps(final))
-
-    def _replay_ended(self, viewer: int, after: int | None) -> bytes:
-        """The kept finished turn after ``after``, its final event last (``replay_ended``);
-        no run when none is kept or the cursor is outside it (:meth:`EndedTurn.covers`)."""
-        ended = self.ended
-        if ended is None or not ended.covers(after):
-            return dumps({"op": "replay_ended", "viewer": viewer, "run_id": None, "events": []})
-        part = ended.buffer.after(after)
-        return _with_events({"op": "replay_ended", "viewer": viewer, "run_id": ended.run_id,
-                             "last_seq": ended.last_seq, "truncated": part.truncated,
-                             "first_seq": part.first_seq, "start": ended.start}, part.events)
-
 
 def actor_main(spec: AgentSpec, config: Config, actor_id: str, session_id: str, fd: int,
                lifeline_fd: int) -> int:

@@ -51,6 +51,25 @@ def event_frame(event_json: bytes) -> bytes:
     return HEADER.pack(len(event_json) + 1) + b"E" + event_json
 
 
+_JSON_OPTS = orjson.OPT_NON_STR_KEYS
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON for the wire, as an actor writes it; objects JSON cannot hold become their ``str``."""
+    return orjson.dumps(obj, default=_json_default, option=_JSON_OPTS)
+
+
+def with_events(head: dict[str, Any], events: list[bytes]) -> bytes:
+    """``head`` as JSON with an ``events`` list of already-encoded events (their bytes, not re-encoded)."""
+    return dumps(head)[:-1] + b',"events":[' + b",".join(events) + b"]}"
+
+
 class FrameDecoder:
     """Split a byte stream into frame bodies, refusing oversize frames.
 
