@@ -7,8 +7,17 @@ import os
 import signal
 from typing import Any
 
-from tests.conftest import FINAL_TYPES, receive, receive_until, text_of
+import psutil
+
+from tests.conftest import FINAL_TYPES, receive, receive_until, text_of, wait_for
 from tests.test_functional_server import _new_front
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def final(e: dict[str, Any]) -> bool:
@@ -54,7 +63,11 @@ async def test_queued_messages_run_after_a_host_restart(make_server, client, tmp
     for text in ("m1", "m2"):
         await ws.send_json({"type": "message", "content": text, "if_busy": "enqueue"})
     await receive_until(ws, lambda e: e["type"] == "queued" and e["position"] == 2)
-    server.stop(signal.SIGKILL)
+    family = server.descendants()
+    server.proc.send_signal(signal.SIGKILL)  # the host goes down: every process of the server with it
+    server.proc.wait(10)
+    await ws.close()
+    wait_for(lambda: not [p for p in family if alive(p)], 5, "every process of the server to exit")
     again = make_server("tests.agents:scripted", data_dir=data)
     c2 = client(again)
     detail = await c2.wait_session(sid, lambda d: len(answers(d)) == 3 and d["running_run_id"] is None, timeout=20)
