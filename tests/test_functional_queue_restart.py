@@ -82,22 +82,27 @@ async def test_a_resend_after_the_front_was_killed_runs_once_when_saved(make_ser
     server = make_server("tests.agents:scripted")
     c = client(server)
     sid, ws = await c.open_session()
-    msg = {"type": "message", "content": "slow 40 0.02", "client_message_id": "c-saved", "if_busy": "enqueue"}
+    msg = {"type": "message", "content": "slow 1000 0.02", "client_message_id": "c-saved", "if_busy": "enqueue"}
     await ws.send_json(msg)
     start = await receive(ws)
     assert start["type"] == "stream_start"
+    await receive_until(ws, lambda e: e["type"] == "stream_delta")  # the actor has the turn: it outlives the front
     os.kill(server.front_pid, signal.SIGKILL)
     server.front_pid = _new_front(server, server.front_pid)
     ws2 = await c.connect(sid)
     await ws2.send_json(msg)
-    events = await receive_until(ws2, final)
-    assert [e for e in events if e["type"] == "stream_start"] == [start], "one turn, replayed from its start"
-    assert events[-1]["type"] == "stream_end" and not [e for e in events if e["type"] in ("queued", "error")]
+    events = await receive_until(ws2, lambda e: e["type"] == "stream_delta")
+    assert events[0] == start, "the turn, replayed from its start"
+    assert (await c.stop(sid))["ok"] is True
+    events += await receive_until(ws2, final)
+    assert [e for e in events if e["type"] == "stream_start"] == [start], "no second turn"
+    assert events[-1]["type"] == "stream_stopped" and not [e for e in events if e["type"] in ("queued", "error")]
+    assert (await receive(ws2))["type"] == "session_sync"  # a watcher's, at the end of the turn it watched
     await ws2.send_json(msg)
     sync = await receive_until(ws2, lambda e: e["type"] == "session_sync" and "last_seq" in e)
     assert sync[-1]["last_seq"] == events[-1]["seq"]
     detail = await c.session(sid)
-    assert [(m["content"], m["client_message_id"]) for m in users(detail)] == [("slow 40 0.02", "c-saved")]
+    assert [(m["content"], m["client_message_id"]) for m in users(detail)] == [("slow 1000 0.02", "c-saved")]
     assert len(answers(detail)) == 1
 
 

@@ -25,8 +25,9 @@ actor free, the store failing) stays queued and is retried every tick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from typing import Any, Callable, Iterable, Mapping, Protocol, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Protocol, TypeVar
 
 from navi_actor import busy, logs, protocol
 from navi_actor.config import Config
@@ -74,20 +75,26 @@ class Queueing:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.lengths: dict[str, int] = {}  #: session id → messages in its queue (the store has them)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # session → its lock, and its users
         self._starting: set[str] = set()  # sessions whose next message is being started
         self.restore_pending = False  #: the queues could not be read at start; retried each tick
 
-    def _lock(self, sid: str) -> asyncio.Lock:
-        lock = self._locks.get(sid)
-        if lock is None:
-            lock = self._locks[sid] = asyncio.Lock()
-        return lock
-
-    def _release(self, sid: str) -> None:
-        lock = self._locks.get(sid)
-        if lock is not None and not lock.locked() and not self.lengths.get(sid):
-            del self._locks[sid]
+    @contextlib.asynccontextmanager
+    async def _serial(self, sid: str) -> AsyncIterator[None]:
+        """One message (or queue start) of the session at a time. The lock lives while someone
+        holds or waits for it: the front keeps none for idle sessions."""
+        entry = self._locks.get(sid)
+        if entry is None:
+            entry = self._locks[sid] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[sid]
 
     def _count(self, sid: str, delta: int) -> None:
         n = self.lengths.get(sid, 0) + delta
@@ -106,15 +113,12 @@ class Queueing:
         rt = self.rt
         sid = viewer.session_id
         await rt.reconciled.wait()
-        try:
-            async with self._lock(sid):
-                action = await self._decide(viewer, message)
-                if action == busy.START:
-                    return await rt.start_turn(viewer, message)
-                if action is not None:
-                    await self._enqueue(sid, message, action)
-        finally:
-            self._release(sid)
+        async with self._serial(sid):
+            action = await self._decide(viewer, message)
+            if action == busy.START:
+                return await rt.start_turn(viewer, message)
+            if action is not None:
+                await self._enqueue(sid, message, action)
         if action == busy.INTERRUPT:
             rt.stop(sid, INTERRUPTED)
         self.kick(sid)  # nothing runs (a queue that could not start yet): try now
@@ -185,18 +189,15 @@ class Queueing:
         """``cancel_queued``: take the message out of the queue, and tell every viewer; raises ClientError."""
         rt = self.rt
         sid = viewer.session_id
-        try:
-            async with self._lock(sid):
-                try:
-                    cancelled = await rt.store(rt.store_backend.cancel_queued, sid, message_id)
-                except StoreError as exc:
-                    raise ClientError(protocol.STORE_ERROR, f"The message could not be cancelled: {exc}") from None
-                if not cancelled:
-                    raise ClientError(protocol.NOT_QUEUED, "No message with this message_id is queued in this "
-                                                           "session: it is unknown, cancelled, or its turn started.")
-                self._count(sid, -1)
-        finally:
-            self._release(sid)
+        async with self._serial(sid):
+            try:
+                cancelled = await rt.store(rt.store_backend.cancel_queued, sid, message_id)
+            except StoreError as exc:
+                raise ClientError(protocol.STORE_ERROR, f"The message could not be cancelled: {exc}") from None
+            if not cancelled:
+                raise ClientError(protocol.NOT_QUEUED, "No message with this message_id is queued in this "
+                                                       "session: it is unknown, cancelled, or its turn started.")
+            self._count(sid, -1)
         log.info("front.queue_cancelled", session_id=sid, message_id=message_id)
         self._broadcast(sid, protocol.queue_cancelled(message_id))
 
@@ -224,7 +225,7 @@ class Queueing:
     async def _start_next(self, sid: str) -> None:
         rt = self.rt
         try:
-            async with self._lock(sid):
+            async with self._serial(sid):
                 if sid in rt.runs or not self.lengths.get(sid) or rt.shutting_down:
                     return
                 keeper = rt.store_keeper
@@ -241,7 +242,6 @@ class Queueing:
             log.exception("front.queue_start_failed", session_id=sid)
         finally:
             self._starting.discard(sid)
-            self._release(sid)
 
     async def restore(self) -> None:
         """At start: the queues' lengths from the store; sessions with no running turn start their next."""
