@@ -27,7 +27,7 @@ import structlog
 from navi_actor import framing, logs, protocol
 from navi_actor.channel import Channel
 from navi_actor.config import Config
-from navi_actor.events import AgentError, StreamEnd, TextDelta, event_to_wire
+from navi_actor.events import FINISH_REASONS, AgentError, StreamEnd, TextDelta, event_to_wire
 from navi_actor.framing import dumps
 from navi_actor.replay import EndedTurn, ReplayBuffer
 from navi_actor.turn import Turn, current_stop_event
@@ -35,6 +35,13 @@ from navi_actor.turn import Turn, current_stop_event
 _dumps = orjson.dumps  # a text delta needs no fallback: str, str, int
 
 log = logs.get("navi.actor")
+
+
+def _finish_reason(reason: Any) -> str | None:
+    """The agent's finish reason as ``stream_end`` carries it: one of FINISH_REASONS, or null."""
+    if reason is None:
+        return None
+    return reason if reason in FINISH_REASONS else "unknown"
 
 
 class Run:
@@ -196,6 +203,7 @@ class TurnDriver:
             "token_count": token_count,
             "context_tokens": end.context_tokens,
             "max_context_tokens": end.max_context_tokens,
+            "finish_reason": _finish_reason(end.finish_reason),
         }
         run.seq += 1
         err_text = err_code = None

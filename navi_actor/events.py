@@ -93,6 +93,10 @@ class PlanReady:
     is_subagent: bool = False
 
 
+#: What ``stream_end``'s ``finish_reason`` may say (see :class:`StreamEnd`).
+FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "unknown")
+
+
 @dataclasses.dataclass(slots=True)
 class StreamEnd:
     """Optional last event: the agent's own final text and token figures.
@@ -108,6 +112,11 @@ class StreamEnd:
     max_context_tokens: int | None = None
     elapsed_seconds: float | None = None
     tool_call_count: int | None = None
+    #: Why the answer ended, as the model server said: ``stop``, ``length`` (cut
+    #: off at its length limit), ``content_filter``, ``tool_calls``, or
+    #: ``unknown`` (the server did not say; any other value is sent as that).
+    #: None: the agent does not say, and ``stream_end`` carries null.
+    finish_reason: str | None = None
 
 
 class AgentError(Exception):
@@ -216,6 +225,7 @@ __all__ = [
     "PlanningStatus",
     "ProfileSwitched",
     "RESERVED_TYPES",
+    "FINISH_REASONS",
     "StreamEnd",
     "TextDelta",
     "ThinkingDelta",

@@ -230,6 +230,10 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
             await asyncio.sleep(0.005)
     elif cmd == "history":  # what the agent reads of the session before this turn
         yield TextDelta(" | ".join(f"{m['role']}:{m['content']}" for m in turn.history))
+    elif cmd == "finish":  # finish REASON [WORDS...]: an answer that ends for that reason
+        for w in args[1:]:
+            yield TextDelta(w + " ")
+        yield StreamEnd(finish_reason=args[0])
     elif cmd == "tool":
         yield ToolStarted("lookup", {"q": "x"})
         yield ToolEvent("lookup", {"q": "x"}, {"answer": 42}, True, metadata={"call_id": "c1"})

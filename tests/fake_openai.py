@@ -41,6 +41,8 @@ class Reply:
     usage: tuple[int, int] | None = (11, 7)  # (prompt_tokens, completion_tokens)
     reasoning_field: str = "reasoning_content"
     arg_piece: int = 4
+    finish: str | None = "auto"  # the last chunk's finish_reason: "auto" is stop or tool_calls; None sends none
+    eof_delay: float = 0.0  # seconds between [DONE] and the body's end, as a server that flushes [DONE] first
 
 
 @dataclasses.dataclass
@@ -70,6 +72,18 @@ class Malformed:
 
 
 @dataclasses.dataclass
+class Empty:
+    """``200 text/event-stream`` with an empty body, cleanly ended: llama-cpp-python's answer to a
+    prompt that overflows its context."""
+
+
+@dataclasses.dataclass
+class Drop:
+    """Close the connection on receiving the request, without an answer: what a kept-alive
+    connection does when the server closed it while it was idle."""
+
+
+@dataclasses.dataclass
 class Slow:
     """Stream ``w0 w1 …`` every ``interval`` seconds, up to ``count``, noticing a client that goes."""
 
@@ -82,6 +96,7 @@ class Recorded:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float
+    peer: tuple[str, int] | None = None  # the client's address and port: one TCP connection, one peer
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -101,6 +116,10 @@ class FakeOpenAI:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._n = 0
+        self.props: dict[str, Any] | None = None  # GET /props answers it (llama-server), else 404
+        self.show: dict[str, Any] | None = None  # POST /api/show answers it (Ollama), else 404
+        self.probes: list[str] = []  # the paths of those requests
+        self.props_delay = 0.0  # seconds before /props answers: a server slow to say
 
     def push(self, *responses: Any) -> None:
         self.script.extend(responses)
@@ -108,6 +127,8 @@ class FakeOpenAI:
     async def start(self) -> FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/props", self._about)
+        app.router.add_post("/api/show", self._about)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -159,17 +180,33 @@ class FakeOpenAI:
             for j in range(0, len(args), r.arg_piece):
                 chunks.append(self._chunk({"tool_calls": [
                     {"index": i, "function": {"arguments": args[j:j + r.arg_piece]}}]}))
-        chunks.append(self._chunk({}, "tool_calls" if r.tool_calls else "stop"))
+        finish = ("tool_calls" if r.tool_calls else "stop") if r.finish == "auto" else r.finish
+        chunks.append(self._chunk({}, finish))
         if include_usage and r.usage is not None:
             chunks.append(self._usage_chunk(r.usage))
         return chunks
 
-    # ── the endpoint ─────────────────────────────────────────────────────────
+    # ── the endpoints ────────────────────────────────────────────────────────
+    async def _about(self, request: web.Request) -> web.Response:
+        self.probes.append(request.path)
+        if request.path == "/props" and self.props_delay:
+            await asyncio.sleep(self.props_delay)  # the server's own pace, not a test waiting for a state
+        answer = self.props if request.path == "/props" else self.show
+        if answer is None:
+            raise web.HTTPNotFound()
+        return web.json_response(answer)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(Recorded(body, dict(request.headers), time.monotonic()))
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        self.requests.append(Recorded(body, dict(request.headers), time.monotonic(),
+                                      tuple(peer[:2]) if peer else None))
         self._n += 1
         item = self.script.popleft() if self.script else Fail(500, "fake_openai: nothing scripted")
+        if isinstance(item, Drop):
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()  # never sent: the connection is gone
         if isinstance(item, Fail):
             return web.json_response(
                 {"error": {"message": item.message, "type": "fake_error", "param": None, "code": None}},
@@ -184,10 +221,14 @@ class FakeOpenAI:
             await resp.write(f"data: {data}\n\n".encode())
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if isinstance(item, Reply):
+        if isinstance(item, Empty):
+            await resp.write_eof()
+        elif isinstance(item, Reply):
             for chunk in self.reply_chunks(item, include_usage):
                 await send(chunk)
             await send("[DONE]")
+            if item.eof_delay:
+                await asyncio.sleep(item.eof_delay)  # the server's own pace, not a test waiting for a state
             await resp.write_eof()
         elif isinstance(item, (Cut, Malformed)):
             await send(self._chunk({"role": "assistant", "content": ""}))

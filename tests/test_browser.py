@@ -482,6 +482,30 @@ def test_crash_reason_is_shown_and_the_session_stays_usable(scripted_server: Ser
     assert "exited with code 3" in failed["error"]
 
 
+def test_a_cut_off_answer_says_so_live_and_after_a_reload(scripted_server: Server, page: Any) -> None:
+    """An answer that ended at its length limit (finish_reason length) shows "cut off" when it ends and when
+    the history is loaded again; a complete answer shows nothing of the kind."""
+    from playwright.sync_api import expect
+
+    page.goto(scripted_server.url)
+    send(page, "finish length the first half of")
+    cut = page.locator(".turn").nth(0)
+    expect(cut).to_have_attribute("data-status", "done")
+    expect(cut.locator(".block.cutoff")).to_have_text("Cut off: the answer reached its length limit.")
+    expect(cut.locator(".block.cutoff")).to_have_attribute("data-finish-reason", "length")
+    send(page, "finish stop a whole answer")
+    whole = page.locator(".turn").nth(1)
+    expect(whole).to_have_attribute("data-status", "done")
+    expect(whole.locator(".block.text")).to_have_text("a whole answer")
+    expect(whole.locator(".block.cutoff")).to_have_count(0)
+
+    page.reload()
+    expect(page.locator(".turn")).to_have_count(2)
+    expect(page.locator(".turn").nth(0).locator(".block.cutoff")).to_have_text(
+        "Cut off: the answer reached its length limit.")
+    expect(page.locator(".turn").nth(1).locator(".block.cutoff")).to_have_count(0)
+
+
 def test_an_agents_own_event_types_draw_nothing(scripted_server: Server, page: Any) -> None:
     """Events of an agent's own types, even ones named like what every JavaScript object has (valueOf, __proto__), are skipped without an error."""
     from playwright.sync_api import expect

@@ -86,7 +86,7 @@ def test_every_error_code_is_documented():
 
 def test_every_openai_variable_is_documented():
     """Each NAVI_OPENAI_* variable the openai agent reads is in docs/agents.md's settings table."""
-    source = read("navi_actor/agents/openai.py")
+    source = read("navi_actor/agents/openai/settings.py")
     variables = set(re.findall(r'"(NAVI_OPENAI_[A-Z_]*[A-Z])"', source))  # env.get("NAVI_OPENAI_X")
     variables |= {"NAVI_OPENAI_" + name for name in re.findall(r'\b(?:get|number)\("([A-Z][A-Z_]*[A-Z])"', source)
                   if not name.startswith("NAVI_")}  # get("X") and number("X", …): the prefix is added

@@ -391,3 +391,16 @@ async def test_delete_stops_a_running_turn_first(scripted_server, client):
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4004
     async with c.http.get(f"{scripted_server.url}/sessions/{sid}") as r:
         assert r.status == 404
+
+
+async def test_finish_reason_goes_to_stream_end_and_the_history(scripted_server, client):
+    """An agent's StreamEnd(finish_reason=...) reaches stream_end and the saved message; a reason outside the
+    five is sent as unknown, and an agent that says none gets null."""
+    c = client(scripted_server)
+    sid, ws = await c.open_session()
+    for content, expected in (("finish length cut off", "length"), ("finish weird", "unknown"),
+                              ("plain words", None)):
+        end = (await run_turn(ws, content))[-1]
+        assert end["type"] == "stream_end" and end["finish_reason"] == expected, end
+        detail = await c.session(sid)
+        assert detail["messages"][-1]["stats"]["finish_reason"] == expected

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import receive_until, run_turn, text_of
+from tests.conftest import receive_until, run_turn, text_of, wait_for
 from navi_actor.agents.openai import ModelServerError, OpenAIAgent, Settings, load_tools
+from navi_actor.agents.openai.client import StopRace
 from navi_actor.turn import Turn
-from tests.fake_openai import MODEL, Cut, Fail, FakeOpenAI, Malformed, Reply, Slow
+from tests.fake_openai import MODEL, Cut, Drop, Empty, Fail, FakeOpenAI, Malformed, Reply, Slow
 
 FINAL = ("stream_end", "stream_stopped", "error")
 
@@ -225,7 +226,8 @@ async def test_history_is_sent_on_the_second_turn(openai_server, client, fake):
 
 async def test_history_is_trimmed_to_the_context_budget(openai_server, client, fake):
     """History beyond NAVI_OPENAI_CONTEXT_CHARS is dropped from the oldest, announced by context_compressed first."""
-    c = client(openai_server(NAVI_OPENAI_SYSTEM_PROMPT="Be brief.", NAVI_OPENAI_CONTEXT_CHARS="200"))
+    c = client(openai_server(NAVI_OPENAI_SYSTEM_PROMPT="Be brief.", NAVI_OPENAI_CONTEXT_CHARS="200",
+                             NAVI_OPENAI_BUILTIN_TOOLS=""))  # no tool schemas in the budget here
     sid, ws = await c.open_session()
     for ask, answer in (("a" * 60, "b" * 60), ("c" * 60, "d" * 60)):
         fake.push(Reply(answer))
@@ -271,7 +273,7 @@ async def test_connection_refused_names_the_url_and_variable(make_server, client
     c = client(make_server("openai", env={"NAVI_OPENAI_BASE_URL": url, "NAVI_OPENAI_MODEL": MODEL}))
     sid, ws = await c.open_session()
     message = error_of(await run_turn(ws, "hello"))
-    assert f"cannot connect to the model server at {url}" in message
+    assert f"cannot connect to the model server at {url} (Connection refused)" in message
     assert "Set NAVI_OPENAI_BASE_URL" in message
 
 
@@ -391,3 +393,145 @@ async def test_bad_setting_fails_to_start(make_server, client):
     final = events[-1]
     assert final["type"] == "error" and final["code"] == "agent_failed_to_start"
     assert "NAVI_OPENAI_TEMPERATURE='hot' is not a number from 0 to 2" in final["message"]
+
+
+# ── what real servers do (issue 19) ──────────────────────────────────────────
+
+
+async def test_a_status_naming_tools_gets_the_hint_at_once(openai_server, client, fake):
+    """llama-server without --jinja answers 500 about tools: the tools hint is given, and nothing is retried."""
+    c = client(openai_server())
+    sid, ws = await c.open_session()
+    fake.push(Fail(500, "tools param requires --jinja flag"), Reply("not reached"))
+    message = error_of(await run_turn(ws, "hello"))
+    assert "HTTP 500 (tools param requires --jinja flag)" in message and "tried" not in message
+    assert "set NAVI_OPENAI_BUILTIN_TOOLS to empty" in message and "--jinja" in message
+    assert len(fake.requests) == 1
+
+
+async def test_an_empty_stream_is_no_answer(openai_server, client, fake):
+    """An empty, cleanly ended event stream is 'sent no answer' with the context hint, not a broken stream."""
+    c = client(openai_server())
+    sid, ws = await c.open_session()
+    fake.push(Empty())
+    message = error_of(await run_turn(ws, "hello"))
+    assert "sent no answer" in message and "does not fit its context" in message
+    assert "NAVI_OPENAI_CONTEXT_CHARS" in message and "broke off" not in message
+
+
+async def test_finish_reason_reaches_stream_end_and_the_history(openai_server, client, fake):
+    """stream_end carries the answer's finish_reason (length when cut off, unknown when the server sent none),
+    and the saved message keeps it."""
+    c = client(openai_server())
+    sid, ws = await c.open_session()
+    for finish, expected in (("stop", "stop"), ("length", "length"), (None, "unknown")):
+        fake.push(Reply("Some words", finish=finish))
+        end = (await run_turn(ws, "hello"))[-1]
+        assert end["type"] == "stream_end" and end["finish_reason"] == expected, end
+        detail = await c.session(sid)
+        assert detail["messages"][-1]["status"] == "done"
+        assert detail["messages"][-1]["stats"]["finish_reason"] == expected
+
+
+async def test_tool_schemas_count_against_the_budget(openai_server, client, fake):
+    """The tools' JSON schemas, sent with every request, are taken from NAVI_OPENAI_CONTEXT_CHARS first."""
+    c = client(openai_server(NAVI_OPENAI_SYSTEM_PROMPT="", NAVI_OPENAI_CONTEXT_CHARS="1500"))
+    sid, ws = await c.open_session()
+    fake.push(Reply("b" * 200))
+    await run_turn(ws, "a" * 200)
+    fake.push(Reply("ok"))
+    events = await run_turn(ws, "c" * 100)
+    # 600 characters of messages fit 1500, but not with the ~1 KB of tool schemas
+    (compressed,) = of_type(events, "context_compressed")
+    assert "the tools' schemas take" in compressed["summary"]
+    assert [m["content"] for m in fake.requests[1].messages] == ["c" * 100]
+
+
+async def test_the_context_size_comes_from_llama_server(openai_server, client, fake):
+    """With no NAVI_OPENAI_CONTEXT_CHARS, the budget is sized from llama-server's GET /props n_ctx at actor
+    start, logged, and reported as max_context_tokens."""
+    fake.props = {"default_generation_settings": {"n_ctx": 600}, "total_slots": 1}
+    server = openai_server(NAVI_OPENAI_BUILTIN_TOOLS="", NAVI_OPENAI_SYSTEM_PROMPT="")
+    c = client(server)
+    sid, ws = await c.open_session()
+    fake.push(Reply("b" * 700))
+    end = (await run_turn(ws, "a" * 700))[-1]
+    assert end["max_context_tokens"] == 600
+    fake.push(Reply("ok"))
+    events = await run_turn(ws, "next")
+    (compressed,) = of_type(events, "context_compressed")  # 600 tokens: 450 for the prompt, 1350 characters
+    assert "the model server's context of 600 tokens (llama-server GET /props n_ctx), about 1350 characters" \
+        in compressed["summary"]
+    assert "/props" in fake.probes
+    log = wait_for_log(server, '"openai.context"')
+    assert '"n_ctx": 600' in log and '"context_chars": 1350' in log
+
+
+def wait_for_log(server, needle: str) -> str:
+    return wait_for(lambda: needle in server.log_text() and server.log_text(), what=needle)
+
+
+async def test_the_context_size_comes_from_ollama(fake):
+    """Ollama's /api/show gives num_ctx when the model sets it, else its context_length, at most 4096."""
+    fake.show = {"parameters": "stop <eot>\nnum_ctx 8192", "model_info": {"llama.context_length": 131072}}
+    agent = OpenAIAgent(*_settings_and_tools(fake))
+    try:
+        budget = await agent._budget(_race())
+        assert budget.n_ctx == 8192 and fake.probes == ["/props", "/api/show"]
+        fake.show = {"model_info": {"general.architecture": "llama", "llama.context_length": 131072}}
+        agent.budget = None
+        assert (await agent._budget(_race())).n_ctx == 4096
+    finally:
+        await agent.close()
+
+
+async def test_a_server_slow_to_say_its_context_is_not_waited_for(fake, monkeypatch):
+    """The context questions get PROBE_SECONDS in all; past that the configured default is the budget."""
+    import navi_actor.agents.openai.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "PROBE_SECONDS", 0.3)
+    fake.props, fake.props_delay = {"n_ctx": 100_000}, 30.0
+    agent = OpenAIAgent(*_settings_and_tools(fake))
+    try:
+        t0 = asyncio.get_running_loop().time()
+        budget = await agent._budget(_race())
+        assert asyncio.get_running_loop().time() - t0 < 5
+        assert budget.n_ctx is None and "did not say its context size" in budget.source
+    finally:
+        await agent.close()
+
+
+def _settings_and_tools(fake: FakeOpenAI, **env: str):
+    settings = Settings.from_env({"NAVI_OPENAI_BASE_URL": fake.url, "NAVI_OPENAI_MODEL": MODEL, **env})
+    return settings, load_tools(settings)
+
+
+def _race() -> StopRace:
+    return StopRace(asyncio.Event())
+
+
+async def test_one_connection_is_reused_across_turns(fake):
+    """The actor's requests, turn after turn and after the context probe, go over one kept-alive TCP
+    connection, even from a server that ends the body a moment after [DONE]."""
+    fake.push(Reply("one", eof_delay=0.2), Reply("two", eof_delay=0.2), Reply("three"))
+    settings, tools = _settings_and_tools(fake)
+    agent = OpenAIAgent(settings, tools)
+    try:
+        for _ in range(3):
+            turn = Turn("s", "r", "hello", "hello", [], [], [], asyncio.Event(), "")
+            [e async for e in agent.run_stream(turn)]
+    finally:
+        await agent.close()
+    peers = {r.peer for r in fake.requests}
+    assert len(fake.requests) == 3 and len(peers) == 1, [r.peer for r in fake.requests]
+
+
+async def test_a_kept_alive_connection_closed_by_the_server_is_tried_again(fake):
+    """A request on a connection the server dropped without answering is sent once more, on a new one."""
+    fake.push(Drop(), Reply("Made it."))
+    events = await run_in_process(fake)
+    assert "".join(e.delta for e in events if type(e).__name__ == "TextDelta") == "Made it."
+    assert len(fake.requests) == 2
+    fake.push(Drop(), Drop())
+    with pytest.raises(ModelServerError, match="closed the connection without answering"):
+        await run_in_process(fake)

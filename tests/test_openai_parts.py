@@ -10,6 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from navi_actor.agents.openai.client import os_reason
+from navi_actor.agents.openai.context import (
+    Probe,
+    llama_props_n_ctx,
+    ollama_context,
+    probe_context,
+    server_root,
+    vllm_max_model_len,
+)
+from navi_actor.agents.openai.history import Budget, tools_chars
+from navi_actor.agents.openai.settings import DEFAULT_CONTEXT_CHARS
+from navi_actor.agents.openai.stream import normalize_finish_reason
 from navi_actor.agents.openai import (
     ConfigError,
     ModelServerError,
@@ -269,6 +281,107 @@ def test_http_error_messages_say_what_to_check():
     assert error_text('{"error": {"message": "bad key", "code": 1}}') == "bad key"
     assert error_text('{"detail": "nope"}') == "nope"
     assert error_text("") == "(empty body)"
+
+
+def test_any_status_whose_message_names_tools_gets_the_hint():
+    """The tools hint goes with 400 and 500 alike when the server's message is about tools; --jinja is named
+    when the server names it."""
+    s = Settings(model="m")
+    jinja = http_error_message(500, '{"error": {"message": "tools param requires --jinja flag"}}', s)
+    assert "HTTP 500 (tools param requires --jinja flag)" in jinja
+    assert "set NAVI_OPENAI_BUILTIN_TOOLS to empty" in jinja and "started with --jinja" in jinja
+    assert "check the model server's logs" not in jinja
+    assert "NAVI_OPENAI_BUILTIN_TOOLS" in http_error_message(422, "this model does not support tool_choice", s)
+    plain = http_error_message(500, "out of memory", s)
+    assert "NAVI_OPENAI_BUILTIN_TOOLS" not in plain and "check the model server's logs" in plain
+
+
+def test_connect_failures_say_the_os_reason():
+    """asyncio's 'Connect call failed (addr)' becomes the OS's words for the errno."""
+    refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)")
+    assert os_reason(refused, refused) == "Connection refused"
+    several = OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 9), [Errno 111] ...")
+    assert os_reason(several, several).startswith("Multiple exceptions")
+
+
+def test_finish_reasons_are_normalised():
+    """The server's finish_reason is one of five; none at all is unknown."""
+    assert [normalize_finish_reason(r) for r in ("stop", "length", "content_filter", "tool_calls")] == [
+        "stop", "length", "content_filter", "tool_calls"]
+    assert normalize_finish_reason("function_call") == "tool_calls" and normalize_finish_reason("eos") == "stop"
+    assert normalize_finish_reason(None) == normalize_finish_reason("") == normalize_finish_reason("abort") == "unknown"
+    st = StreamState()
+    st.feed_data(chunk({"content": "cut"}))
+    st.feed_data("[DONE]")
+    assert st.finished and st.outcome == "unknown" and st.chunks == 1
+    assert StreamState().chunks == 0
+
+
+def test_the_default_budget_fits_a_2048_token_server():
+    """The default NAVI_OPENAI_CONTEXT_CHARS is no more than a 2,048-token context leaves for the prompt."""
+    assert DEFAULT_CONTEXT_CHARS <= Budget.from_context(2048, None, "llama-cpp-python's default").chars
+    assert Settings.from_env({"NAVI_OPENAI_MODEL": "m"}).context_chars == DEFAULT_CONTEXT_CHARS
+
+
+def test_budget_from_a_context_size_keeps_room_for_the_answer():
+    """A quarter of the context (or NAVI_OPENAI_MAX_TOKENS, at most half) is kept for the answer."""
+    b = Budget.from_context(2048, None, "x")
+    assert (b.chars, b.n_ctx) == ((2048 - 512) * 3, 2048) and "context of 2048 tokens (x)" in b.source
+    assert Budget.from_context(2048, 100, "x").chars == (2048 - 100) * 3
+    assert Budget.from_context(2048, 5000, "x").chars == 1024 * 3
+    assert Budget.from_context(10, None, "x").chars == 100  # never below the smallest budget
+
+
+def test_tool_schemas_are_part_of_the_fixed_prompt():
+    """build_messages takes the tools' schemas out of the budget before the history."""
+    specs = load_tools(Settings(model="m")).specs()
+    extra = tools_chars(specs)
+    assert extra == len(json.dumps(specs)) and extra > 500 and tools_chars([]) == 0
+    s = Settings(model="m", system_prompt="", context_chars=extra + 50)
+    history = [{"role": "user", "content": "u" * 40}, {"role": "assistant", "content": "a" * 40}]
+    kept, compressed = build_messages(s, make_turn("now", history), fixed_extra=extra)
+    assert [m["content"] for m in kept] == ["now"] and "tools' schemas take" in compressed.summary
+    kept, compressed = build_messages(s, make_turn("now", history))
+    assert len(kept) == 3 and compressed is None
+
+
+def test_context_sizes_are_read_from_each_server_kind():
+    """llama-server's /props, vLLM's /models and Ollama's /api/show each give a context size; junk gives none."""
+    assert server_root("http://h:8080/v1") == "http://h:8080" and server_root("http://h/api") == "http://h/api"
+    assert llama_props_n_ctx({"default_generation_settings": {"n_ctx": 4096}}) == 4096
+    assert llama_props_n_ctx({"n_ctx": 512}) == 512
+    assert llama_props_n_ctx({"default_generation_settings": {"n_ctx": "big"}}) is None
+    assert llama_props_n_ctx([]) is None and llama_props_n_ctx({"n_ctx": True}) is None
+    models = {"data": [{"id": "other", "max_model_len": 1}, {"id": "m", "max_model_len": 32768}]}
+    assert vllm_max_model_len(models, "m") == 32768 and vllm_max_model_len(models, "x") is None
+    assert vllm_max_model_len({"data": [{"id": "m"}]}, "m") is None  # OpenAI's list says no length
+    assert ollama_context({"parameters": "num_ctx 8192\nstop x"}) == 8192
+    assert ollama_context({"model_info": {"qwen2.context_length": 32768}}) == 4096
+    assert ollama_context({"model_info": {"llama.context_length": 2048}}) == 2048
+    assert ollama_context({"parameters": "stop x"}) is None
+
+
+async def test_probe_context_asks_in_turn_and_notices_a_server_that_is_not_there():
+    """The first server kind that answers wins; a refused connection means: ask again later."""
+    asked = []
+
+    def fetch_from(answers):
+        async def fetch(method, url, body):
+            asked.append((method, url, body))
+            answer = answers.get(url)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return fetch
+
+    base = "http://h:1/v1"
+    found = await probe_context(fetch_from({"http://h:1/api/show": {"parameters": "num_ctx 999"}}), base, "m")
+    assert found == Probe(999, "Ollama POST /api/show")
+    assert [a[1] for a in asked] == ["http://h:1/props", "http://h:1/v1/models", "http://h:1/api/show"]
+    assert asked[-1] == ("POST", "http://h:1/api/show", {"model": "m"})
+    assert await probe_context(fetch_from({}), base, "m") == Probe(None)
+    down = await probe_context(fetch_from({"http://h:1/props": ConnectionError("refused")}), base, "m")
+    assert down.n_ctx is None and not down.reached
 
 
 def test_retry_after_accepts_seconds_and_dates():

@@ -1,6 +1,6 @@
 /* How a turn ends on screen: the notices added below what streamed, and the
  * footer line (status, stats, why it stopped). A new end-of-turn notice goes
- * in endNotices(); a new status needs a label in STATUS_LABELS. TurnView.finish()
+ * in endNotices() (as the cut-off notice of CUT_OFF does); a new status needs a label in STATUS_LABELS. TurnView.finish()
  * calls both, once per turn, after the blocks are settled. */
 import { h } from "./dom.js";
 
@@ -19,10 +19,22 @@ export const STATUS_LABELS = {
   rejected: "Not sent",
 };
 
+/** What a finished answer's `finish_reason` (stream_end, or the saved message's stats) says when the
+ * answer is not complete; "stop" and "tool_calls" say nothing. */
+export const CUT_OFF = {
+  length: "Cut off: the answer reached its length limit.",
+  content_filter: "Cut off: the model server's content filter stopped the answer.",
+  unknown: "The model server did not say the answer was complete; it may be cut off.",
+};
+
 /** Notices an ended turn shows below its blocks. `info`: see TurnView.finish. */
 export function endNotices(turn, status, info) {
   if ((status === "failed" || status === "interrupted" || status === "rejected") && info.error) {
     turn.error(info.error, info.code);
+  }
+  const reason = status === "done" && info.stats ? info.stats.finish_reason : null;
+  if (typeof reason === "string" && Object.hasOwn(CUT_OFF, reason)) {
+    turn.note("cutoff", CUT_OFF[reason]).el.dataset.finishReason = reason;
   }
 }
 
