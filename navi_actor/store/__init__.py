@@ -15,13 +15,13 @@ from __future__ import annotations
 from navi_actor.store.common import (
     ANY_OWNER, FINAL_STATUSES, RUN_STATUSES, SESSION_ID_RE, TITLE_MAX, valid_session_id,
 )
-from navi_actor.store.errors import RunNotRunning, SessionNotFound, StoreError, StoreFailure
+from navi_actor.store.errors import QueueFull, RunNotRunning, SessionNotFound, StoreError, StoreFailure
 from navi_actor.store.factory import open_store
 from navi_actor.store.interface import SessionStore
 from navi_actor.store.sqlite import DB_FILENAME, SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
     "RUN_STATUSES", "FINAL_STATUSES", "SCHEMA_VERSION", "SESSION_ID_RE", "TITLE_MAX", "DB_FILENAME",
-    "StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "ANY_OWNER",
+    "StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "QueueFull", "ANY_OWNER",
     "SessionStore", "SQLiteStore", "open_store", "valid_session_id",
 ]

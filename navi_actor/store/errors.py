@@ -8,7 +8,7 @@ error, a lost connection) and the same call may succeed later.
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning"]
+__all__ = ["StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "QueueFull"]
 
 
 class StoreError(Exception):
@@ -35,3 +35,11 @@ class SessionNotFound(StoreError):
 
 class RunNotRunning(StoreError):
     """The run does not exist or is already finished."""
+
+
+class QueueFull(StoreError):
+    """The session's queue already holds as many messages as the caller's bound allows."""
+
+    def __init__(self, session_id: str, length: int) -> None:
+        super().__init__(f"session {session_id!r} already has {length} queued messages")
+        self.length = length
