@@ -59,7 +59,7 @@ SPAWN_TARGET = 500.0
 
 STOP_TIMEOUT = 15.0  # seconds from SIGTERM to SIGKILL; a slower shutdown is logged and noted in the JSON
 
-METRICS = ("ttfe_warm", "ttfe_cold", "flood", "sparse", "many", "memory", "alive", "spawn_rate", "sandbox")
+METRICS = ("ttfe_warm", "ttfe_cold", "flood", "sparse", "many", "memory", "alive", "spawn_rate", "sandbox", "store")
 
 
 @dataclasses.dataclass
@@ -484,6 +484,10 @@ def run_all(bench: Bench, only: list[str]) -> list[Row]:
         from bench.sandbox import sandbox_rows
 
         plan.append(("sandbox", lambda: sandbox_rows(bench)))
+    if "store" in only:
+        from bench.store import store_rows
+
+        plan.append(("store", lambda: store_rows(bench)))
     for name, fn in plan:
         t0 = time.monotonic()
         try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import socket
 import sys
-from typing import Any
+from typing import Any, Callable
 from pathlib import Path
 
 from navi_actor import __version__, config as config_mod, logs
@@ -117,7 +118,8 @@ def _sandbox_plan(cfg: config_mod.Config, spec: Any, log: Any) -> Any:
             cfg.sandbox, str(cfg.data_path), extra_read=cfg.sandbox_read, extra_write=cfg.sandbox_write,
             connect_ports=config_mod.ports(cfg.sandbox_net_connect),
             bind_ports=config_mod.ports(cfg.sandbox_net_bind), tokens_file=cfg.tokens_file,
-            agent_file=getattr(module, "__file__", None))
+            agent_file=getattr(module, "__file__", None),
+            secret_files=[os.environ.get("PGPASSFILE", "")] if cfg.store else [])
         if plan.on:
             probe(plan)
     except policy.SandboxConfigError as exc:
@@ -206,10 +208,32 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _in_child(fn: Callable[[], None], error: type[Exception]) -> None:
+    """Run ``fn`` in a forked child and wait for it; its exception's message comes back as ``error``."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        code = 0
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 — reported to the parent
+            os.write(write, str(exc).encode(errors="replace")[:4000])
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        message = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise error(message or f"the child exited with status {os.waitstatus_to_exitcode(status)}")
+
+
 def serve(cfg: config_mod.Config) -> int:
     """Start the supervisor in this process; returns the exit code."""
     from navi_actor import agent_loader
-    from navi_actor.store import StoreError, open_store
+    from navi_actor.store import StoreError, open_store, redact
     from supervisor.causes import EXIT_CANNOT_START
     from supervisor.control import SOCKET_NAME, runtime_dir
     from supervisor.supervisor import Hooks, Supervisor
@@ -232,8 +256,8 @@ def serve(cfg: config_mod.Config) -> int:
     if isinstance(plan, int):
         return plan
 
-    def recover(reason: str) -> None:
-        store = open_store(data)
+    def recover_here(reason: str) -> None:
+        store = open_store(data, cfg.store or None, node_id=cfg.node_id)
         try:
             runs = store.recover_interrupted(reason)
         finally:
@@ -241,11 +265,13 @@ def serve(cfg: config_mod.Config) -> int:
         if runs:
             log.warning("serve.turns_interrupted", count=len(runs), reason=reason)
 
-    try:
-        recover("server stopped during this turn")
-    except (StoreError, OSError) as exc:
-        print(f"navi-actor: cannot use data dir {data}: {exc}", file=sys.stderr)
-        return EXIT_CANNOT_START
+    def recover(reason: str) -> None:
+        # A database server's password (libpq reads PGPASSFILE) must never be in the memory actors are
+        # forked from: the supervisor's. So a connection to one is made in a child of its own.
+        if cfg.store and not cfg.store.lower().startswith("sqlite:"):
+            _in_child(lambda: recover_here(reason), StoreError)
+        else:
+            recover_here(reason)
 
     try:
         listener = listen(cfg.host, cfg.port)
@@ -254,6 +280,16 @@ def serve(cfg: config_mod.Config) -> int:
         print(f"navi-actor: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_CANNOT_START
     listen_fd = listener.fileno()
+    if not cfg.node_id:  # the host name and the port bound (--port 0 picks one)
+        cfg = dataclasses.replace(cfg, node_id=f"{socket.gethostname()}:{listener.getsockname()[1]}")
+
+    try:
+        recover("server stopped during this turn")
+    except (StoreError, OSError) as exc:
+        listener.close()
+        where = f"store {redact(cfg.store)}" if cfg.store else f"data dir {data}"
+        print(f"navi-actor: cannot use {where}: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
 
     # Everything an actor needs is imported now; freeze it so forked actors
     # share these pages instead of copying them when the GC touches them.

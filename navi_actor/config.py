@@ -158,6 +158,52 @@ def _existing_path(text: str) -> str:
     return text
 
 
+def store_url(text: str) -> str:
+    """A ``--store`` URL, checked: ``sqlite:///PATH`` or ``postgresql://USER@HOST:PORT/DB``, no password in it.
+
+    A password in the URL would sit in the memory and command line of every
+    process, actors included; libpq reads it from ``PGPASSFILE`` (or
+    ``~/.pgpass``) instead, which actors cannot read.
+    """
+    from navi_actor.store.factory import sqlite_path, store_kind
+    from navi_actor.store.errors import StoreError
+
+    text = text.strip()
+    if not text:
+        return ""  # the default: DATA_DIR/navi.sqlite3
+    try:
+        if store_kind(text) == "sqlite":
+            sqlite_path(text)
+            return text
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    netloc = text.partition("://")[2].split("/", 1)[0]
+    if ":" in netloc.rpartition("@")[0] or "password=" in text.lower():
+        raise ValueError("put no password in the store URL (every process would hold it, actors too): "
+                         "give it to libpq in a password file (PGPASSFILE or ~/.pgpass, mode 0600)")
+    return text
+
+
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _node_id(text: str) -> str:
+    text = text.strip()
+    if text and not _NODE_ID_RE.match(text):
+        raise ValueError(f"a node id is 1-64 letters, digits, '_', '.', ':' or '-', got {text!r}")
+    return text
+
+
+_URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", re.IGNORECASE)
+
+
+def _advertise_url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    if text and not _URL_RE.match(text):
+        raise ValueError(f"expected http(s)://HOST[:PORT][/PATH], got {text!r}")
+    return text
+
+
 def _rlimits(text: str) -> str:
     values = rlimit_values(text)
     return ",".join(f"{k}={v}" for k, v in values.items())
@@ -173,6 +219,36 @@ OPTIONS: tuple[Option, ...] = (
         "the agent: MODULE:ATTR, or a built-in name (demo, echo, openai)",
     ),
     Option("data_dir", "./var", str, "folder for the session database and server.json"),
+    Option(
+        "store",
+        "",
+        store_url,
+        "the session store: sqlite:///PATH (an SQLite file) or postgresql://USER@HOST:PORT/DB (a PostgreSQL "
+        "database, its schema created or migrated at start; password in PGPASSFILE, never in the URL); "
+        "empty: DATA_DIR/navi.sqlite3",
+    ),
+    Option(
+        "node_id",
+        "",
+        _node_id,
+        "this node's name among the nodes sharing a PostgreSQL store (letters, digits, _ . : -); "
+        "empty: the host name and the port, HOST:PORT",
+    ),
+    Option(
+        "advertise_url",
+        "",
+        _advertise_url,
+        "how the other nodes and operators reach this node's HTTP port, e.g. http://10.0.0.5:8765 (shown with "
+        "its turns by GET /runs?cluster=1 and ps --cluster); empty: http://HOST:PORT as bound",
+    ),
+    Option(
+        "lease_ttl",
+        10.0,
+        _positive(float),
+        "with a PostgreSQL store: seconds a node's hold on its running turns outlives its last heartbeat "
+        "(sent every TTL/5); past it, the node stops its own turns and another node ends them as "
+        "interrupted (within TTL + 5 s)",
+    ),
     Option(
         "log_format",
         "auto",
@@ -371,6 +447,10 @@ class Config:
     port: int = 8765
     agent: str = "demo"
     data_dir: str = "./var"
+    store: str = ""
+    node_id: str = ""
+    advertise_url: str = ""
+    lease_ttl: float = 10.0
     log_format: str = "auto"
     idle_timeout: float = 120.0
     heartbeat_interval: float = 20.0

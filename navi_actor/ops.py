@@ -181,6 +181,11 @@ def ps_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--sort", default="session_id", choices=COLUMNS, help="column to sort by (default session_id)")
     parser.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
                         help="refresh in place every SECONDS (default 2) until Ctrl-C")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the running turns of every live node sharing the PostgreSQL store --store names, "
+                             "each with its node (read from the database: no server need run here)")
+    parser.add_argument("--store", default=os.environ.get("NAVI_STORE") or "",
+                        help="with --cluster: the store, postgresql://USER@HOST:PORT/DB [env NAVI_STORE]")
     return parser
 
 
@@ -203,10 +208,53 @@ def kill_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="show what would be hit, do nothing")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait for targets to end (default: the server's stop ladder + 3 s)")
+    parser.add_argument("--store", default=os.environ.get("NAVI_STORE") or "",
+                        help="a PostgreSQL store several nodes share: sessions not found here are ended on the "
+                             "node that runs them [env NAVI_STORE]")
     return parser
 
 
+CLUSTER_HEADERS = ("NODE", "SESSION", "RUN", "AGE", "URL")
+
+
+def format_cluster(runs: list[dict[str, Any]], now: float) -> str:
+    """The table of ``ps --cluster``: one row per running turn, with its node."""
+    if not runs:
+        return "no turn runs on any live node"
+    cells = [CLUSTER_HEADERS] + [(r["node"], r["session_id"], r["run_id"][:12],
+                                  human_age(max(0.0, now - r["started_at"]) if r.get("started_at") else None),
+                                  r.get("url") or "-") for r in runs]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(CLUSTER_HEADERS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def run_ps_cluster(args: argparse.Namespace) -> int:
+    from navi_actor.store import open_cluster
+
+    try:
+        node = open_cluster(args.store or None, "navi-actor-ps", lease_ttl=10.0,
+                            on_lost=lambda reason: None, on_control=lambda req: "not handled")
+        if node is None:
+            print("navi-actor ps: --cluster needs a PostgreSQL store: --store postgresql://USER@HOST:PORT/DB "
+                  "(or NAVI_STORE)", file=sys.stderr)
+            return EXIT_USAGE
+        runs = node.running()
+    except Exception as exc:  # noqa: BLE001 — psycopg's errors (it is imported only here) and a bad URL
+        print(f"navi-actor ps: cannot read the cluster's turns: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    runs = sort_cluster(runs, args.sort)
+    print(json.dumps({"runs": runs}, indent=2) if args.json else format_cluster(runs, time.time()))
+    return 0
+
+
+def sort_cluster(runs: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    key = {"run_id": "run_id", "turn_age": "started_at"}.get(column, "session_id")
+    return sorted(runs, key=lambda r: (r["node"], str(r.get(key) or "")))
+
+
 def run_ps(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return run_ps_cluster(args)
     path = socket_path(args)
     try:
         while True:
@@ -245,6 +293,11 @@ def run_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                          older_than=args.older_than, rss_over=args.rss_over)
         missing = set(args.sessions) - {t["session_id"] for t in targets}
         missing_pids = set(args.pid) - {t["pid"] for t in targets}
+        failed_elsewhere: set[str] = set()
+        if missing and args.store and not args.dry_run:  # do they run on another node of the cluster?
+            handled, failed_elsewhere = _kill_elsewhere(args.store, sorted(missing),
+                                                        "kill" if args.force else "terminate")
+            missing -= handled
         for sid in sorted(missing):
             print(f"{sid}  -  not found")
         for pid in sorted(missing_pids):
@@ -259,7 +312,8 @@ def run_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                       f"({t['state']}, run {t.get('run_id') or '-'})")
             return 0 if targets and not (missing or missing_pids) else 1
         if not targets:
-            return 1  # nothing named was found, and no filter matched
+            # Nothing here to end: success only if every session named was ended on another node.
+            return 1 if missing or missing_pids or failed_elsewhere or not args.sessions else 0
         limits = ask(path, {"op": "status"})["limits"]
         timeout = args.timeout if args.timeout is not None else limits["term_after"] + limits["kill_after"] + 3
         op = "kill" if args.force else "stop"
@@ -272,10 +326,40 @@ def run_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for t in targets:
             outcome = "still running" if t["pid"] in alive else ("killed" if args.force else "stopped")
             print(f"{t['session_id']}  {t['pid']}  {outcome}")
-        return 1 if alive or missing or missing_pids else 0
+        return 1 if alive or missing or missing_pids or failed_elsewhere else 0
     except NoServer as exc:
         print(f"navi-actor kill: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _kill_elsewhere(store: str, sessions: list[str], op: str) -> tuple[set[str], set[str]]:
+    """Ask the nodes that run these sessions' turns (a shared PostgreSQL store) to end them.
+
+    Returns the sessions found on another node (each reported on a line), and those of them it did not end.
+    """
+    from navi_actor.store import open_cluster
+
+    node = open_cluster(store, "navi-actor-kill", lease_ttl=10.0, on_lost=lambda reason: None,
+                        on_control=lambda req: "not handled")
+    if node is None:
+        return set(), set()
+    done, failed = set(), set()
+    for sid in sessions:
+        try:
+            out = node.request(sid, op)
+        except Exception as exc:  # noqa: BLE001 — psycopg's errors: the database cannot be reached
+            print(f"{sid}  -  cannot ask the cluster: {' '.join(str(exc).split())}")
+            done.add(sid)
+            failed.add(sid)
+            continue
+        if out["delivered"] and out["result"] not in ("no active run", "not found"):
+            print(f"{sid}  -  {out['result']} on node {out['node']}")
+            done.add(sid)
+        elif "node" in out:
+            print(f"{sid}  -  runs on node {out['node']}: {out.get('reason') or out.get('result')}")
+            done.add(sid)
+            failed.add(sid)
+    return done, failed
 
 
 def _typed(args: argparse.Namespace, name: str) -> str | None:

@@ -37,6 +37,7 @@ ACTOR_DIED = "actor_died"
 ACTOR_PROTOCOL_VIOLATION = "actor_protocol_violation"
 SHUTTING_DOWN = "shutting_down"
 STORE_ERROR = "store_error"
+STORE_UNAVAILABLE = "store_unavailable"
 SESSION_NOT_FOUND = "session_not_found"
 CAPACITY = "capacity"
 KILLED_BY_OPERATOR = "killed_by_operator"
@@ -56,8 +57,13 @@ ERROR_CODES = (
     INVALID_JSON, INVALID_MESSAGE, TOO_MANY_IMAGES, IMAGE_TOO_LARGE, ALREADY_RUNNING, AGENT_ERROR,
     AGENT_FAILED_TO_START, ACTOR_DIED, ACTOR_PROTOCOL_VIOLATION, SHUTTING_DOWN, STORE_ERROR,
     SESSION_NOT_FOUND, CAPACITY, KILLED_BY_OPERATOR, INVALID_IMAGE, CONTENT_TOO_LARGE, INVALID_FILE,
-    RATE_LIMITED, SANDBOX_FAILED, QUEUE_FULL, NOT_QUEUED,
+    RATE_LIMITED, SANDBOX_FAILED, QUEUE_FULL, NOT_QUEUED, STORE_UNAVAILABLE,
 )
+
+
+def store_code(exc: BaseException | None) -> str:
+    """``store_unavailable`` for a store that cannot be reached (a database server down), else ``store_error``."""
+    return STORE_UNAVAILABLE if getattr(exc, "unavailable", False) else STORE_ERROR
 
 EXPECTED_SHAPE = "Expected {type: 'message', content: '...'}"
 

@@ -5,6 +5,7 @@ can play every scenario:
 
 - ``pid [N] [DELAY]``: its process id, then N deltas DELAY seconds apart
 - ``slow N DELAY``: N deltas DELAY seconds apart, honouring stop
+- ``canread PATH``: "open" if the agent can read PATH, else "denied: ERROR"
 - ``fast N``: N deltas with no pause
 - ``silent SECONDS``: nothing for SECONDS (honouring stop), then one delta
 - ``fail``: one delta, then raises RuntimeError("boom")
@@ -238,6 +239,13 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
         yield ToolStarted("lookup", {"q": "x"})
         yield ToolEvent("lookup", {"q": "x"}, {"answer": 42}, True, metadata={"call_id": "c1"})
         yield TextDelta("found 42")
+    elif cmd == "canread":  # can the agent read this file?
+        try:
+            with open(args[0], "rb") as f:
+                f.read(1)
+            yield TextDelta("open")
+        except OSError as exc:
+            yield TextDelta(f"denied: {type(exc).__name__}")
     else:
         for w in words:
             yield TextDelta(w + " ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -144,6 +145,35 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     for server in started:
         if server.proc is not None and server.proc.poll() is None:
             server.stop()
+
+
+# ── PostgreSQL (tests/pgserver.py) ────────────────────────────────────────
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One real PostgreSQL for the whole run; the tests that need it skip, saying why, where there is none."""
+    from tests.pgserver import PgServer
+
+    try:
+        server = PgServer().start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"PostgreSQL is not available, so this PostgreSQL test cannot run: {exc}")
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a fresh, empty database of `pg_server`, dropped after the test."""
+    name = f"t{os.getpid()}_{next(_pg_numbers)}"
+    url = pg_server.create_database(name)
+    yield url
+    if pg_server.running():
+        pg_server.drop_database(name)
+
+
+_pg_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="module")

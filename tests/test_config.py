@@ -92,6 +92,10 @@ def test_every_option_is_read_from_its_env_var():
         "NAVI_PORT": "0",
         "NAVI_AGENT": "pkg.mod:agent",
         "NAVI_DATA_DIR": "/srv/navi",
+        "NAVI_STORE": "postgresql://navi@db.example:5432/navi",
+        "NAVI_NODE_ID": "node-1",
+        "NAVI_ADVERTISE_URL": "http://10.0.0.5:8765/",
+        "NAVI_LEASE_TTL": "4.5",
         "NAVI_LOG_FORMAT": "json",
         "NAVI_IDLE_TIMEOUT": "30.5",
         "NAVI_HEARTBEAT_INTERVAL": "5",
@@ -126,7 +130,8 @@ def test_every_option_is_read_from_its_env_var():
     }
     assert set(environ) == {o.env for o in OPTIONS}
     assert from_namespace(parse(environ=environ)) == Config(
-        host="0.0.0.0", port=0, agent="pkg.mod:agent", data_dir="/srv/navi", log_format="json",
+        host="0.0.0.0", port=0, agent="pkg.mod:agent", data_dir="/srv/navi",
+        store="postgresql://navi@db.example:5432/navi", node_id="node-1", advertise_url="http://10.0.0.5:8765", lease_ttl=4.5, log_format="json",
         idle_timeout=30.5, heartbeat_interval=5.0, stop_grace=0.5, stop_term_after=3.0,
         stop_kill_after=1.0, replay_max_bytes=1024, client_max_pending_bytes=2048, turn_timeout=60.0,
         actor_max_rss=512, max_actors=8, actor_nice=0, warm_actors=0, no_zygote=True, drain_timeout=10.0,
@@ -136,6 +141,26 @@ def test_every_option_is_read_from_its_env_var():
         sandbox_read=("/opt/models", "/srv/data"), sandbox_write=("/srv/out",),
         sandbox_net_connect="443,11434", sandbox_net_bind="8080",
     )
+
+
+@pytest.mark.parametrize("url, says", [
+    ("postgresql://navi:hunter2@db:5432/navi", "no password in the store URL"),
+    ("postgresql://navi@db/navi?password=hunter2", "no password in the store URL"),
+    ("mysql://navi@db/navi", "use sqlite:///PATH or postgresql://"),
+    ("sqlite://relative.db", "absolute path"),
+])
+def test_store_urls_are_checked_before_the_server_starts(url, says, capsys):
+    """--store refuses URLs it cannot open, and any with a password (actors would hold it), saying why."""
+    with pytest.raises(SystemExit):
+        parse(["--store", url])
+    err = capsys.readouterr().err
+    assert says in err and "hunter2" not in err
+
+
+def test_store_urls_that_are_accepted():
+    for url in ("sqlite:///srv/navi/db.sqlite3", "postgresql://navi@127.0.0.1:5432/navi",
+                "postgres://navi@db/navi?sslmode=require", ""):
+        assert from_namespace(parse(["--store", url])).store == url
 
 
 def test_sandbox_paths_repeat_and_flags_replace_the_environment():

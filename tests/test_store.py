@@ -323,13 +323,13 @@ def test_failure_names_sqlite_errors_as_store_failures(store):
 
 
 def test_the_front_does_not_know_the_engine():
-    """No module of the front imports sqlite3 or a backend module: it sees navi_actor.store's interface only."""
+    """No module of the front imports sqlite3, psycopg or a backend module: it sees navi_actor.store's interface only."""
     modules = project_modules()
     leaks = {}
     for name, path in modules.items():
         if name.startswith("navi_actor.front"):
             bad = {m for m in imports_of(name, path)
-                   if m.split(".")[0] == "sqlite3" or (m in modules and m.startswith("navi_actor.store."))}
+                   if m.split(".")[0] in ("sqlite3", "psycopg") or (m in modules and m.startswith("navi_actor.store."))}
             if bad:
                 leaks[name] = sorted(bad)
     assert not leaks, f"the front reaches past the store's interface: {leaks}"
@@ -344,8 +344,8 @@ def test_sqlite_urls_name_a_file_by_its_absolute_path():
 
 
 @pytest.mark.parametrize("url, says", [
-    ("postgresql://navi@db:5432/navi", "supports sqlite:///PATH only"),
-    ("/var/lib/navi/navi.sqlite3", "supports sqlite:///PATH only"),
+    ("mysql://navi@db:3306/navi", "use sqlite:///PATH or postgresql://"),
+    ("/var/lib/navi/navi.sqlite3", "use sqlite:///PATH or postgresql://"),
     ("sqlite://host/x.db", "absolute path"),
     ("sqlite://relative.db", "absolute path"),
     ("sqlite:///tmp/x.db?mode=ro", "no query"),
@@ -374,3 +374,12 @@ def test_open_store_from_a_url_makes_its_folder_and_file_private(tmp_path):
         assert again.get_session(sid)["title"] == "by url"
     finally:
         again.close()
+
+
+def test_a_postgresql_url_without_psycopg_says_what_to_install(tmp_path, monkeypatch):
+    """Where psycopg is not installed, a postgresql:// store is refused with the pip command that adds it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now raises ImportError
+    with pytest.raises(StoreError, match=r"pip install 'navi-actor\[postgres\]'"):
+        open_store(tmp_path / "data", "postgresql://navi@127.0.0.1:1/navi")

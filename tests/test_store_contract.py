@@ -1,4 +1,4 @@
-"""The store contract (`tests/store_contract.py`) against SQLite, on a real file in a temporary folder."""
+"""The store contract (`tests/store_contract.py`) against SQLite (a real file in a temporary folder) and PostgreSQL (a real server)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,20 @@ class TestSQLiteStore(StoreContract):
         for store in opened:
             store.close()
 
+
+
+class TestPostgresStore(StoreContract):
+    """The same contract against a real PostgreSQL (tests/pgserver.py), one fresh database per test."""
+
+    @pytest.fixture
+    def backend(self, pg_url):
+        opened = []
+
+        def open_one():
+            store = open_store("/nonexistent-data-dir", pg_url)
+            opened.append(store)
+            return store
+
+        yield open_one
+        for store in opened:
+            store.close()

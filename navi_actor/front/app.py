@@ -17,11 +17,12 @@ from navi_actor import logs, protocol, tokens
 from navi_actor.config import Config
 from navi_actor.front import auth, uploads
 from navi_actor.front.auth import can_see, principal_of
+from navi_actor.front.cluster import FrontCluster
 from navi_actor.front.metrics import CONTENT_TYPE
 from navi_actor.front.ratelimit import TokenBucket
 from navi_actor.front.runtime import Runtime
 from navi_actor.front.viewer import Viewer
-from navi_actor.store import ANY_OWNER, StoreFailure, open_store, valid_session_id
+from navi_actor.store import ANY_OWNER, StoreFailure, open_store, redact, valid_session_id
 from supervisor import proctitle
 from supervisor.causes import EXIT_CANNOT_START
 
@@ -169,6 +170,10 @@ async def delete_session(request: web.Request) -> web.Response:
             await asyncio.wait_for(run.ended.wait(), cfg.stop_term_after + cfg.stop_kill_after + 3.0)
         except TimeoutError:
             return _error(409, "The running turn did not stop in time; try again.", "stop_timeout")
+    elif rt.cluster is not None:  # its turn may run on another node: stopped there first
+        cfg = rt.config
+        if not await rt.cluster.stop_and_wait(sid, cfg.stop_term_after + cfg.stop_kill_after + 3.0):
+            return _error(409, "The running turn did not stop in time; try again.", "stop_timeout")
     await rt.store(rt.store_backend.delete_session, sid)
     for viewer in list(rt.viewers.get(sid, ())):
         await viewer.flush_and_close(CLOSE_NOT_FOUND, "Session deleted")
@@ -184,8 +189,16 @@ async def stop_session(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     sid = request.match_info["session_id"]
     # Another user's session answers like one with no run, as an unknown session does.
-    if (principal_of(request).user is None or await _visible_session(request, sid) is not None) and rt.stop(sid):
+    visible = principal_of(request).user is None or await _visible_session(request, sid) is not None
+    if visible and rt.stop(sid):
         return _json({"ok": True})
+    if visible and rt.cluster is not None and valid_session_id(sid):  # does it run on another node?
+        out = await rt.cluster.request(sid, "stop")
+        if out["delivered"]:
+            return _json({"ok": out["result"] != "no active run", "node": out["node"],
+                          **({} if out["result"] != "no active run" else {"reason": "no active run"})})
+        if "node" in out:
+            return _json({"ok": False, "node": out["node"], "reason": out["reason"]})
     return _json({"ok": False, "reason": "no active run"})
 
 
@@ -328,8 +341,15 @@ async def _ask_supervisor(rt: Runtime, request: dict[str, Any]) -> dict[str, Any
 
 
 async def list_runs(request: web.Request) -> web.Response:
-    """The same rows as ``navi-actor ps --json``."""
-    reply = await _ask_supervisor(request.app[RUNTIME], {"op": "list"})
+    """The same rows as ``navi-actor ps --json``; with ``?cluster=1``, every live node's running turns."""
+    rt = request.app[RUNTIME]
+    if request.query.get("cluster") not in (None, "", "0"):
+        if rt.cluster is None:
+            return _error(400, "This server shares its store with no other node (its store is SQLite): "
+                               "GET /runs lists all it runs", "not_a_cluster")
+        runs = await rt.cluster.running()
+        return _json({"runs": runs, "node": rt.cluster.node_id})
+    reply = await _ask_supervisor(rt, {"op": "list"})
     return _json({"actors": reply.get("actors", []), "warm": reply.get("warm", 0)})
 
 
@@ -342,6 +362,14 @@ async def kill_run(request: web.Request) -> web.Response:
     sid = request.match_info["session_id"]
     reply = await _ask_supervisor(rt, {"op": "kill" if body.get("force") else "stop", "session_ids": [sid]})
     results = reply.get("results", [])
+    if (not results or results[0].get("outcome") == "not found") and rt.cluster is not None \
+            and valid_session_id(sid):  # on another node?
+        out = await rt.cluster.request(sid, "kill" if body.get("force") else "terminate")
+        if out["delivered"] and out["result"] not in ("no active run", "not found"):
+            return _json({"session_id": sid, "outcome": out["result"], "node": out["node"]})
+        if not out["delivered"] and "node" in out:
+            return _error(504, f"The turn runs on node {out['node']}, which did not carry out the request: "
+                               f"{out['reason']}", "node_unreachable")
     if not results or results[0].get("outcome") == "not found":
         return _error(404, "No actor runs for this session", "not_found")
     return _json(results[0])
@@ -394,7 +422,7 @@ async def _store_failures(request: web.Request, handler: Any) -> web.StreamRespo
     try:
         return await handler(request)
     except StoreFailure as exc:
-        return _error(503, str(exc), protocol.STORE_ERROR)
+        return _error(503, str(exc), protocol.store_code(exc))
 
 
 def make_app(runtime: Runtime, guard: auth.Guard | None = None) -> web.Application:
@@ -448,9 +476,9 @@ def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = 
 async def _serve(config: Config, fd: int, listen_fd: int, guard: auth.Guard | None = None) -> int:
     loop = asyncio.get_running_loop()
     try:
-        store = open_store(config.data_path)
+        store = open_store(config.data_path, config.store or None, node_id=config.node_id)
     except Exception as exc:
-        log.error("front.store_unusable", error=str(exc), data_dir=str(config.data_path))
+        log.error("front.store_unusable", error=str(exc), data_dir=str(config.data_path), store=redact(config.store))
         return EXIT_CANNOT_START
     runtime = Runtime(config, store, fd)
     app = make_app(runtime, guard)
@@ -460,11 +488,19 @@ async def _serve(config: Config, fd: int, listen_fd: int, guard: auth.Guard | No
     site = web.SockSite(runner, listener)
     await site.start()
     host, port = listener.getsockname()[:2]
+    try:
+        runtime.cluster = FrontCluster.open(runtime, config, config.advertise_url or f"http://{host}:{port}")
+    except Exception as exc:  # the database went away between the store's open and this
+        log.error("front.cluster_unusable", error=str(exc), store=redact(config.store))
+        await runner.cleanup()
+        return EXIT_CANNOT_START
     runtime.link.send({"op": "ready", "host": host, "port": port})
     loop.add_signal_handler(signal.SIGTERM, runtime.request_shutdown, True)
     await runtime.shutdown_requested.wait()
     log.info("front.shutting_down", drain=runtime.drain)
     await runtime.shutdown()
+    if runtime.cluster is not None:
+        await loop.run_in_executor(None, runtime.cluster.close)
     await runner.cleanup()
     log.info("front.exit")
     return 0

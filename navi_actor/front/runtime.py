@@ -42,7 +42,7 @@ from navi_actor.front.storeq import StoreQueue
 from navi_actor.front.supervision import Supervision
 from navi_actor.front.viewer import Viewer
 from navi_actor.protocol import ClientError, UserMessage
-from navi_actor.store import SessionNotFound, SessionStore, StoreError, StoreFailure
+from navi_actor.store import SessionBusy, SessionNotFound, SessionStore, StoreError, StoreFailure
 from supervisor.fdchannel import FdChannel
 
 log = logs.get("navi.front")
@@ -85,6 +85,7 @@ class Runtime:
         self.supervision = Supervision(self.loop, self.link, self.actor_set, self.viewers, self.session_owners,
                                        self.queueing.lengths)
         self.store_keeper = StoreKeeper(self)  # while the store cannot write (navi_actor.front.storekeeper)
+        self.cluster: Any = None  # front.cluster.FrontCluster, with a store several nodes share
         self.loop.call_soon(lambda: self.loop.create_task(self.adoption.reconcile()))
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -193,6 +194,10 @@ class Runtime:
         except SessionNotFound:
             self._drop_run(run)
             raise ClientError(protocol.SESSION_NOT_FOUND, "Session not found") from None
+        except SessionBusy as exc:  # its turn runs on another node (a shared PostgreSQL store)
+            self._drop_run(run)
+            log.info("front.busy_elsewhere", session_id=sid, node=exc.node)
+            raise ClientError(protocol.ALREADY_RUNNING, "Agent is already running for this session.") from None
         except StoreError as exc:
             self._drop_run(run)
             raise turns.not_saved(sid, exc) from None

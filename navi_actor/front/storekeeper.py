@@ -84,7 +84,7 @@ class StoreKeeper:
         if failing is not None:
             self.refused += 1
             raise ClientError(
-                protocol.STORE_ERROR,
+                protocol.store_code(failing),
                 f"Your message was not saved and no turn started: the server cannot write to its session "
                 f"store right now ({failing.reason}). Send it again once the server has recovered "
                 "(GET /healthz says so).",

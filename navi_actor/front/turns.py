@@ -58,7 +58,7 @@ def begin_next(store: SessionStore, sid: str, _run_id: str) -> Begun:
 def not_saved(sid: str, exc: StoreError) -> ClientError:
     """The turn cannot start: its message could not be made durable. Logged here, told to the client."""
     log.error("front.store_failed", session_id=sid, error=str(exc))
-    return ClientError(protocol.STORE_ERROR, f"Your message was not saved and no turn started: {exc}")
+    return ClientError(protocol.store_code(exc), f"Your message was not saved and no turn started: {exc}")
 
 
 def turn_request(run_id: str, start: dict[str, Any], message: UserMessage, history: list[dict[str, Any]],

@@ -319,8 +319,10 @@ def _open_grants(ruleset: landlock.Ruleset | None, items: list[Grant]) -> list[t
 
 def prepare(mode: str, data_dir: str, *, extra_read: Iterable[str] = (), extra_write: Iterable[str] = (),
             connect_ports: tuple[int, ...] = (), bind_ports: tuple[int, ...] = (),
-            tokens_file: str = "", agent_file: str | None = None) -> Plan:
+            tokens_file: str = "", agent_file: str | None = None, secret_files: Iterable[str] = ()) -> Plan:
     """Work out the policy and build layer 1. Raises :class:`SandboxConfigError`.
+
+    ``secret_files`` are left out like the tokens file (the PostgreSQL password file, ``PGPASSFILE``).
 
     Runs once, in the template process, before the zygote is forked.
     """
@@ -365,6 +367,7 @@ def prepare(mode: str, data_dir: str, *, extra_read: Iterable[str] = (), extra_w
         excluded = [data, *homes]
         if tokens_file:
             excluded.append(_real(tokens_file))
+        excluded += [_real(f) for f in secret_files if f and os.path.exists(f)]
         if os.geteuid() == 0:
             excluded += root_only_files("/etc")
         # A grant inside a home folder (Python in ~/.pyenv) stays; one around it is split.

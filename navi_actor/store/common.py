@@ -14,7 +14,7 @@ from navi_actor.store.errors import StoreError
 
 __all__ = [
     "RUN_STATUSES", "FINAL_STATUSES", "SESSION_ID_RE", "TITLE_MAX", "ANY_OWNER",
-    "valid_session_id", "title_from", "require_final", "run_each", "dumps", "load_dict",
+    "valid_session_id", "title_from", "require_final", "run_each", "dumps", "load_dict", "redact",
 ]
 
 RUN_STATUSES: tuple[str, ...] = ("running", "done", "stopped", "failed", "interrupted")
@@ -73,3 +73,12 @@ def load_dict(text: str | None) -> dict | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def redact(url: str) -> str:
+    """A store URL with its password, if any, replaced by ``***`` (for logs and errors)."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in auth:
+        return url
+    return f"{scheme}://{auth.split(':', 1)[0]}:***@{host}"

@@ -8,7 +8,8 @@ error, a lost connection) and the same call may succeed later.
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "QueueFull"]
+__all__ = ["StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "QueueFull", "SessionBusy",
+           "LeaseLost"]
 
 
 class StoreError(Exception):
@@ -20,13 +21,16 @@ class StoreFailure(StoreError):
 
     Not a refusal of this one call: the same call may succeed later. ``op`` is
     the store method that failed; ``reason`` the database's own words
-    ("database or disk is full").
+    ("database or disk is full"); ``unavailable`` is true when the database
+    cannot be reached at all (a database server that is down or restarting),
+    as opposed to one that answers with an error.
     """
 
-    def __init__(self, op: str, reason: str) -> None:
+    def __init__(self, op: str, reason: str, *, unavailable: bool = False) -> None:
         super().__init__(f"the session store failed in {op}: {reason}")
         self.op = op
         self.reason = reason
+        self.unavailable = unavailable
 
 
 class SessionNotFound(StoreError):
@@ -35,6 +39,28 @@ class SessionNotFound(StoreError):
 
 class RunNotRunning(StoreError):
     """The run does not exist or is already finished."""
+
+
+class SessionBusy(StoreError):
+    """A turn of the session runs on another node (a store shared by several nodes): no second turn.
+
+    ``node`` is the node that runs it. The front answers it as its own busy
+    guard does ("Agent is already running for this session.").
+    """
+
+    def __init__(self, session_id: str, node: str) -> None:
+        super().__init__(f"a turn of session {session_id!r} is running on node {node!r}")
+        self.session_id = session_id
+        self.node = node
+
+
+class LeaseLost(RunNotRunning):
+    """This node no longer holds the lease of the run's session: its late writes are refused (fencing).
+
+    Another node took the session over (its lease has a newer generation),
+    most often after this node stopped renewing its leases (paused,
+    partitioned); the run was ended there, as "interrupted".
+    """
 
 
 class QueueFull(StoreError):

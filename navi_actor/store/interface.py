@@ -113,9 +113,12 @@ class SessionStore(Protocol):
 
         Raises `SessionNotFound` for a missing or invalid session, `StoreError`
         for a run id already used or a ``client_message_id`` the session has
-        already seen (queued or begun). It does not look for another running run
-        of the session: the front's busy guard refuses a second turn
-        ("Agent is already running for this session.") before calling it.
+        already seen (queued or begun). It does not look for another running
+        run of the session on this node: the front's busy guard refuses a
+        second turn ("Agent is already running for this session.") before
+        calling it. A store shared by several nodes raises `SessionBusy`
+        while another live node runs a turn of the session, and ends the
+        turns of a dead node as "interrupted" first.
         """
         ...
 
@@ -144,13 +147,18 @@ class SessionStore(Protocol):
 
         Raises `StoreError` for a status that is not final (`FINAL_STATUSES`),
         `RunNotRunning` if the run is unknown or already finished: a result
-        is never written twice.
+        is never written twice. A store shared by several nodes raises
+        `LeaseLost` (a `RunNotRunning`) when this node no longer holds the
+        session's lease at the run's generation: a late write is refused.
         """
         ...
 
     def recover_interrupted(self, reason: str = "server stopped during this turn",
                             seq_gap: int = 10**9, keep: Iterable[str] = ()) -> list[str]:
         """Finish every "running" run except those in ``keep`` as "interrupted"; return their ids, oldest first.
+
+        (A store shared by several nodes: every running run *of this node*;
+        another node's are its own, or its sweeper's once it is dead.)
 
         Called at every start (by ``navi-actor serve`` before the front, then
         by the front with ``keep`` = the runs its adopted actors still run),
@@ -163,7 +171,7 @@ class SessionStore(Protocol):
         ...
 
     def running_runs(self) -> list[dict]:
-        """Runs still "running", oldest first: ``{"id", "session_id", "first_seq", "last_seq"}``."""
+        """Runs still "running" (of this node, in a shared store), oldest first: ``{"id", "session_id", "first_seq", "last_seq"}``."""
         ...
 
     # -- the queue: messages waiting for their session's turn ----------------

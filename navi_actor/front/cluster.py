@@ -1,0 +1,106 @@
+"""The front's part in a cluster of nodes sharing one PostgreSQL store.
+
+With a PostgreSQL store (``--store postgresql://…``), the front runs this
+node's membership (`navi_actor.store.open_cluster`: heartbeat, sweeper, the
+listener of stop/kill requests) and answers it:
+
+- **the lease is lost** (this node could not renew it for a whole
+  ``--lease-ttl``: it was paused, or cut off): every turn this node runs is
+  stopped, with reason ``lease_lost``. Another node may already have ended
+  them as ``interrupted`` and taken their sessions; their late results are
+  refused by the store (`LeaseLost`), so the history keeps the new owner's.
+- **another node asks** for a stop (``POST /sessions/ID/stop`` there) or a
+  kill (``POST /runs/ID/kill`` there) of a turn that runs here: it is done
+  here as if asked here, and the outcome goes back to the caller.
+- **this node is asked** to stop or kill a turn that runs elsewhere: the
+  request goes to its owner (`request`), and the caller learns whether it
+  was delivered.
+
+With SQLite there is one node and nothing of this runs (`FrontCluster.open`
+gives None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from navi_actor import logs
+from navi_actor.store import open_cluster
+
+if TYPE_CHECKING:
+    from navi_actor.config import Config
+    from navi_actor.front.runtime import Runtime
+
+log = logs.get("navi.front.cluster")
+LEASE_LOST = "lease_lost"  #: the stop reason of turns this node stopped because it lost their lease
+CONTROL_WAIT = 10.0  #: seconds the listener waits for this front to carry out a request
+
+
+class FrontCluster:
+    def __init__(self, runtime: Runtime, config: Config, url: str) -> None:
+        self.rt = runtime
+        self.loop = runtime.loop
+        self.node_id = config.node_id
+        self.node = open_cluster(config.store or None, config.node_id, lease_ttl=config.lease_ttl,
+                                 advertise_url=url, on_lost=self._on_lost, on_control=self._on_control)
+        self.lost = 0  #: turns stopped because their lease was lost
+
+    @classmethod
+    def open(cls, runtime: Runtime, config: Config, url: str) -> FrontCluster | None:
+        """This node's membership, started; None with a store that only one node uses (SQLite).
+
+        ``url`` is where this node serves (``http://HOST:PORT``), shown with its turns.
+        """
+        cluster = cls(runtime, config, url)
+        if cluster.node is None:
+            return None
+        cluster.node.start()
+        log.info("cluster.joined", node=config.node_id, lease_ttl=config.lease_ttl)
+        return cluster
+
+    def close(self) -> None:
+        self.node.close()
+
+    # -- called from the cluster's threads ---------------------------------
+
+    def _on_lost(self, reason: str) -> None:
+        self.loop.call_soon_threadsafe(self._stop_all, reason)
+
+    def _stop_all(self, reason: str) -> None:
+        for sid in list(self.rt.runs):
+            if self.rt.stop(sid, {"code": LEASE_LOST, "message": f"This turn was stopped: {reason}; another "
+                                  "node may have taken the session over."}):
+                self.lost += 1
+                log.error("cluster.turn_stopped", session_id=sid, reason=reason)
+
+    def _on_control(self, req: dict[str, Any]) -> str:
+        return asyncio.run_coroutine_threadsafe(self._control(req), self.loop).result(CONTROL_WAIT)
+
+    async def _control(self, req: dict[str, Any]) -> str:
+        sid, op = req["session_id"], req["op"]
+        run = self.rt.runs.get(sid)
+        if run is None or (req.get("run_id") and run.run_id != req["run_id"]):
+            return "no active run"
+        if op == "stop":
+            return "stopping" if self.rt.stop(sid) else "no active run"
+        reply = await self.rt.control({"op": "kill" if op == "kill" else "stop", "session_ids": [sid]})
+        results = reply.get("results") or [{}]
+        return str(results[0].get("outcome", "no active run"))
+
+    # -- asked here, for a turn elsewhere ------------------------------------
+
+    async def request(self, session_id: str, op: str) -> dict[str, Any]:
+        """Stop or kill the session's turn on the node that runs it: ``{"delivered", "node", ...}``."""
+        return await self.loop.run_in_executor(None, self.node.request, session_id, op)
+
+    async def stop_and_wait(self, session_id: str, timeout: float) -> bool:
+        """Stop the session's turn on whichever node runs it; True once none runs (or none did)."""
+        out = await self.request(session_id, "stop")
+        if not out["delivered"] and "node" not in out:
+            return True  # no other node runs one
+        return await self.loop.run_in_executor(None, self.node.wait_ended, session_id, timeout)
+
+    async def running(self) -> list[dict[str, Any]]:
+        """The running turns of every live node, each with its ``node``."""
+        return await self.loop.run_in_executor(None, self.node.running)

@@ -1,0 +1,245 @@
+"""This node's part in a cluster of nodes sharing one PostgreSQL store: heartbeat, sweeper, stop/kill.
+
+`PgNode` runs two threads, each with a connection of its own (never the
+store's: a group commit must not wait behind them, nor they behind it):
+
+- **beat**, every ``lease_ttl / 5`` seconds: renews this node's heartbeat
+  (one row of ``nodes``: one write per node, never one per session or
+  event), then runs the **sweeper** under a transaction-level advisory lock,
+  so that one node at a time ends the running turns of nodes whose
+  heartbeat is older than their lease TTL, as ``interrupted`` with their
+  checkpointed text. When the beat finds it could not renew for a whole
+  TTL (this node was paused, or the database was unreachable), other nodes
+  may have taken its sessions: it calls ``on_lost``, and the front stops
+  its own turns.
+- **listen**: ``LISTEN navi_control``. A stop or kill for a turn that runs
+  on another node is a durable row of ``control`` plus a ``NOTIFY`` naming
+  that node (`request`, from any node). The owner runs it (``on_control``)
+  and records the outcome in the row; its caller waits for that, with a
+  deadline, and learns whether it was delivered. NOTIFY has no replay: the
+  listener rescans the pending rows at every (re)connection and every
+  second, and a dropped connection is opened again.
+
+PostgreSQL's clock (``now()``) decides who is alive, never a node's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+import psycopg
+from psycopg.rows import dict_row
+
+from navi_actor import logs
+from navi_actor.store.common import redact
+from navi_actor.store.pgschema import ALIVE
+from navi_actor.store.postgres import interrupt_in, node_lost_reason
+
+__all__ = ["PgNode", "CHANNEL", "SWEEP_LOCK", "OPS"]
+
+log = logs.get("navi.cluster")
+CHANNEL = "navi_control"
+#: The advisory lock key of the sweeper ("navi" in ASCII, then 2).
+SWEEP_LOCK = 0x6E617669_0002
+RESCAN = 1.0  #: seconds between rescans of pending control requests, notified or not
+ACK_WAIT = 1.5  #: seconds a stop/kill request waits for the owner's acknowledgement
+#: What one node may ask of another: stop the turn (its stop event, as POST /sessions/ID/stop),
+#: run the stop ladder on its actor (POST /runs/ID/kill), or SIGKILL it (with force).
+OPS = ("stop", "terminate", "kill")
+
+
+class PgNode:
+    """This node in the cluster: ``start()``, then ``request()`` from any thread; ``close()``."""
+
+    def __init__(self, url: str, node_id: str, *, advertise_url: str = "", lease_ttl: float = 10.0,
+                 on_lost: Callable[[str], None] = lambda reason: None,
+                 on_control: Callable[[dict[str, Any]], str] = lambda req: "not handled") -> None:
+        self.url = url
+        self.node_id = node_id
+        self.advertise_url = advertise_url
+        self.lease_ttl = float(lease_ttl)
+        self.incarnation = uuid.uuid4().hex
+        self.on_lost = on_lost
+        self.on_control = on_control
+        self.beat_every = max(0.1, self.lease_ttl / 5)
+        self.last_beat: float | None = None  #: monotonic time of the last renewed heartbeat
+        self.swept = 0  #: turns this node's sweeper ended
+        self.listening = threading.Event()  #: set while the listener's LISTEN is in force
+        self._closing = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Register this node (its first heartbeat) and start the beat and listen threads."""
+        with self._connect() as conn:
+            self._beat(conn)
+        for name, target in (("beat", self._beat_loop), ("listen", self._listen_loop)):
+            t = threading.Thread(target=target, name=f"cluster-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the threads; the heartbeat is left to expire (another node's sweeper does the rest)."""
+        self._closing.set()  # the listener sees it within RESCAN, the beat at once
+        for t in self._threads:
+            t.join(timeout)
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=5,
+                               application_name=f"navi-actor cluster {self.node_id}"[:63],
+                               keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+
+    # -- heartbeat and sweeper ----------------------------------------------
+
+    def _beat(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(
+            "INSERT INTO nodes (node_id, advertise_url, incarnation, lease_ttl) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), advertise_url = EXCLUDED.advertise_url,"
+            " incarnation = EXCLUDED.incarnation, lease_ttl = EXCLUDED.lease_ttl",
+            (self.node_id, self.advertise_url, self.incarnation, self.lease_ttl))
+        self.last_beat = time.monotonic()
+
+    def sweep(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """End the running turns of dead nodes as interrupted, if this node wins the sweeper's lock."""
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            if not cur.execute("SELECT pg_try_advisory_xact_lock(%s) AS won", (SWEEP_LOCK,)).fetchone()["won"]:
+                return []  # another node sweeps now
+            runs = cur.execute(
+                "SELECT r.id, r.session_id, r.first_seq, r.last_seq, r.partial_content, r.node_id"
+                " FROM runs r LEFT JOIN nodes n ON n.node_id = r.node_id"
+                f" WHERE r.status = 'running' AND r.node_id IS NOT NULL AND r.node_id <> %s AND NOT {ALIVE}"
+                " ORDER BY r.started_at, r.n FOR UPDATE OF r SKIP LOCKED", (self.node_id,)).fetchall()
+            for node in sorted({r["node_id"] for r in runs}):
+                theirs = [r for r in runs if r["node_id"] == node]
+                interrupt_in(conn, theirs, node_lost_reason(node), 10**9)
+                log.warning("cluster.swept", node=node, runs=[r["id"] for r in theirs])
+        self.swept += len(runs)
+        return [r["id"] for r in runs]
+
+    def _beat_loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        lost_since_beat: float | None = None  # the last_beat for which on_lost was called
+        while not self._closing.wait(self.beat_every):
+            last = self.last_beat
+            if last is not None and time.monotonic() - last > self.lease_ttl and lost_since_beat != last:
+                lost_since_beat = last
+                gap = time.monotonic() - last
+                log.error("cluster.lease_lost", node=self.node_id, seconds_since_heartbeat=round(gap, 1))
+                self._call_lost(f"this node could not renew its lease for {gap:.1f} s (TTL {self.lease_ttl:g} s)")
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._connect()
+                self._beat(conn)
+                self.sweep(conn)
+            except psycopg.Error as exc:
+                log.warning("cluster.beat_failed", node=self.node_id, error=" ".join(str(exc).split()))
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def _call_lost(self, reason: str) -> None:
+        try:
+            self.on_lost(reason)
+        except Exception:  # noqa: BLE001 — the beat goes on whatever the callback did
+            log.exception("cluster.on_lost_failed")
+
+    # -- stop and kill between nodes -----------------------------------------
+
+    def _listen_loop(self) -> None:
+        backoff = 0.1
+        while not self._closing.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    log.info("cluster.listening", node=self.node_id)
+                    backoff = 0.1
+                    while not self._closing.is_set():
+                        self._serve_pending(conn)  # at every (re)connection, and after each wake-up
+                        for _ in conn.notifies(timeout=RESCAN, stop_after=1):
+                            pass
+            except psycopg.Error as exc:
+                if self._closing.is_set():
+                    break
+                log.warning("cluster.listener_lost", node=self.node_id, error=" ".join(str(exc).split()),
+                            retry_in=backoff)
+            finally:
+                self.listening.clear()
+            self._closing.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _serve_pending(self, conn: psycopg.Connection[Any]) -> None:
+        pending = conn.execute("SELECT id, session_id, run_id, op, requested_by FROM control"
+                               " WHERE node_id = %s AND acked_at IS NULL ORDER BY id", (self.node_id,)).fetchall()
+        for req in pending:
+            try:
+                result = self.on_control(req)
+            except Exception as exc:  # noqa: BLE001 — the caller learns it failed
+                log.exception("cluster.control_failed", request=req["id"])
+                result = f"failed: {exc}"
+            conn.execute("UPDATE control SET acked_at = now(), result = %s WHERE id = %s", (result, req["id"]))
+            log.info("cluster.control_done", request=req["id"], session_id=req["session_id"], op=req["op"],
+                     result=result, requested_by=req["requested_by"])
+
+    def request(self, session_id: str, op: str, timeout: float = ACK_WAIT) -> dict[str, Any]:
+        """Stop or kill (`OPS`) the turn of ``session_id`` that runs on another node; what became of it.
+
+        ``{"delivered": True, "node", "result"}`` once the owner ran it;
+        ``{"delivered": False, "node"?, "reason"}`` when no other node runs a
+        turn of the session, the owner is dead (the sweeper ends its turn), or
+        it did not answer within ``timeout`` seconds (the request stays, and
+        the owner runs it when it reads it).
+        """
+        if op not in OPS:
+            raise ValueError(f"op must be one of {', '.join(OPS)}, not {op!r}")
+        with self._connect() as conn:
+            with conn.transaction():
+                run = conn.execute(
+                    f"SELECT r.id, r.node_id, {ALIVE} AS alive FROM runs r LEFT JOIN nodes n ON n.node_id = r.node_id"
+                    " WHERE r.session_id = %s AND r.status = 'running' AND r.node_id <> %s"
+                    " ORDER BY r.started_at DESC LIMIT 1", (session_id, self.node_id)).fetchone()
+                if run is None:
+                    return {"delivered": False, "reason": "no turn of this session runs on another node"}
+                if not run["alive"]:
+                    return {"delivered": False, "node": run["node_id"],
+                            "reason": "the node running it stopped answering; its turn is ended as interrupted"}
+                rid = conn.execute(
+                    "INSERT INTO control (session_id, run_id, node_id, op, requested_by) VALUES (%s, %s, %s, %s, %s)"
+                    " RETURNING id", (session_id, run["id"], run["node_id"], op, self.node_id)).fetchone()["id"]
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run["node_id"]))
+            deadline = time.monotonic() + timeout
+            while True:
+                row = conn.execute("SELECT acked_at, result FROM control WHERE id = %s", (rid,)).fetchone()
+                if row["acked_at"] is not None:
+                    return {"delivered": True, "node": run["node_id"], "result": row["result"]}
+                if time.monotonic() > deadline or self._closing.wait(0.01):
+                    return {"delivered": False, "node": run["node_id"],
+                            "reason": f"node {run['node_id']} did not acknowledge within {timeout:g} s"}
+
+    def wait_ended(self, session_id: str, timeout: float) -> bool:
+        """Wait until no live node runs a turn of ``session_id`` (True), or ``timeout`` seconds (False)."""
+        deadline = time.monotonic() + timeout
+        with self._connect() as conn:
+            while conn.execute(
+                    f"SELECT 1 FROM runs r LEFT JOIN nodes n ON n.node_id = r.node_id WHERE r.session_id = %s"
+                    f" AND r.status = 'running' AND {ALIVE}", (session_id,)).fetchone() is not None:
+                if time.monotonic() > deadline or self._closing.wait(0.05):
+                    return False
+        return True
+
+    def running(self) -> list[dict[str, Any]]:
+        """The running turns of every live node: ``{"run_id", "session_id", "node", "url", "started_at"}``."""
+        with self._connect() as conn:
+            return conn.execute(
+                "SELECT r.id AS run_id, r.session_id, r.node_id AS node, n.advertise_url AS url, r.started_at"
+                f" FROM runs r JOIN nodes n ON n.node_id = r.node_id WHERE r.status = 'running' AND {ALIVE}"
+                " ORDER BY r.started_at, r.n").fetchall()
+
+    def __repr__(self) -> str:
+        return f"<PgNode {self.node_id} on {redact(self.url)} ttl={self.lease_ttl:g}s>"
