@@ -374,6 +374,21 @@ OPTIONS: tuple[Option, ...] = (
         "WebSocket messages a connection may send per minute (token bucket, bursts up to the same number); 0: no limit",
     ),
     Option(
+        "if_busy",
+        "reject",
+        str,
+        "what a message sent while its session's turn runs does, unless it or its session says "
+        "otherwise: reject (already_running), enqueue (runs after the turns before it), interrupt "
+        "(stops the running turn, then runs)",
+        choices=("reject", "enqueue", "interrupt"),
+    ),
+    Option(
+        "max_queued",
+        10,
+        _non_negative(int),
+        "messages that may wait in one session's queue (if_busy enqueue); past it: queue_full; 0: no queue",
+    ),
+    Option(
         "upload_max_bytes",
         20 * 1024 * 1024,
         _positive(int),
@@ -466,6 +481,8 @@ class Config:
     allowed_origins: str = ""
     ws_ticket_ttl: float = 30.0
     rate_limit: int = 120
+    if_busy: str = "reject"
+    max_queued: int = 10
     upload_max_bytes: int = 20 * 1024 * 1024
     actor_env_allow: str = "NAVI_OPENAI_API_KEY"
     actor_rlimits: str = ""

@@ -21,8 +21,9 @@ from typing import Any, Iterable
 
 from supervisor.control import SOCKET_NAME, request, runtime_dir
 
-COLUMNS = ("session_id", "pid", "state", "run_id", "turn_age", "events", "viewers", "rss", "cpu_percent", "owner")
-HEADERS = ("SESSION", "PID", "STATE", "RUN", "AGE", "EVENTS", "VIEWERS", "RSS", "CPU%", "OWNER")
+COLUMNS = ("session_id", "pid", "state", "run_id", "turn_age", "events", "viewers", "queued", "rss", "cpu_percent",
+           "owner")
+HEADERS = ("SESSION", "PID", "STATE", "RUN", "AGE", "EVENTS", "VIEWERS", "QUEUED", "RSS", "CPU%", "OWNER")
 EXIT_USAGE = 2
 STALE_AFTER = 2.0  # seconds: an older state is shown with its age
 
@@ -75,7 +76,7 @@ def human_age(seconds: float | None) -> str:
 
 def sort_rows(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
     """Sort by a column; numbers descending (biggest first), text ascending."""
-    numeric = column in ("pid", "turn_age", "events", "viewers", "rss", "cpu_percent")
+    numeric = column in ("pid", "turn_age", "events", "viewers", "queued", "rss", "cpu_percent")
     if numeric:
         return sorted(rows, key=lambda r: r.get(column) or 0, reverse=column != "pid")
     return sorted(rows, key=lambda r: str(r.get(column) or ""))
@@ -89,7 +90,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             state = f"{state} ({human_age(age)} ago)"
         cells.append((
             r["session_id"], str(r["pid"]), state, (r.get("run_id") or "-")[:12], human_age(r.get("turn_age")),
-            str(r.get("events", 0)), str(r.get("viewers", 0)), human_size(r.get("rss", 0)),
+            str(r.get("events", 0)), str(r.get("viewers", 0)), str(r.get("queued", 0)), human_size(r.get("rss", 0)),
             f"{r.get('cpu_percent', 0.0):.1f}", r.get("owner") or "-",
         ))
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]

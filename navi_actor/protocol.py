@@ -47,14 +47,18 @@ CONTENT_TOO_LARGE = "content_too_large"
 INVALID_FILE = "invalid_file"
 RATE_LIMITED = "rate_limited"
 SANDBOX_FAILED = "sandbox_failed"
+QUEUE_FULL = "queue_full"
+NOT_QUEUED = "not_queued"
 NODE_LOST = "node_lost"
+#: The ``reason`` of a ``stream_stopped`` whose turn a message with ``if_busy: "interrupt"`` stopped.
+INTERRUPTED_BY_NEW_MESSAGE = "interrupted_by_new_message"
 
 #: Every ``code`` an ``error`` event can carry (documented in docs/protocol.md).
 ERROR_CODES = (
     INVALID_JSON, INVALID_MESSAGE, TOO_MANY_IMAGES, IMAGE_TOO_LARGE, ALREADY_RUNNING, AGENT_ERROR,
     AGENT_FAILED_TO_START, ACTOR_DIED, ACTOR_PROTOCOL_VIOLATION, SHUTTING_DOWN, STORE_ERROR,
     SESSION_NOT_FOUND, CAPACITY, KILLED_BY_OPERATOR, INVALID_IMAGE, CONTENT_TOO_LARGE, INVALID_FILE,
-    RATE_LIMITED, SANDBOX_FAILED, STORE_UNAVAILABLE, NODE_LOST,
+    RATE_LIMITED, SANDBOX_FAILED, QUEUE_FULL, NOT_QUEUED, STORE_UNAVAILABLE, NODE_LOST,
 )
 
 
@@ -63,6 +67,10 @@ def store_code(exc: BaseException | None) -> str:
     return STORE_UNAVAILABLE if getattr(exc, "unavailable", False) else STORE_ERROR
 
 EXPECTED_SHAPE = "Expected {type: 'message', content: '...'}"
+
+#: What a message sent while a turn runs may ask for (``if_busy``); the server's default is --if-busy.
+IF_BUSY_POLICIES = ("reject", "enqueue", "interrupt")
+MAX_CLIENT_MESSAGE_ID = 64  # characters of a message's ``client_message_id``
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,6 +81,15 @@ class UserMessage:
     content: str  # what the agent reads: with image and file notes appended
     images: list[str]  # base64, data: prefixes stripped
     files: list[dict[str, str]]
+    if_busy: str | None = None  # one of IF_BUSY_POLICIES; None: the session's (or server's) default
+    client_message_id: str | None = None  # the client's own id, unique per session
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CancelQueued:
+    """``{"type": "cancel_queued", "message_id": ...}``: take a queued message out of its session's queue."""
+
+    message_id: str
 
 
 class ClientError(Exception):
@@ -87,6 +104,21 @@ class ClientError(Exception):
         return {"type": "error", "message": self.message, "code": self.code}
 
 
+def parse_client_frame(raw: str | bytes, *, strict_base64: bool = False) -> UserMessage | CancelQueued:
+    """Validate one WebSocket text message: a ``message`` or a ``cancel_queued``.
+
+    Raises :class:`ClientError` if refused, as :func:`parse_client_message`.
+    """
+    data = _load(raw)
+    if type(data) is dict and data.get("type") == "cancel_queued":
+        mid = data.get("message_id")
+        if type(mid) is not str or not 1 <= len(mid) <= MAX_CLIENT_MESSAGE_ID:
+            raise ClientError(INVALID_MESSAGE, "Expected {type: 'cancel_queued', message_id: '...'} "
+                                               "with the message_id of a queued event.")
+        return CancelQueued(mid)
+    return _message(data, strict_base64)
+
+
 def parse_client_message(raw: str | bytes, *, strict_base64: bool = False) -> UserMessage:
     """Validate one WebSocket text message; raise :class:`ClientError` if refused.
 
@@ -94,10 +126,17 @@ def parse_client_message(raw: str | bytes, *, strict_base64: bool = False) -> Us
     canonical base64 (code ``invalid_image``); without it, as in the original
     endpoint, only their number and size are checked.
     """
+    return _message(_load(raw), strict_base64)
+
+
+def _load(raw: str | bytes) -> Any:
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ClientError(INVALID_JSON, "Invalid JSON") from None
+
+
+def _message(data: Any, strict_base64: bool) -> UserMessage:
     if type(data) is not dict or data.get("type") != "message":
         raise ClientError(INVALID_MESSAGE, EXPECTED_SHAPE)
     content = data.get("content")
@@ -111,7 +150,21 @@ def parse_client_message(raw: str | bytes, *, strict_base64: bool = False) -> Us
             if not is_base64(img):
                 raise ClientError(INVALID_IMAGE, f"Image {i + 1} is not valid base64.")
     files = _parse_files(data.get("files"))
-    return UserMessage(content, agent_content(content, len(images), files), images, files)
+    if_busy, client_id = _parse_busy_fields(data)
+    return UserMessage(content, agent_content(content, len(images), files), images, files, if_busy, client_id)
+
+
+def _parse_busy_fields(data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The optional ``if_busy`` and ``client_message_id`` of a message (absent or null: None)."""
+    if_busy = data.get("if_busy")
+    if if_busy is not None and (type(if_busy) is not str or if_busy not in IF_BUSY_POLICIES):
+        allowed = ", ".join(repr(p) for p in IF_BUSY_POLICIES)
+        raise ClientError(INVALID_MESSAGE, f"'if_busy' must be one of {allowed}.")
+    client_id = data.get("client_message_id")
+    if client_id is not None and (type(client_id) is not str or not 1 <= len(client_id) <= MAX_CLIENT_MESSAGE_ID):
+        raise ClientError(INVALID_MESSAGE,
+                          f"'client_message_id' must be a string of 1 to {MAX_CLIENT_MESSAGE_ID} characters.")
+    return if_busy, client_id
 
 
 def is_base64(text: str) -> bool:
@@ -180,6 +233,16 @@ def agent_content(content: str, n_images: int, files: list[dict[str, str]]) -> s
 
 def stream_start(seq: int, run_id: str) -> dict[str, Any]:
     return {"type": "stream_start", "seq": seq, "run_id": run_id}
+
+
+def queued(position: int, message_id: str, client_message_id: str | None, content: str) -> bytes:
+    """``queued``: a message waits for the running turn (no ``seq``: it is not part of a turn's stream)."""
+    return orjson.dumps({"type": "queued", "position": position, "message_id": message_id,
+                         "client_message_id": client_message_id, "content": content})
+
+
+def queue_cancelled(message_id: str) -> bytes:
+    return orjson.dumps({"type": "queue_cancelled", "message_id": message_id})
 
 
 def error_event(message: str, code: str, seq: int | None = None, **extra: Any) -> dict[str, Any]:

@@ -169,6 +169,7 @@ class Operations:
                 "idle_for": round(now - st["idle_since"], 1) if st.get("idle_since") and not started else None,
                 "events": st.get("events", 0),
                 "viewers": st.get("viewers", 0),
+                "queued": st.get("queued", 0),  # messages waiting in its session's queue
                 "owner": st.get("owner"),
                 "rss": rss,
                 "cpu_percent": cpu,

@@ -229,6 +229,8 @@ async def scripted(turn: Turn) -> AsyncIterator[Any]:
         for start in range(0, len(SAMPLE_MARKDOWN), 7):
             yield TextDelta(SAMPLE_MARKDOWN[start:start + 7])
             await asyncio.sleep(0.005)
+    elif cmd == "history":  # what the agent reads of the session before this turn
+        yield TextDelta(" | ".join(f"{m['role']}:{m['content']}" for m in turn.history))
     elif cmd == "finish":  # finish REASON [WORDS...]: an answer that ends for that reason
         for w in args[1:]:
             yield TextDelta(w + " ")

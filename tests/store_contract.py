@@ -23,6 +23,8 @@ from navi_actor.store import (
     valid_session_id,
 )
 
+from tests.store_contract_queue import QueueContract
+
 INVALID_IDS = ("a/b", "", "x" * 65, "a;DROP TABLE sessions", "../x")
 
 
@@ -31,8 +33,10 @@ def begin(store: SessionStore, sid: str, rid: str, content: str = "hello", **kw:
     return store.begin_run(sid, rid, content=content, **kw)
 
 
-class StoreContract:
-    """What the front relies on, method by method. Needs a ``backend`` fixture (see the module)."""
+class StoreContract(QueueContract):
+    """What the front relies on, method by method. Needs a ``backend`` fixture (see the module).
+
+    The queue's part is `tests/store_contract_queue.QueueContract`."""
 
     @pytest.fixture
     def store(self, backend: Callable[[], SessionStore]) -> SessionStore:

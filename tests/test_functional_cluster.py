@@ -293,3 +293,22 @@ async def test_ownership_holds_on_every_node(make_server, pg_url, tmp_path):
         assert (await call(nodes[1], bob, "DELETE", f"/sessions/{sid}"))[0] == 404
         assert sid not in [s["id"] for s in (await call(nodes[1], bob, "GET", "/sessions"))[1]["sessions"]]
         assert sid in [s["id"] for s in (await call(nodes[1], alice, "GET", "/sessions"))[1]["sessions"]]
+
+
+async def test_the_sweeper_survives_the_death_of_nodes(make_server, client, pg_url, tmp_path):
+    """Three nodes; nodes 1 and 2 are killed -9 (one of them may have been sweeping): node 3 ends their turns."""
+    nodes = start_nodes(make_server, pg_url, tmp_path, n=3)
+    clients = [client(node) for node in nodes]
+    s1, _ = await clients[0].busy_session("slow 500 0.02")
+    s2, _ = await clients[1].busy_session("slow 500 0.02")
+    for node in nodes[:2]:
+        signal_tree(node, signal.SIGKILL)
+        node.proc.wait(10)
+    t0 = time.monotonic()
+    await poll(lambda: not rows(pg_url, "SELECT id FROM runs WHERE status = 'running'"), "both turns ended",
+               timeout=TTL + 5)
+    assert time.monotonic() - t0 < TTL + 5
+    for sid, node in ((s1, "n1"), (s2, "n2")):
+        last = (await clients[2].session(sid))["messages"][-1]
+        assert last["status"] == "interrupted" and f"({node}) stopped answering" in last["error"]
+    assert "cluster.swept" in nodes[2].log_text()

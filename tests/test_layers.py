@@ -24,6 +24,7 @@ PURE = (
     "navi_actor.replay",
     "supervisor.restart",
     "navi_actor.stopladder",
+    "navi_actor.busy",
 )
 # What a pure core may not import: event loops, sockets, the web framework,
 # processes and files.

@@ -409,3 +409,44 @@ def test_tool_calls_seen_keeps_finished_tools_and_marks_the_one_still_running() 
     assert calls[2] == {"tool": "fetch", "args": {"url": "x"}, "result": protocol.UNFINISHED_TOOL,
                         "success": False, "is_subagent": True, "metadata": {"unfinished": True}}
     assert protocol.tool_calls_seen([]) == []
+
+
+# ── if_busy, client_message_id, cancel_queued ───────────────────────────────
+
+
+def test_busy_fields_are_parsed():
+    """if_busy and client_message_id are kept; absent or null they are None."""
+    m = parse_client_message(msg(if_busy="enqueue", client_message_id="c-1"))
+    assert (m.if_busy, m.client_message_id) == ("enqueue", "c-1")
+    m = parse_client_message(msg(if_busy=None, client_message_id=None))
+    assert (m.if_busy, m.client_message_id) == (None, None)
+    assert parse_client_message(msg(client_message_id="x" * 64)).client_message_id == "x" * 64
+
+
+@pytest.mark.parametrize("value", ["later", "", "ENQUEUE", 1, True, ["enqueue"], {}])
+def test_unknown_if_busy_names_the_allowed_values(value):
+    err = refused(msg(if_busy=value))
+    assert err.code == "invalid_message"
+    assert err.message == "'if_busy' must be one of 'reject', 'enqueue', 'interrupt'."
+
+
+@pytest.mark.parametrize("value", ["", "x" * 65, 5, ["a"], {"a": 1}, False])
+def test_bad_client_message_id_is_refused(value):
+    err = refused(msg(client_message_id=value))
+    assert err.code == "invalid_message" and "1 to 64 characters" in err.message
+
+
+def test_cancel_queued_frames():
+    """parse_client_frame: a cancel_queued with a message_id, else invalid_message; messages as before."""
+    from navi_actor.protocol import CancelQueued, parse_client_frame
+
+    assert parse_client_frame('{"type": "cancel_queued", "message_id": "abc"}') == CancelQueued("abc")
+    assert parse_client_frame(msg()).content == "hi"
+    for bad in ('{"type": "cancel_queued"}', '{"type": "cancel_queued", "message_id": 3}',
+                '{"type": "cancel_queued", "message_id": ""}'):
+        with pytest.raises(ClientError) as info:
+            parse_client_frame(bad)
+        assert info.value.code == "invalid_message" and "message_id" in info.value.message
+    with pytest.raises(ClientError) as info:
+        parse_client_message('{"type": "cancel_queued", "message_id": "abc"}')
+    assert info.value.code == "invalid_message", "parse_client_message takes messages only"

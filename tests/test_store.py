@@ -122,13 +122,40 @@ def test_version_1_file_is_migrated_keeping_every_row(tmp_path):
     conn.close()
     s = open_store(d)
     try:
-        assert s._user_version() == SCHEMA_VERSION == 2
+        assert s._user_version() == SCHEMA_VERSION == 3
         assert s.get_session("old") == {"id": "old", "title": "Old chat", "created_at": 1.0, "updated_at": 2.0,
                                          "last_seq": 7, "owner": None}
         detail = s.get_session_detail("old")
         assert [m["content"] for m in detail["messages"]] == ["hi"] and detail["runs"][0]["id"] == "r1"
         assert s.begin_run("old", "r2", content="again", agent_content="again") == 7
         assert [x["id"] for x in s.list_sessions(owner=None)] == ["old"]
+    finally:
+        s.close()
+
+
+def test_version_2_file_gets_the_queue_and_keeps_its_rows(tmp_path):
+    """A version 2 file is migrated to 3: its sessions keep their rows, and gain a queue and client ids."""
+    d = tmp_path / "data"
+    d.mkdir()
+    conn = sqlite3.connect(d / "navi.sqlite3")
+    for version in (1, 2):
+        for statement in _MIGRATIONS[version]:
+            conn.execute(statement)
+    conn.execute("INSERT INTO sessions VALUES ('old', 'Old chat', 1.0, 2.0, 7, NULL)")
+    conn.execute("INSERT INTO runs (id, session_id, status, started_at, first_seq, last_seq)"
+                 " VALUES ('r1', 'old', 'done', 1.0, 1, 7)")
+    conn.execute("INSERT INTO messages (session_id, run_id, role, content, data, created_at)"
+                 " VALUES ('old', 'r1', 'user', 'hi', '{}', 1.0)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    s = open_store(d)
+    try:
+        assert s._user_version() == SCHEMA_VERSION == 3
+        assert [m["content"] for m in s.get_session_detail("old")["messages"]] == ["hi"]
+        assert s.get_if_busy("old") is None and s.find_client_message("old", "c1") is None
+        assert s.enqueue("old", "m1", content="later", agent_content="later", client_message_id="c1", limit=1) == 1
+        assert s.begin_queued("old")["base"] == 7
     finally:
         s.close()
 

@@ -187,9 +187,11 @@ async def test_an_agent_that_cannot_start_pauses_the_pool_says_why_and_a_turn_st
     err = (await run_turn(ws, "hi"))[-1]
     assert err["type"] == "error" and err["code"] == "agent_failed_to_start"
     assert "bad setting in" in err["message"]
-    # The turn forked its own actor, and no warm one came with it.
-    assert len(_events(server, "supervisor.actor_spawned")) == spawned + 1
-    assert _status(server)["agent_start"]["failures"] == died + 1
+    # The turn forked its own actor, and no warm one came with it. (When that actor's failure beats the
+    # message's commit, the front asks once more for the turn: front/runtime.py start_turn; so 1 or 2.)
+    for_turn = len(_events(server, "supervisor.actor_spawned")) - spawned
+    assert for_turn in (1, 2)
+    wait_for(lambda: _status(server)["agent_start"]["failures"] == died + for_turn, 10, "the failures counted")
 
     bad.unlink()  # the setting is mended
     assert text_of(await run_turn(ws, "mended")) == "mended"

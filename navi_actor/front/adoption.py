@@ -6,7 +6,8 @@ front rebuilds its view of that turn (:meth:`Adoption.adopt_run`), with the
 replay buffer still in the actor: a front restart loses sockets, not runs.
 Once every adopted actor has answered (or :data:`ADOPT_WAIT` has passed),
 turns the store still has as running but no actor has are marked
-interrupted (:meth:`Adoption.reconcile`), and only then do turns start.
+interrupted (:meth:`Adoption.reconcile`), the queues of waiting messages are read
+from the store, and only then do turns start.
 """
 
 from __future__ import annotations
@@ -29,8 +30,16 @@ T = TypeVar("T")
 ADOPT_WAIT = 3.0  # seconds a new front waits for adopted actors to report their runs
 
 
+class Queues(Protocol):
+    """The queues of messages waiting for their turn (:class:`navi_actor.front.queueing.Queueing`)."""
+
+    async def restore(self) -> None: ...
+
+
 class Runtime(Protocol):
     """What adoption reaches of the runtime (:class:`navi_actor.front.runtime.Runtime`)."""
+
+    queueing: Queues
 
     runs: dict[str, Run]  # session id → its running turn
     actor_set: ActorSet
@@ -77,6 +86,7 @@ class Adoption:
         if self._adopted or lost:
             log.info("front.adopted", actors=len(self._adopted), runs=len(keep), interrupted=len(lost))
         self._adopted.clear()
+        await rt.queueing.restore()  # queued messages of sessions with no running turn start now
         self.reconciled.set()
 
     def adopt_run(self, actor: ActorHandle, state: dict[str, Any]) -> None:

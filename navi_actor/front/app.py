@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import socket
 import sys
@@ -17,9 +18,9 @@ from navi_actor.config import Config
 from navi_actor.front import auth, uploads
 from navi_actor.front.auth import can_see, principal_of
 from navi_actor.front.cluster import FrontCluster
-from navi_actor.front.relay import Relay
 from navi_actor.front.metrics import CONTENT_TYPE
 from navi_actor.front.ratelimit import TokenBucket
+from navi_actor.front.relay import Relay
 from navi_actor.front.runtime import Runtime
 from navi_actor.front.viewer import Viewer
 from navi_actor.store import ANY_OWNER, StoreFailure, open_store, redact, valid_session_id
@@ -134,7 +135,26 @@ async def get_session(request: web.Request) -> web.Response:
     assert detail is not None
     run = rt.runs.get(sid)
     detail["running_run_id"] = run.run_id if run else None
+    own = await rt.store(rt.store_backend.get_if_busy, sid)
+    detail["if_busy"] = own or rt.config.if_busy  # what a message without if_busy does while a turn runs
+    detail["if_busy_session"] = own  # the session's own setting (None: the server's --if-busy)
+    detail["queue"] = await rt.store(rt.store_backend.queue, sid)
     return _json(detail)
+
+
+async def patch_session(request: web.Request) -> web.Response:
+    """``PATCH /sessions/{id}`` ``{"if_busy": "reject"|"enqueue"|"interrupt"|null}``: the session's own policy."""
+    rt = request.app[RUNTIME]
+    sid = request.match_info["session_id"]
+    body = await _read_json(request)
+    allowed = ", ".join(protocol.IF_BUSY_POLICIES)
+    if not isinstance(body, dict) or set(body) != {"if_busy"} or (
+            body["if_busy"] is not None and body["if_busy"] not in protocol.IF_BUSY_POLICIES):
+        return _error(400, f"Expected {{if_busy: {allowed} or null}}", protocol.INVALID_MESSAGE)
+    if await _visible_session(request, sid) is None or not await rt.store(rt.store_backend.set_if_busy, sid,
+                                                                          body["if_busy"]):
+        return _not_found()
+    return _json({"id": sid, "if_busy": body["if_busy"] or rt.config.if_busy, "if_busy_session": body["if_busy"]})
 
 
 async def delete_session(request: web.Request) -> web.Response:
@@ -142,6 +162,7 @@ async def delete_session(request: web.Request) -> web.Response:
     sid = request.match_info["session_id"]
     if await _visible_session(request, sid) is None:
         return _not_found()
+    rt.queueing.forget(sid)  # its queued messages start no turn now
     run = rt.runs.get(sid)
     if run is not None:
         rt.stop(sid)
@@ -309,16 +330,17 @@ async def _relay_if_elsewhere(rt: Runtime, request: web.Request, viewer: Viewer,
 
 async def _on_client_message(rt: Runtime, guard: auth.Guard, viewer: Viewer, raw: str) -> None:
     try:
-        message = protocol.parse_client_message(raw, strict_base64=True)
+        message = protocol.parse_client_frame(raw, strict_base64=True)
+        if isinstance(message, protocol.CancelQueued):
+            return await rt.queueing.cancel(viewer, message.message_id)
         if message.files and guard.confine_files:
             files = uploads.confine(rt.config.data_path, viewer.session_id, message.files)
-            message = protocol.UserMessage(
-                message.display_content,
-                protocol.agent_content(message.display_content, len(message.images), files),
-                message.images,
-                files,
+            message = dataclasses.replace(
+                message,
+                content=protocol.agent_content(message.display_content, len(message.images), files),
+                files=files,
             )
-        await rt.start_turn(viewer, message)
+        await rt.queueing.on_message(viewer, message)
     except protocol.ClientError as err:
         viewer.send(orjson.dumps(err.event()))
 
@@ -435,6 +457,7 @@ def make_app(runtime: Runtime, guard: auth.Guard | None = None) -> web.Applicati
     app.router.add_get("/sessions", list_sessions)
     app.router.add_get("/sessions/{session_id}", get_session)
     app.router.add_delete("/sessions/{session_id}", delete_session)
+    app.router.add_patch("/sessions/{session_id}", patch_session)
     app.router.add_post("/sessions/{session_id}/stop", stop_session)
     app.router.add_get("/ws/sessions/{session_id}", websocket)
     app.router.add_get("/healthz", healthz)

@@ -34,6 +34,7 @@ class Counted(Protocol):
     runs: Sized  # the turns running now
     store_queue: StoreQueue
     store_keeper: StoreKeeper
+    queue_lengths: Mapping[str, int]  # session id → messages waiting in its queue
 
 
 class Metrics:
@@ -97,6 +98,10 @@ def _runtime_metrics(rt: Counted) -> Iterator[Metric]:
     yield GaugeMetricFamily("navi_websocket_clients", "Connected WebSocket clients",
                             value=sum(len(v) for v in rt.viewers.values()))
     yield GaugeMetricFamily("navi_runs", "Turns running now", value=len(rt.runs))
+    yield GaugeMetricFamily("navi_queued_messages", "Messages waiting in sessions' queues (if_busy enqueue "
+                            "or interrupt) for their turn", value=sum(rt.queue_lengths.values()))
+    yield GaugeMetricFamily("navi_queued_sessions", "Sessions with messages waiting in their queue",
+                            value=len(rt.queue_lengths))
     sq = rt.store_queue
     yield CounterMetricFamily("navi_store_batches", "Batches of store calls sent to the store thread "
                               "(one transaction each, unless a failed one is retried call by call)",

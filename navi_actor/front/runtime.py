@@ -34,6 +34,7 @@ from navi_actor.front.adoption import Adoption
 from navi_actor.front.actorset import ActorSet
 from navi_actor.front.link import SupervisorLink
 from navi_actor.front.metrics import Metrics
+from navi_actor.front.queueing import Queueing
 from navi_actor.front.runs import Run, RunViewer
 from navi_actor.front.stopping import StopTimers
 from navi_actor.front.storekeeper import StoreKeeper
@@ -79,7 +80,10 @@ class Runtime:
         self.sandbox_failures = 0  # actors whose sandbox failed (their fatal said sandbox_failed)
         #: session id → its owner (user id), set by the HTTP layer when a viewer connects; for push_status.
         self.session_owners: dict[str, str] = {}
-        self.supervision = Supervision(self.loop, self.link, self.actor_set, self.viewers, self.session_owners)
+        self.queueing = Queueing(self)  # messages sent while a turn runs (front/queueing.py)
+        self.queue_lengths = self.queueing.lengths
+        self.supervision = Supervision(self.loop, self.link, self.actor_set, self.viewers, self.session_owners,
+                                       self.queueing.lengths)
         self.store_keeper = StoreKeeper(self)  # while the store cannot write (navi_actor.front.storekeeper)
         self.cluster: Any = None  # front.cluster.FrontCluster, with a store several nodes share
         self.relay: Any = None  # front.relay.Relay, with a cluster secret too: turns of other nodes relayed
@@ -100,7 +104,7 @@ class Runtime:
             if not resume.ask(self, viewer, after):
                 viewer.send(protocol.SESSION_SYNC)
             return
-        self._join(viewer, run, after)
+        self.join(viewer, run, after)
 
     def resumed(self, viewer: RunViewer, last_seq: int | None) -> None:
         """The viewer has what the actor kept of the ended turn (``last_seq``, or None: not
@@ -109,11 +113,11 @@ class Runtime:
             return
         run = self.runs.get(viewer.session_id)
         if run is not None and viewer.run is None:
-            self._join(viewer, run, last_seq if last_seq is not None else viewer.resume_after)
+            self.join(viewer, run, last_seq if last_seq is not None else viewer.resume_after)
         else:
             viewer.send(protocol.session_sync(last_seq))
 
-    def _join(self, viewer: RunViewer, run: Run, after: int | None) -> None:
+    def join(self, viewer: RunViewer, run: Run, after: int | None) -> None:
         viewer.needs_sync = True
         viewer.run = run
         if run.start_bytes is None:  # nothing sent yet: it sees the whole turn live
@@ -165,12 +169,17 @@ class Runtime:
             raise ClientError(protocol.ALREADY_RUNNING, "Agent is already running for this session.")
         self.store_keeper.refuse_if_cannot_write(sid)
         self.actor_set.make_room(sid)
-        run = Run(uuid.uuid4().hex, sid)
+        await self.launch(Run(uuid.uuid4().hex, sid), viewer, turns.begin_turn, message)
+
+    async def launch(self, run: Run, viewer: Viewer | None, begin: Callable[..., turns.Begun], *args: Any) -> None:
+        """Save the turn's message (``begin`` on the store's thread), then start it in the
+        session's actor; ``viewer`` sent it (None: it was queued). Raises ClientError."""
+        sid = run.session_id
         try:
             # The store thread gets the message first; then the actor is asked for, and a
             # warm one is handed over while the message is being made durable (an fsync).
             # (Asked first, the supervisor's wake-up took the CPU before the store had it.)
-            stored = self.store_queue.submit(turns.begin_turn, self.store_backend, sid, run.run_id, message)
+            stored = self.store_queue.submit(begin, self.store_backend, sid, run.run_id, *args)
         except StoreError as exc:
             raise turns.not_saved(sid, exc) from None
         self.runs[sid] = run
@@ -182,7 +191,7 @@ class Runtime:
             peer.needs_sync = peer is not viewer
             run.viewers.add(peer)
         try:
-            base, history = await stored
+            base, history, message, run.run_id = await stored
         except SessionNotFound:
             self._drop_run(run)
             raise ClientError(protocol.SESSION_NOT_FOUND, "Session not found") from None
@@ -198,7 +207,7 @@ class Runtime:
         run.start_bytes = orjson.dumps(start)
         run.last_event_at = time.monotonic()
         run.broadcast(run.start_bytes, run.first_seq)
-        log.info("front.turn_start", session_id=sid, run_id=run.run_id)
+        log.info("front.turn_start", session_id=sid, run_id=run.run_id, queued=viewer is None)
         if not actor.alive or actor.retiring:  # it died during the commit
             actor = self.actor_set.for_session(sid)
         run.actor = actor
@@ -301,6 +310,8 @@ class Runtime:
         self._drop_run(run)
         if actor is not None and actor.retiring and actor.alive:
             actor.send({"op": "shutdown"})
+        self.queueing.kick(run.session_id)  # the next queued message, if any, starts now;
+        self.queueing.tick()  # and those another session's queue could not start (its actor is free now)
 
     # ── actors ────────────────────────────────────────────────────────────
     async def _watch(self, actor: ActorHandle) -> None:
@@ -429,6 +440,7 @@ class Runtime:
                     "message": f"The turn ran longer than its wall-time limit of {limit} and was stopped.",
                 })
         self.actor_set.retire_idle(now)
+        self.queueing.tick()  # queued messages left waiting (no actor free, the store failing)
         if now - self._last_checkpoint >= CHECKPOINT_EVERY:
             self._last_checkpoint = now
             self.supervision.push_status()

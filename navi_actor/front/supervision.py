@@ -23,13 +23,16 @@ from supervisor.fdchannel import FdChannel
 
 class Supervision:
     def __init__(self, loop: asyncio.AbstractEventLoop, link: SupervisorLink, actors: ActorSet,
-                 viewers: Mapping[str, Collection[object]], owners: Mapping[str, str]) -> None:
-        """``viewers``: session id → its viewers; ``owners``: session id → its owner (the runtime's)."""
+                 viewers: Mapping[str, Collection[object]], owners: Mapping[str, str],
+                 queued: Mapping[str, int]) -> None:
+        """``viewers``: session id → its viewers; ``owners``: session id → its owner; ``queued``:
+        session id → messages in its queue (the runtime's)."""
         self.loop = loop
         self.link = link
         self.actors = actors
         self.viewers = viewers
         self.owners = owners
+        self.queued = queued
         self._control_seq = 0
         self._control_waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
 
@@ -109,5 +112,6 @@ class Supervision:
                 "events": run.events if run else 0,
                 "viewers": len(self.viewers.get(actor.session_id, ())),
                 "owner": self.owners.get(actor.session_id),
+                "queued": self.queued.get(actor.session_id, 0),
             }
         self.link.send({"op": "status", "actors": actors})

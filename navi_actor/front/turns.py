@@ -9,7 +9,7 @@ one call of the group commit. The actor then gets :func:`turn_request`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from navi_actor import logs, protocol
 from navi_actor.protocol import ClientError, UserMessage
@@ -18,9 +18,18 @@ from navi_actor.store import SessionStore, StoreError
 log = logs.get("navi.front")
 
 
-def begin_turn(store: SessionStore, sid: str, run_id: str, message: UserMessage) -> tuple[int, list[dict[str, Any]]]:
-    """On the store's thread: the session's history, then the message saved with its run.
-    Returns the seq before the turn's first event, and the history."""
+class Begun(NamedTuple):
+    """A turn whose message is saved: the seq before its first event, the agent's history,
+    the message, and the run's id."""
+
+    base: int
+    history: list[dict[str, Any]]
+    message: UserMessage
+    run_id: str
+
+
+def begin_turn(store: SessionStore, sid: str, run_id: str, message: UserMessage) -> Begun:
+    """On the store's thread: the session's history, then the message saved with its run."""
     history = store.history(sid)
     base = store.begin_run(
         sid,
@@ -29,8 +38,21 @@ def begin_turn(store: SessionStore, sid: str, run_id: str, message: UserMessage)
         agent_content=message.content,
         images=len(message.images),
         files=message.files,
+        client_message_id=message.client_message_id,
     )
-    return base, history
+    return Begun(base, history, message, run_id)
+
+
+def begin_next(store: SessionStore, sid: str, _run_id: str) -> Begun:
+    """On the store's thread: the session's history, then its queue's head begun as a turn
+    (its run id is its message id). Raises StoreError when nothing is queued."""
+    history = store.history(sid)
+    head = store.begin_queued(sid)
+    if head is None:
+        raise StoreError(f"session {sid!r} has no queued message")
+    message = UserMessage(head["content"], head["agent_content"], head["images"], head["files"],
+                          None, head["client_message_id"])
+    return Begun(head["base"], history, message, head["run_id"])
 
 
 def not_saved(sid: str, exc: StoreError) -> ClientError:

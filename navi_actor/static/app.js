@@ -7,12 +7,12 @@
  *                    session view may ask of the page (this file)
  *   api.js           every HTTP/WebSocket URL and header; the token and the ticket
  *   connection.js    a session's WebSocket: reconnect with backoff, resume with ?after=
- *   session-view.js  one open session: history, the live turn, seq bookkeeping, the outbox
+ *   session-view.js  one open session: history, the live turn, seq bookkeeping, the outbox, the queue
  *   events.js        every server event type and what handles it: add new types there
  *   turn-view.js     one turn on screen: thinking, tool cards, text, notes
  *   turn-end.js      how a turn's end shows: notices and the footer
  *   history.js       saved messages as turns
- *   composer.js      the message box, Send and Stop
+ *   composer.js      the message box, Send and Stop; Queue and "Stop and send" while a turn runs
  *   uploads.js       attached images
  *   sidebar.js       the list of chats and the drawer
  *   login.js         the login, when the server has authentication on

@@ -13,6 +13,8 @@ export const SESSION_EVENTS = {
   stream_start: (view, ev) => view.onStreamStart(ev),
   replay_start: (view, ev) => view.onReplayStart(ev),
   replay_end: () => {},
+  queued: (view, ev) => view.onQueued(ev), // a message waits for the running turn (no seq)
+  queue_cancelled: (view, ev) => view.onQueueCancelled(ev),
   stream_end: (view, ev) => view.finishLive("done", ev, { stats: ev, content: ev.content }),
   stream_stopped: (view, ev) => view.finishLive("stopped", ev, { stopStep: ev.stop_step, message: ev.message, error: ev.reason }),
   // with a seq, the turn failed; without one, the server refused something we sent and nothing ran

@@ -1,6 +1,8 @@
-/* One open session: its history, the live turn, the seq bookkeeping, and
- * our message on its way (the outbox: at most one, sent once the socket says
- * where the session stands and no turn is running). */
+/* One open session: its history, the live turn, the seq bookkeeping, our
+ * messages on their way (the outbox: sent once the socket says where the
+ * session stands, each with a client_message_id, and sent again after a
+ * reconnect until the server answers: stream_start, queued or an error; the
+ * server starts nothing twice), and the session's queue (pending bubbles). */
 import { renderQueue } from "./dom.js";
 import { Connection } from "./connection.js";
 import { LATER, SESSION_EVENTS, TURN_EVENTS } from "./events.js";
@@ -12,6 +14,12 @@ function handlerFor(table, type) {
   return Object.hasOwn(table, type) ? table[type] : null;
 }
 
+/** A client_message_id: unique per session (docs/protocol.md, "Resending a message"). */
+function newClientId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** One open session: its history, the live turn and the socket. */
 export class SessionView {
   constructor(app, id) {
@@ -20,8 +28,9 @@ export class SessionView {
     this.thread = app.thread;
     this.lastSeq = null; // the highest seq rendered; resumes go from there
     this.live = null; // TurnView of the turn running on the server
-    this.pending = null; // {turn, message, sent}: our message, before its stream_start
-    this.lost = null; // the pending message when a resync must tell whether it arrived
+    this.outbox = []; // {turn, message, cid, ifBusy, sent}: our messages the server has not answered
+    this.queue = []; // {messageId, turn, cid, message}: the session's queued messages, next first
+    this.ifBusy = "enqueue"; // the session's effective if_busy (GET /sessions/ID): the composer's default
     this.ready = false; // the socket said where the session stands
     this.stopping = false;
     this.historyGen = 0;
@@ -30,7 +39,7 @@ export class SessionView {
       resumeAfter: () => this.lastSeq,
       state: (state) => this.app.setConnState(state),
       event: (ev) => this.onEvent(ev),
-      dropped: () => { this.ready = false; this.update(); },
+      dropped: () => { this.ready = false; this.outbox.forEach((p) => { p.sent = false; }); this.update(); },
       gone: () => this.onGone(),
     });
   }
@@ -78,13 +87,11 @@ export class SessionView {
 
   onSync(ev) {
     this.ready = true;
-    // Our message went out but the socket dropped before its stream_start:
-    // the history says whether it arrived.
-    if (this.pending && this.pending.sent) this.lost = this.pending;
     // last_seq: the session's last event. Already rendered (a resume replayed the end of
     // the turn, or we watched it to its end): the page shows it all, and a reload would
     // only redraw it. Otherwise (or without last_seq) the history has what we missed.
-    const current = typeof ev.last_seq === "number" && ev.last_seq === this.lastSeq && !this.live && !this.lost;
+    const current = typeof ev.last_seq === "number" && ev.last_seq === this.lastSeq && !this.live
+      && !this.outbox.length;
     if (!current) this.loadHistory();
     this.flushOutbox();
     this.update();
@@ -94,19 +101,21 @@ export class SessionView {
     this.ready = true;
     if (this.live && this.live.runId === ev.run_id) return this.update();
     let turn;
-    if (this.pending && this.pending.sent) {
-      turn = this.pending.turn; // the turn our message started
-      this.pending = null;
+    const queued = this.queue.findIndex((q) => q.messageId === ev.run_id); // a queued turn's run id is its message id
+    const sent = this.outbox.findIndex((p) => p.sent);
+    if (queued >= 0 || sent >= 0) {
+      turn = queued >= 0 ? this.queue.splice(queued, 1)[0].turn : this.outbox.splice(sent, 1)[0].turn;
       turn.setRunId(ev.run_id);
       turn.setStatus("running");
+      this.thread.append(turn.el);
     } else {
       // someone else's turn (another tab), or one that started while we were away
       if (this.live) this.live.finish("interrupted", {});
       turn = new TurnView(ev.run_id);
       this.thread.append(turn.el);
-      if (this.pending) this.thread.append(this.pending.turn.el); // ours waits below
       this.loadHistory();
     }
+    this.placeWaiting();
     for (const el of this.thread.querySelectorAll(".turn")) {
       if (el !== turn.el && el.dataset.runId === ev.run_id) el.remove(); // a copy from the history
     }
@@ -116,6 +125,52 @@ export class SessionView {
     this.app.refreshSessions();
     this.update();
     this.app.followBottom(true);
+    this.flushOutbox();
+  }
+
+  /** Queued bubbles, then our unanswered messages, after everything else. */
+  placeWaiting() {
+    for (const q of this.queue) this.thread.append(q.turn.el);
+    for (const p of this.outbox) this.thread.append(p.turn.el);
+  }
+
+  /** A message waits in the session's queue: ours (matched by client_message_id) or another viewer's. */
+  onQueued(ev) {
+    const known = this.queue.find((q) => q.messageId === ev.message_id);
+    if (known) return; // a resend's answer, or one the history showed first
+    const at = this.outbox.findIndex((p) => p.cid === ev.client_message_id && ev.client_message_id);
+    const mine = at >= 0 ? this.outbox.splice(at, 1)[0] : null;
+    const turn = mine ? mine.turn : new TurnView(null);
+    if (!mine) turn.setUser({ content: ev.content });
+    const entry = { messageId: ev.message_id, turn, cid: ev.client_message_id, message: mine && mine.message };
+    this.showQueued(entry);
+    this.queue.splice(Math.max(0, Math.min(this.queue.length, (ev.position || 1) - 1)), 0, entry);
+    this.placeWaiting();
+    this.app.showEmpty(false);
+    this.update();
+    this.app.followBottom();
+  }
+
+  showQueued(entry) {
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "btn small cancel-queued";
+    cancel.textContent = "Cancel";
+    cancel.addEventListener("click", () => {
+      cancel.disabled = true;
+      if (!this.conn.send({ type: "cancel_queued", message_id: entry.messageId })) cancel.disabled = false;
+    });
+    entry.turn.el.dataset.messageId = entry.messageId;
+    entry.turn.setStatus("queued", [document.createTextNode("Queued: it runs when the turns before it end · "), cancel]);
+  }
+
+  onQueueCancelled(ev) {
+    const at = this.queue.findIndex((q) => q.messageId === ev.message_id);
+    if (at < 0) return;
+    const [entry] = this.queue.splice(at, 1);
+    entry.turn.el.remove();
+    if (entry.message) this.app.restoreDraft(entry.message);
+    this.update();
   }
 
   finishLive(status, ev, info) {
@@ -142,9 +197,12 @@ export class SessionView {
 
   /** An error without seq: the server refused something we sent; nothing ran. */
   onRefused(ev) {
-    if (this.pending && this.pending.sent) {
-      const { turn, message } = this.pending;
-      this.pending = null;
+    const sent = this.outbox.findIndex((p) => p.sent);
+    if (ev.code === "not_queued") {
+      this.app.flash(ev.message);
+      this.loadHistory(); // the queue changed: it started, or someone cancelled it
+    } else if (sent >= 0) {
+      const [{ turn, message }] = this.outbox.splice(sent, 1);
       turn.finish("rejected", { error: ev.message, code: ev.code });
       this.app.restoreDraft(message);
     } else {
@@ -161,12 +219,13 @@ export class SessionView {
   }
 
   // — sending —
-  send(message) {
+  /** `ifBusy`: what the message does if a turn is running when it arrives ("enqueue" or "interrupt"). */
+  send(message, ifBusy = "enqueue") {
     const turn = new TurnView(null);
     turn.setUser({ content: message.content, images: message.images });
     turn.setStatus("sending");
     turn.setFoot("Sending…", true);
-    this.pending = { turn, message, sent: false };
+    this.outbox.push({ turn, message, cid: newClientId(), ifBusy, sent: false });
     this.thread.append(turn.el);
     this.app.showEmpty(false);
     this.flushOutbox();
@@ -174,17 +233,21 @@ export class SessionView {
     this.app.followBottom(true);
   }
 
+  /** Send what the server has not got yet (again after a reconnect: the same client_message_id
+   *  starts nothing twice). */
   flushOutbox() {
-    const p = this.pending;
-    if (!p || p.sent || !this.ready || this.live) {
-      if (p && !p.sent) p.turn.setFoot(this.live ? "Waiting for the running turn to end…" : "Waiting for the connection…", true);
-      return;
-    }
-    const wire = { type: "message", content: p.message.content };
-    if (p.message.images.length) wire.images = p.message.images.map((img) => img.dataUrl);
-    if (this.conn.send(wire)) {
-      p.sent = true;
-      p.turn.setFoot("Sending…", true);
+    for (const p of this.outbox) {
+      if (p.sent) continue;
+      if (!this.ready) {
+        p.turn.setFoot("Waiting for the connection…", true);
+        continue;
+      }
+      const wire = { type: "message", content: p.message.content, client_message_id: p.cid, if_busy: p.ifBusy };
+      if (p.message.images.length) wire.images = p.message.images.map((img) => img.dataUrl);
+      if (this.conn.send(wire)) {
+        p.sent = true;
+        p.turn.setFoot("Sending…", true);
+      }
     }
   }
 
@@ -209,7 +272,8 @@ export class SessionView {
     this.app.setControls({
       running: !!this.live,
       stopping: this.stopping,
-      pending: !!this.pending,
+      pending: this.outbox.length > 0,
+      ifBusy: this.ifBusy,
     });
   }
 
@@ -236,11 +300,11 @@ export class SessionView {
 
   renderHistory(detail) {
     this.app.setTitle(detail.title || "New chat");
+    if (detail.if_busy) this.ifBusy = detail.if_busy;
     const groups = groupByRun(detail.messages || []);
     const nodes = this.historyNodes(groups, detail.running_run_id);
-    const lost = this.settleLost(groups[groups.length - 1]);
-    if (lost) nodes.push(lost.el);
-    if (this.pending) nodes.push(this.pending.turn.el);
+    this.queue = (detail.queue || []).map((item) => this.queuedFromHistory(item));
+    nodes.push(...this.queue.map((q) => q.turn.el), ...this.outbox.map((p) => p.turn.el));
     this.thread.replaceChildren(...nodes);
     this.app.showEmpty(nodes.length === 0);
     this.update();
@@ -254,6 +318,7 @@ export class SessionView {
     const nodes = [];
     let livePlaced = false;
     for (const group of groups) {
+      const mine = this.takeOutbox(group.user && group.user.client_message_id); // it arrived
       if (this.live && group.runId === this.live.runId) {
         if (!group.assistant) {
           if (!this.live.userEl && group.user) this.live.setUser(savedUser(group.user));
@@ -265,10 +330,9 @@ export class SessionView {
         this.stopping = false;
       }
       if (!group.assistant && group.runId && group.runId === runningRunId && !this.live) {
-        if (this.pending && this.pending.sent) {
+        if (mine) {
           // our message's turn, seen here before its stream_start
-          this.live = this.pending.turn;
-          this.pending = null;
+          this.live = mine.turn;
           this.live.setRunId(group.runId);
           this.live.setStatus("running");
         } else {
@@ -286,16 +350,21 @@ export class SessionView {
     return nodes;
   }
 
-  /** We sent a message, the socket dropped, and no turn is running now. If the history's
-   *  last turn is not ours, it never arrived: that turn is shown rejected, the draft restored. */
-  settleLost(lastGroup) {
-    const lost = this.lost;
-    this.lost = null;
-    if (!lost || this.pending !== lost) return null;
-    this.pending = null;
-    if (lastGroup && lastGroup.user && lastGroup.user.content === lost.message.content) return null;
-    lost.turn.finish("rejected", { error: "The connection dropped before the server got this message." });
-    this.app.restoreDraft(lost.message);
-    return lost.turn;
+  /** Our unanswered message with this client_message_id, taken out of the outbox (the server has it). */
+  takeOutbox(cid) {
+    const at = cid ? this.outbox.findIndex((p) => p.cid === cid) : -1;
+    return at >= 0 ? this.outbox.splice(at, 1)[0] : null;
+  }
+
+  /** A queued message of GET /sessions/ID: its bubble, ours or reused when already shown. */
+  queuedFromHistory(item) {
+    const shown = this.queue.find((q) => q.messageId === item.message_id);
+    if (shown) return shown;
+    const mine = this.takeOutbox(item.client_message_id);
+    const turn = mine ? mine.turn : new TurnView(null);
+    if (!mine) turn.setUser(savedUser(item));
+    const entry = { messageId: item.message_id, turn, cid: item.client_message_id, message: mine && mine.message };
+    this.showQueued(entry);
+    return entry;
   }
 }

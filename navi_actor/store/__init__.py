@@ -18,7 +18,7 @@ from navi_actor.store.common import (
     ANY_OWNER, FINAL_STATUSES, RUN_STATUSES, SESSION_ID_RE, TITLE_MAX, redact, valid_session_id,
 )
 from navi_actor.store.errors import (
-    LeaseLost, RunNotRunning, SessionBusy, SessionNotFound, StoreError, StoreFailure,
+    LeaseLost, QueueFull, RunNotRunning, SessionBusy, SessionNotFound, StoreError, StoreFailure,
 )
 from navi_actor.store.factory import open_cluster, open_store
 from navi_actor.store.interface import SessionStore
@@ -26,6 +26,6 @@ from navi_actor.store.sqlite import DB_FILENAME, SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
     "RUN_STATUSES", "FINAL_STATUSES", "SCHEMA_VERSION", "SESSION_ID_RE", "TITLE_MAX", "DB_FILENAME",
-    "StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "SessionBusy", "LeaseLost", "ANY_OWNER",
-    "SessionStore", "SQLiteStore", "open_store", "open_cluster", "valid_session_id", "redact",
+    "StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "QueueFull", "SessionBusy", "LeaseLost",
+    "ANY_OWNER", "SessionStore", "SQLiteStore", "open_store", "open_cluster", "valid_session_id", "redact",
 ]

@@ -8,7 +8,8 @@ error, a lost connection) and the same call may succeed later.
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "SessionBusy", "LeaseLost"]
+__all__ = ["StoreError", "StoreFailure", "SessionNotFound", "RunNotRunning", "QueueFull", "SessionBusy",
+           "LeaseLost"]
 
 
 class StoreError(Exception):
@@ -60,3 +61,11 @@ class LeaseLost(RunNotRunning):
     most often after this node stopped renewing its leases (paused,
     partitioned); the run was ended there, as "interrupted".
     """
+
+
+class QueueFull(StoreError):
+    """The session's queue already holds as many messages as the caller's bound allows."""
+
+    def __init__(self, session_id: str, length: int) -> None:
+        super().__init__(f"session {session_id!r} already has {length} queued messages")
+        self.length = length

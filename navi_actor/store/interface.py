@@ -96,7 +96,7 @@ class SessionStore(Protocol):
 
     def begin_run(self, session_id: str, run_id: str, *, content: str,
                   agent_content: str, images: int = 0,
-                  files: list | None = None) -> int:
+                  files: list | None = None, client_message_id: str | None = None) -> int:
         """Record a new "running" run and its user message, together; return the seq base.
 
         The run's first event gets seq ``base + 1`` (its ``first_seq``);
@@ -104,19 +104,21 @@ class SessionStore(Protocol):
         (what the user wrote, shown in the history), ``agent_content`` (what
         the agent reads), ``images`` (a count) and ``files``. The session's
         ``updated_at`` is bumped, and an empty title is taken from
-        ``content`` (`title_from`).
+        ``content`` (`title_from`). ``client_message_id`` (the client's own
+        id, when it sent one) is kept in the message's data.
 
         **Invariant 4 rests on this:** once it returns (or the `batch` it ran
         in returns), the user's message is durable. The front sends
         ``stream_start`` only after that.
 
         Raises `SessionNotFound` for a missing or invalid session, `StoreError`
-        for a run id already used. It does not look for another running run
-        of the session on this node: the front's busy guard refuses a second
-        turn ("Agent is already running for this session.") before calling
-        it. A store shared by several nodes raises `SessionBusy` while
-        another live node runs a turn of the session, and ends the turns of
-        a dead node as "interrupted" first.
+        for a run id already used or a ``client_message_id`` the session has
+        already seen (queued or begun). It does not look for another running
+        run of the session on this node: the front's busy guard refuses a
+        second turn ("Agent is already running for this session.") before
+        calling it. A store shared by several nodes raises `SessionBusy`
+        while another live node runs a turn of the session, and ends the
+        turns of a dead node as "interrupted" first.
         """
         ...
 
@@ -170,6 +172,70 @@ class SessionStore(Protocol):
 
     def running_runs(self) -> list[dict]:
         """Runs still "running" (of this node, in a shared store), oldest first: ``{"id", "session_id", "first_seq", "last_seq"}``."""
+        ...
+
+    # -- the queue: messages waiting for their session's turn ----------------
+
+    def enqueue(self, session_id: str, message_id: str, *, content: str, agent_content: str,
+                images: list[str] | None = None, files: list | None = None,
+                client_message_id: str | None = None, at_head: bool = False, limit: int) -> int:
+        """Queue a message for a later turn; return its position (1: it runs next).
+
+        Kept apart from the messages: it enters the history only when its turn
+        begins (`begin_queued`). ``message_id`` becomes that turn's run id;
+        ``images`` are kept whole (base64), for the agent. At the tail, or at
+        the head with ``at_head`` (a message that interrupts the running turn).
+
+        Raises `SessionNotFound`; `QueueFull` when the session's queue already
+        holds ``limit`` messages (checked in the same transaction as the
+        insert, so two writers never both get past the bound); `StoreError`
+        for a message id already used, or a ``client_message_id`` the session
+        has already seen.
+        """
+        ...
+
+    def cancel_queued(self, session_id: str, message_id: str) -> bool:
+        """Take a message out of the session's queue; False if it is not queued there
+        (unknown, another session's, or its turn has begun)."""
+        ...
+
+    def queue(self, session_id: str) -> list[dict]:
+        """The session's queued messages, next first: ``{"message_id", "position", "content",
+        "client_message_id", "images" (a count), "files", "created_at"}``. Empty for an unknown session."""
+        ...
+
+    def queued_sessions(self) -> list[str]:
+        """Ids of the sessions with queued messages, the one whose queue waits longest first."""
+        ...
+
+    def begin_queued(self, session_id: str) -> dict | None:
+        """Begin the turn of the session's next queued message, atomically; None if none is queued.
+
+        In one transaction: the message leaves the queue, is saved as the
+        user message of a new "running" run (its run id is its message id),
+        marked ``queued: true``, with its ``client_message_id``, exactly as
+        `begin_run` saves one (invariant 4). Returns ``{"run_id", "base",
+        "content", "agent_content", "images" (the base64 list), "files",
+        "client_message_id"}``; ``base`` as `begin_run`'s. Raises
+        `SessionNotFound`.
+        """
+        ...
+
+    def set_if_busy(self, session_id: str, policy: str | None) -> bool:
+        """Save the session's own ``if_busy`` policy (None: the server's default); False if no such session."""
+        ...
+
+    def get_if_busy(self, session_id: str) -> str | None:
+        """The session's own ``if_busy`` policy, or None (none set, or no such session)."""
+        ...
+
+    def find_client_message(self, session_id: str, client_message_id: str) -> dict | None:
+        """Where the session's message with this ``client_message_id`` is, or None if never seen.
+
+        ``{"state": "queued", "message_id", "position"}`` while it waits;
+        ``{"state": "run", "run_id", "status", "first_seq", "last_seq"}`` once
+        its turn began (``status`` is the run's, "running" or final).
+        """
         ...
 
     # -- the store itself --------------------------------------------------

@@ -59,6 +59,49 @@ BEGIN
 END
 $$"""
 
+#: Version 3's navi_begin_run: the same, with the message's client_message_id (``p_client``).
+BEGIN_RUN_3 = """
+CREATE FUNCTION navi_begin_run(p_sid text, p_rid text, p_node text, p_now double precision,
+                               p_content text, p_data text, p_title text, p_client text)
+RETURNS TABLE (o_outcome text, o_base bigint, o_generation bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_last bigint;
+    v_gen bigint;
+BEGIN
+    SELECT s.last_seq INTO v_last FROM sessions s WHERE s.id = p_sid FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'no_session'::text, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM runs r WHERE r.id = p_rid) THEN
+        RETURN QUERY SELECT 'run_exists'::text, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM runs r WHERE r.session_id = p_sid AND r.status = 'running'
+               AND r.node_id IS NOT NULL AND r.node_id <> p_node) THEN
+        RETURN QUERY SELECT 'other_node'::text, v_last, NULL::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO leases AS l (session_id, node_id, generation) VALUES (p_sid, p_node, 1)
+        ON CONFLICT (session_id) DO UPDATE SET node_id = EXCLUDED.node_id,
+            generation = l.generation + 1, taken_at = now()
+        WHERE l.node_id <> EXCLUDED.node_id
+        RETURNING l.generation INTO v_gen;
+    IF v_gen IS NULL THEN  -- this node held it already: the same generation
+        SELECT l.generation INTO v_gen FROM leases l WHERE l.session_id = p_sid;
+    END IF;
+    INSERT INTO runs (id, session_id, status, started_at, first_seq, node_id, generation)
+        VALUES (p_rid, p_sid, 'running', p_now, v_last + 1, p_node, v_gen);
+    INSERT INTO messages (session_id, run_id, role, content, data, created_at, client_message_id)
+        VALUES (p_sid, p_rid, 'user', p_content, p_data, p_now, p_client);
+    UPDATE sessions s SET updated_at = p_now,
+        title = CASE WHEN p_title <> '' AND (s.title IS NULL OR s.title = '') THEN p_title ELSE s.title END
+        WHERE s.id = p_sid;
+    RETURN QUERY SELECT 'ok'::text, v_last, v_gen;
+END
+$$"""
+
 # Version N's statements turn a version N-1 database into version N.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -101,6 +144,21 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             requested_at timestamptz NOT NULL DEFAULT now(), acked_at timestamptz, result text)""",
         "CREATE INDEX control_pending ON control (node_id) WHERE acked_at IS NULL",
         BEGIN_RUN,
+    ),
+    # The queue of messages waiting for their session's turn, client message ids, a session's if_busy.
+    3: (
+        """CREATE TABLE queue (
+            message_id text PRIMARY KEY, n bigint GENERATED ALWAYS AS IDENTITY,
+            session_id text NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            ord bigint NOT NULL, content text NOT NULL, data text NOT NULL,
+            client_message_id text, created_at double precision)""",
+        "CREATE INDEX queue_session ON queue (session_id, ord)",
+        "CREATE UNIQUE INDEX queue_client_id ON queue (session_id, client_message_id)",
+        "ALTER TABLE messages ADD COLUMN client_message_id text",
+        "CREATE UNIQUE INDEX messages_client_id ON messages (session_id, client_message_id)",
+        "ALTER TABLE sessions ADD COLUMN if_busy text",
+        "DROP FUNCTION navi_begin_run(text, text, text, double precision, text, text, text)",
+        BEGIN_RUN_3,
     ),
 }
 PG_SCHEMA_VERSION = max(MIGRATIONS)

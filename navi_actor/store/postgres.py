@@ -30,13 +30,12 @@ same answers as `SQLiteStore` (`tests/store_contract.py` runs against both).
 
 from __future__ import annotations
 
-import functools
 import socket
 import threading
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, cast
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import pq
@@ -46,6 +45,10 @@ from navi_actor import logs
 from navi_actor.store.common import (
     ANY_OWNER, PG_SESSION_OPTIONS, dumps, load_dict, redact, require_final, run_each, title_from, valid_session_id,
 )
+from navi_actor.store.pg_queue import PgQueueMixin, turn_args
+from navi_actor.store.pgcall import failure_of as _failure
+from navi_actor.store.pgcall import locked as _locked
+from navi_actor.store.pgcall import reason as _reason
 from navi_actor.store.pgschema import ALIVE, MIGRATION_LOCK, MIGRATIONS, PG_SCHEMA_VERSION
 from navi_actor.store.errors import (
     LeaseLost, RunNotRunning, SessionBusy, SessionNotFound, StoreError, StoreFailure,
@@ -57,40 +60,8 @@ log = logs.get("navi.store")
 _MESSAGE_KEYS = ("id", "role", "content", "run_id", "created_at")
 _SESSION_COLUMNS = "id, title, created_at, updated_at, last_seq, owner"
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 
-
-def _locked(fn: _F) -> _F:
-    """Run the method under the store's lock, on a live connection; refuse if the store is closed.
-
-    psycopg's errors leave as `StoreFailure`, naming the method.
-    """
-    op = fn.__name__
-
-    @functools.wraps(fn)
-    def wrapper(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            try:
-                self._ensure_connected()
-                return fn(self, *args, **kwargs)
-            except psycopg.Error as exc:
-                raise _failure(op, exc) from exc
-    return cast(_F, wrapper)
-
-
-def _failure(op: str, exc: psycopg.Error) -> StoreFailure:
-    """psycopg's error as a StoreFailure; ``unavailable`` for the connection-level ones (server down)."""
-    return StoreFailure(op, _reason(exc), unavailable=isinstance(exc, (psycopg.OperationalError,
-                                                                        psycopg.InterfaceError)))
-
-
-def _reason(exc: BaseException) -> str:
-    """The driver's words for a failure, on one line."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-class PostgresStore:
+class PostgresStore(PgQueueMixin):
     """PostgreSQL implementation: one connection, explicit transactions, group commit with savepoints."""
 
     def __init__(self, url: str, *, node_id: str | None = None, connect_timeout: float = 5.0) -> None:
@@ -281,30 +252,38 @@ class PostgresStore:
     @_locked
     def begin_run(self, session_id: str, run_id: str, *, content: str,
                   agent_content: str, images: int = 0,
-                  files: list | None = None) -> int:
+                  files: list | None = None, client_message_id: str | None = None) -> int:
         """Record a new running run and its user message; return the seq base (the session's last_seq)."""
         if not valid_session_id(session_id):
             raise SessionNotFound(f"session {session_id!r} does not exist; create it first")
-        now = time.time()
-        args = (session_id, run_id, self.node_id, now, content,
-                dumps({"agent_content": agent_content, "images": images, "files": files or []}), title_from(content))
-        # One round trip in the common case: navi_begin_run (pgschema) does it all, as one statement.
-        outcome, base = self._begin(self._db, args)
-        if outcome == "other_node":  # another node's turn is running, or was when its node died
-            with self._tx() as db:
-                self._reclaim(db, session_id)  # SessionBusy, or that turn ends as interrupted
-                outcome, base = self._begin(db, args)
+        args = turn_args(self.node_id, session_id, run_id, content, agent_content, images, files or [],
+                         client_message_id, queued=False)
+        if client_message_id is None:
+            # One round trip in the common case: navi_begin_run (pgschema) does it all, as one statement.
+            outcome, base = self._begin(self._db, args)
+            if outcome != "other_node":
+                return self._begun(outcome, base, session_id, run_id)
+        with self._tx() as db:  # another node's turn (or a dead node's), or a client id to check first
+            if client_message_id is not None:
+                self._refuse_seen_client_id(session_id, client_message_id)
+            self._reclaim(db, session_id)  # SessionBusy, or that turn ends as interrupted
+            outcome, base = self._begin(db, args)
+            return self._begun(outcome, base, session_id, run_id)
+
+    @staticmethod
+    def _begun(outcome: str, base: int | None, session_id: str, run_id: str) -> int:
         if outcome == "no_session":
             raise SessionNotFound(f"session {session_id!r} does not exist; create it first")
         if outcome == "run_exists":
             raise StoreError(f"run {run_id!r} already exists; use a new run id")
         if outcome != "ok":
             raise StoreError(f"begin_run: unexpected outcome {outcome!r} of navi_begin_run")
-        return int(base)
+        return int(base or 0)
 
     @staticmethod
     def _begin(db: psycopg.Connection[Any], args: tuple) -> tuple[str, int | None]:
-        row = db.execute("SELECT o_outcome, o_base FROM navi_begin_run(%s, %s, %s, %s, %s, %s, %s)", args).fetchone()
+        row = db.execute("SELECT o_outcome, o_base FROM navi_begin_run(%s, %s, %s, %s, %s, %s, %s, %s)",
+                         args).fetchone()
         return row["o_outcome"], row["o_base"]
 
     def _reclaim(self, db: psycopg.Connection[Any], session_id: str) -> None:

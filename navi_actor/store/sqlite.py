@@ -10,7 +10,6 @@ JSON columns are TEXT.
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 import stat
@@ -19,13 +18,14 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, cast
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from navi_actor import logs
 from navi_actor.store.common import (
-    ANY_OWNER, dumps, load_dict, require_final, run_each, title_from, valid_session_id,
+    ANY_OWNER, dumps, load_dict, require_final, run_each, valid_session_id,
 )
 from navi_actor.store.errors import RunNotRunning, SessionNotFound, StoreError, StoreFailure
+from navi_actor.store.sqlite_queue import QUEUE_MIGRATION, QueueMixin, locked
 
 __all__ = ["SCHEMA_VERSION", "DB_FILENAME", "SQLiteStore", "open_sqlite"]
 
@@ -60,34 +60,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE sessions ADD COLUMN owner TEXT",
         "CREATE INDEX sessions_owner ON sessions(owner, updated_at)",
     ),
+    3: QUEUE_MIGRATION,  # the queue, client message ids, a session's if_busy (store/sqlite_queue.py)
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 _SESSION_COLUMNS = "id, title, created_at, updated_at, last_seq, owner"
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _locked(fn: _F) -> _F:
-    """Run the method under the store's lock; refuse if the store is closed.
-
-    SQLite's own errors leave as `StoreFailure`, naming the method.
-    """
-    op = fn.__name__
-
-    @functools.wraps(fn)
-    def wrapper(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            if self._conn is None:
-                raise StoreError("the session store is closed; open a new one with open_store()")
-            try:
-                return fn(self, *args, **kwargs)
-            except sqlite3.Error as exc:
-                raise StoreFailure(op, str(exc)) from exc
-    return cast(_F, wrapper)
-
-
-class SQLiteStore:
+class SQLiteStore(QueueMixin):
     """SQLite implementation (WAL, synchronous=FULL, foreign keys on).
 
     `batch` is group commit: the calls waiting for the store share one
@@ -184,7 +163,7 @@ class SQLiteStore:
 
     # -- sessions ----------------------------------------------------------
 
-    @_locked
+    @locked
     def create_session(self, title: str | None = None, owner: str | None = None) -> dict:
         """Create a session with a fresh uuid4-hex id and return its dict.
 
@@ -198,13 +177,13 @@ class SQLiteStore:
         return {"id": sid, "title": title, "created_at": now, "updated_at": now, "last_seq": 0,
                 "owner": owner}
 
-    @_locked
+    @locked
     def get_session(self, session_id: str) -> dict | None:
         """Return the session dict, or None if missing or the id is invalid."""
         row = self._session_row(session_id)
         return dict(row) if row else None
 
-    @_locked
+    @locked
     def list_sessions(self, limit: int = 100, offset: int = 0, *, owner: Any = ANY_OWNER) -> list[dict]:
         """Return sessions, most recently updated first.
 
@@ -222,7 +201,7 @@ class SQLiteStore:
                 " ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?", (owner, *page)).fetchall()
         return [dict(r) for r in rows]
 
-    @_locked
+    @locked
     def get_session_detail(self, session_id: str) -> dict | None:
         """Return the session dict plus "messages" (insertion order) and "runs" (oldest first)."""
         row = self._session_row(session_id)
@@ -239,7 +218,7 @@ class SQLiteStore:
         out["runs"] = [{**r, "stats": load_dict(r["stats"])} for r in map(dict, runs)]
         return out
 
-    @_locked
+    @locked
     def delete_session(self, session_id: str) -> bool:
         """Delete the session with its runs and messages; True if it existed."""
         if not valid_session_id(session_id):
@@ -248,7 +227,7 @@ class SQLiteStore:
             cur = db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         return cur.rowcount > 0
 
-    @_locked
+    @locked
     def history(self, session_id: str) -> list[dict]:
         """Conversation for the agent: {"role", "content", **data} per message.
 
@@ -276,10 +255,10 @@ class SQLiteStore:
 
     # -- runs --------------------------------------------------------------
 
-    @_locked
+    @locked
     def begin_run(self, session_id: str, run_id: str, *, content: str,
                   agent_content: str, images: int = 0,
-                  files: list | None = None) -> int:
+                  files: list | None = None, client_message_id: str | None = None) -> int:
         """Record a new running run and its user message; return the seq base.
 
         The run's first event gets seq base+1. Sets an empty title from `content`.
@@ -290,24 +269,13 @@ class SQLiteStore:
             if row is None:
                 raise SessionNotFound(
                     f"session {session_id!r} does not exist; create it first")
+            self._refuse_seen_client_id(session_id, client_message_id)
             base = int(row["last_seq"])
-            try:
-                db.execute(
-                    "INSERT INTO runs (id, session_id, status, started_at, first_seq)"
-                    " VALUES (?, ?, 'running', ?, ?)", (run_id, session_id, now, base + 1))
-            except sqlite3.IntegrityError as e:
-                raise StoreError(f"run {run_id!r} already exists; use a new run id") from e
-            self._add_message(db, session_id, run_id, "user", content,
-                              {"agent_content": agent_content, "images": images,
-                               "files": files or []}, now)
-            db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, session_id))
-            title = title_from(content)
-            if title:
-                db.execute("UPDATE sessions SET title = ? WHERE id = ?"
-                           " AND (title IS NULL OR title = '')", (title, session_id))
+            self._insert_turn(db, session_id, run_id, base, content, agent_content, images,
+                              files or [], client_message_id, False, now)
         return base
 
-    @_locked
+    @locked
     def checkpoint_runs(self, items: list[tuple[str, str, int]]) -> None:
         """Store (run_id, partial_content, last_seq) for runs still "running"."""
         if not items:
@@ -340,7 +308,7 @@ class SQLiteStore:
             (status, now, last_seq, error, error_code,
              None if stats is None else dumps(stats), rid))
 
-    @_locked
+    @locked
     def finish_run(self, run_id: str, *, status: str, content: str | None, last_seq: int,
                    tool_calls: list[dict] | None = None, thinking: str = "",
                    error: str | None = None, error_code: str | None = None,
@@ -370,7 +338,7 @@ class SQLiteStore:
             db.execute("UPDATE sessions SET last_seq = MAX(last_seq, ?), updated_at = ?"
                        " WHERE id = ?", (int(last_seq), now, run["session_id"]))
 
-    @_locked
+    @locked
     def recover_interrupted(self, reason: str = "server stopped during this turn",
                             seq_gap: int = 10**9, keep: Iterable[str] = ()) -> list[str]:
         """Finish every "running" run but those in ``keep`` as "interrupted"; return their ids.
@@ -399,7 +367,7 @@ class SQLiteStore:
                            " updated_at = ? WHERE id = ?", (seq, int(seq_gap), now, sid))
         return [r["id"] for r in runs]
 
-    @_locked
+    @locked
     def running_runs(self) -> list[dict]:
         """Return runs still "running": {"id", "session_id", "first_seq", "last_seq"}."""
         rows = self._db.execute(
@@ -407,7 +375,7 @@ class SQLiteStore:
             " WHERE status = 'running' ORDER BY started_at, rowid").fetchall()
         return [dict(r) for r in rows]
 
-    @_locked
+    @locked
     def probe(self) -> None:
         """A write transaction that changes nothing (the schema version, rewritten): one page, one fsync."""
         with self._tx() as db:
