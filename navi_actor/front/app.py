@@ -288,7 +288,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await rt.reconciled.wait()  # after a front restart: runs are adopted before anyone attaches
     viewer = Viewer(ws, request, sid, rt.config.client_max_pending_bytes)
     log.info("front.ws_connected", session_id=sid, viewer=viewer.id, after=after)
-    link = await _relay_if_elsewhere(rt, request, viewer, after)
+    link = await rt.relay.for_connection(request, viewer, after) if rt.relay is not None else None
     if link is None:
         rt.attach(viewer, after)
     try:
@@ -314,18 +314,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         for gone in [s for s in rt.session_owners if s not in rt.viewers and s not in rt.actors]:
             del rt.session_owners[gone]
     return ws
-
-
-async def _relay_if_elsewhere(rt: Runtime, request: web.Request, viewer: Viewer, after: int | None) -> Any:
-    """A RelayLink when another live node runs the session's turn (front/relay.py); None: served here.
-
-    A connection that another node relays is never relayed again."""
-    if rt.relay is None or auth.RELAYED_BY in request or viewer.session_id in rt.runs:
-        return None
-    owner = await rt.relay.owner(viewer.session_id)
-    if owner is None or viewer.session_id in rt.runs:
-        return None
-    return rt.relay.open(viewer, owner, after, principal_of(request))
 
 
 async def _on_client_message(rt: Runtime, guard: auth.Guard, viewer: Viewer, raw: str) -> None:

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
+from aiohttp import web
 
 from navi_actor import logs, protocol
-from navi_actor.front import relayauth
+from navi_actor.front import auth, relayauth
 from navi_actor.tokens import Principal
 
 if TYPE_CHECKING:
@@ -78,6 +79,18 @@ class Relay:
         except Exception as exc:
             log.warning("relay.status_unknown", run_id=run_id, error=str(exc))
             return False
+
+    async def for_connection(self, request: web.Request, viewer: Viewer, after: int | None) -> RelayLink | None:
+        """A link when another live node runs the session's turn; None: this node serves the client.
+
+        A connection that another node relays is never relayed again."""
+        sid = viewer.session_id
+        if auth.RELAYED_BY in request or sid in self.rt.runs:
+            return None
+        owner = await self.owner(sid)
+        if owner is None or sid in self.rt.runs:
+            return None
+        return self.open(viewer, owner, after, auth.principal_of(request))
 
     def open(self, viewer: Viewer, owner: dict[str, Any], after: int | None, principal: Principal) -> RelayLink:
         if self._http is None:
