@@ -15,6 +15,9 @@
     the schedule starts at a random phase so sessions do not tick in step.
 ``gc``
     ``gc.collect()``, then one delta: an idle actor measured after a GC.
+``hold SECONDS COMMAND…``
+    wait, then run the command: a viewer joins the turn before its first delta
+    (the relay's benchmark: through the owner, or through another node).
 
 Any other text: one delta echoing it.
 """
@@ -50,6 +53,10 @@ async def _paced(turn: Any, n: int, rate: float, phase: float) -> AsyncIterator[
 async def agent(turn: Any) -> AsyncIterator[TextDelta]:
     words = turn.content.split()
     cmd = words[0] if words else ""
+    if cmd == "hold" and len(words) > 2:
+        await asyncio.sleep(float(words[1]))
+        words = words[2:]
+        cmd = words[0]
     if cmd == "flood":
         for _ in range(int(words[1])):
             yield TextDelta(TOKEN)

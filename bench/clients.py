@@ -289,6 +289,48 @@ async def sparse(sc: dict[str, Any]) -> dict[str, Any]:
     return {"us": summary(delays)}
 
 
+# ── a viewer that joins a turn, through its owner or through another node (the relay) ──
+
+
+async def joined(sc: dict[str, Any]) -> dict[str, Any]:
+    """A turn started on ``owner`` (``hold 0.3 flood N`` or ``… sparse N RATE``) whose starter leaves;
+    a viewer joins it through ``url`` before its first delta: the flood rate or the sparse delays it sees."""
+    owner, url, mode = sc["owner"], sc["url"], sc["mode"]
+    body = f"flood {sc['events']}" if mode == "flood" else f"sparse {sc['events']} {sc['rate']}"
+    delays: list[float] = []
+    async with _http() as http:
+        sid = await new_session(http, owner)
+        ws = await connect(http, owner, sid)
+        await turn(ws, "one")  # the session's actor is up
+        await ws.send_str(_message(f"hold 0.3 {body}"))
+        while (await receive(ws))["type"] != "stream_start":
+            pass
+        await ws.close()
+        view = await http.ws_connect(url.replace("http://", "ws://") + f"/ws/sessions/{sid}", max_msg_size=0)
+        n, t0 = 0, 0.0
+        while True:
+            msg = await view.receive()
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                raise ClientError(f"the joined viewer's socket ended: {msg.type} {msg.extra!r}")
+            data = msg.data
+            if '"stream_delta"' in data:
+                if n == 0:
+                    t0 = time.perf_counter()
+                n += 1
+                if mode == "sparse":
+                    delays.append((time.monotonic() - float(orjson.loads(data)["delta"])) * 1e6)
+            elif '"stream_end"' in data or '"stream_stopped"' in data or '"error"' in data:
+                seconds = time.perf_counter() - t0
+                ev = orjson.loads(data)
+                break
+        await view.close()
+    if ev["type"] != "stream_end" or n != sc["events"]:
+        raise ClientError(f"joined turn ended with {ev['type']} after {n} of {sc['events']} deltas")
+    if mode == "flood":
+        return {"rate": n / seconds, "seconds": seconds}
+    return {"us": summary(delays)}
+
+
 # ── many sessions ──────────────────────────────────────────────────────────
 
 
@@ -450,7 +492,7 @@ async def spawn(sc: dict[str, Any]) -> dict[str, Any]:
             "session_ids": sids}
 
 
-SCENARIOS = {"ttfe": ttfe, "flood": flood, "sparse": sparse, "many": many, "memory": memory, "spawn": spawn}
+SCENARIOS = {"ttfe": ttfe, "flood": flood, "joined": joined, "sparse": sparse, "many": many, "memory": memory, "spawn": spawn}
 
 
 async def run(sc: dict[str, Any]) -> dict[str, Any]:

@@ -59,7 +59,7 @@ SPAWN_TARGET = 500.0
 
 STOP_TIMEOUT = 15.0  # seconds from SIGTERM to SIGKILL; a slower shutdown is logged and noted in the JSON
 
-METRICS = ("ttfe_warm", "ttfe_cold", "flood", "sparse", "many", "memory", "alive", "spawn_rate", "sandbox", "store")
+METRICS = ("ttfe_warm", "ttfe_cold", "flood", "sparse", "many", "memory", "alive", "spawn_rate", "sandbox", "store", "relay")
 
 
 @dataclasses.dataclass
@@ -488,6 +488,10 @@ def run_all(bench: Bench, only: list[str]) -> list[Row]:
         from bench.store import store_rows
 
         plan.append(("store", lambda: store_rows(bench)))
+    if "relay" in only:
+        from bench.relay import relay_rows
+
+        plan.append(("relay", lambda: relay_rows(bench)))
     for name, fn in plan:
         t0 = time.monotonic()
         try:

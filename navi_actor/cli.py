@@ -119,7 +119,7 @@ def _sandbox_plan(cfg: config_mod.Config, spec: Any, log: Any) -> Any:
             connect_ports=config_mod.ports(cfg.sandbox_net_connect),
             bind_ports=config_mod.ports(cfg.sandbox_net_bind), tokens_file=cfg.tokens_file,
             agent_file=getattr(module, "__file__", None),
-            secret_files=[os.environ.get("PGPASSFILE", "")] if cfg.store else [])
+            secret_files=[os.environ.get("PGPASSFILE", ""), cfg.cluster_secret_file] if cfg.store else [])
         if plan.on:
             probe(plan)
     except policy.SandboxConfigError as exc:

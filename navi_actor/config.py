@@ -250,6 +250,14 @@ OPTIONS: tuple[Option, ...] = (
         "interrupted (within TTL + 5 s)",
     ),
     Option(
+        "cluster_secret_file",
+        "",
+        str,
+        "with a PostgreSQL store: file holding the secret the nodes share (mode 0600, the same on every node); "
+        "it authenticates node-to-node WebSockets (the relay of a turn running on another node); empty: "
+        "no relay, a client on a node that does not run the turn is told to sync",
+    ),
+    Option(
         "log_format",
         "auto",
         str,
@@ -451,6 +459,7 @@ class Config:
     node_id: str = ""
     advertise_url: str = ""
     lease_ttl: float = 10.0
+    cluster_secret_file: str = ""
     log_format: str = "auto"
     idle_timeout: float = 120.0
     heartbeat_interval: float = 20.0

@@ -52,12 +52,13 @@ class PgServer:
     """One PostgreSQL cluster in a temporary folder: ``start()``, ``stop()``, ``start()`` again, ``destroy()``."""
 
     def __init__(self, settings: dict[str, str] | None = None, bin_dir: Path | None = None,
-                 durable: bool = False) -> None:
+                 durable: bool = False, listen: str = "127.0.0.1") -> None:
         """``durable``: PostgreSQL's own settings, on disk (the benchmark); else `FAST`, in memory if it can."""
         found, why = (bin_dir, "") if bin_dir else find_bin()
         if found is None:
             raise RuntimeError(why)
         self.bin = found
+        self.listen = listen  #: listen_addresses (tests/test_partition.py adds a bridge's address)
         self.settings = {**({} if durable else FAST), **(settings or {})}
         self.user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
@@ -98,7 +99,7 @@ class PgServer:
     def start(self) -> PgServer:
         """Start the server (on the same port every time) and wait until it accepts connections."""
         opts = [f"-c {k}={v}" for k, v in {
-            **self.settings, "listen_addresses": "127.0.0.1", "port": str(self.port),
+            **self.settings, "listen_addresses": self.listen, "port": str(self.port),
             "unix_socket_directories": str(self.root), "max_connections": "200",
         }.items()]
         self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),

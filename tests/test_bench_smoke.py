@@ -20,7 +20,7 @@ ROWS = {
     "flood_rate", "flood_messages_per_event", "sparse_p50", "sparse_p99",
     "many_p99", "many_p50", "many_rate", "many_front_cpu", "many_total_cpu",
     "memory_idle_uss", "alive", "spawn_rate", "sandbox_start_cpu", "sandbox_idle_uss", "sandbox_ttfe_p50",
-    "store_ttfe_p50", "store_flood_rate", "store_sparse_p50",
+    "store_ttfe_p50", "store_flood_rate", "store_sparse_p50", "relay_flood_rate", "relay_sparse_p50",
 }
 
 

@@ -96,6 +96,7 @@ def test_every_option_is_read_from_its_env_var():
         "NAVI_NODE_ID": "node-1",
         "NAVI_ADVERTISE_URL": "http://10.0.0.5:8765/",
         "NAVI_LEASE_TTL": "4.5",
+        "NAVI_CLUSTER_SECRET_FILE": "/etc/navi-actor/cluster-secret",
         "NAVI_LOG_FORMAT": "json",
         "NAVI_IDLE_TIMEOUT": "30.5",
         "NAVI_HEARTBEAT_INTERVAL": "5",
@@ -131,7 +132,8 @@ def test_every_option_is_read_from_its_env_var():
     assert set(environ) == {o.env for o in OPTIONS}
     assert from_namespace(parse(environ=environ)) == Config(
         host="0.0.0.0", port=0, agent="pkg.mod:agent", data_dir="/srv/navi",
-        store="postgresql://navi@db.example:5432/navi", node_id="node-1", advertise_url="http://10.0.0.5:8765", lease_ttl=4.5, log_format="json",
+        store="postgresql://navi@db.example:5432/navi", node_id="node-1", advertise_url="http://10.0.0.5:8765", lease_ttl=4.5,
+        cluster_secret_file="/etc/navi-actor/cluster-secret", log_format="json",
         idle_timeout=30.5, heartbeat_interval=5.0, stop_grace=0.5, stop_term_after=3.0,
         stop_kill_after=1.0, replay_max_bytes=1024, client_max_pending_bytes=2048, turn_timeout=60.0,
         actor_max_rss=512, max_actors=8, actor_nice=0, warm_actors=0, no_zygote=True, drain_timeout=10.0,

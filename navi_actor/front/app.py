@@ -20,6 +20,7 @@ from navi_actor.front.auth import can_see, principal_of
 from navi_actor.front.cluster import FrontCluster
 from navi_actor.front.metrics import CONTENT_TYPE
 from navi_actor.front.ratelimit import TokenBucket
+from navi_actor.front.relay import Relay
 from navi_actor.front.runtime import Runtime
 from navi_actor.front.viewer import Viewer
 from navi_actor.store import ANY_OWNER, StoreFailure, open_store, redact, valid_session_id
@@ -287,7 +288,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await rt.reconciled.wait()  # after a front restart: runs are adopted before anyone attaches
     viewer = Viewer(ws, request, sid, rt.config.client_max_pending_bytes)
     log.info("front.ws_connected", session_id=sid, viewer=viewer.id, after=after)
-    rt.attach(viewer, after)
+    link = await rt.relay.for_connection(request, viewer, after) if rt.relay is not None else None
+    if link is None:
+        rt.attach(viewer, after)
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not bucket.take():
@@ -297,12 +300,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     f"Too many messages: at most {rt.config.rate_limit} a minute. Try again in {wait} s.",
                 ).event()))
             elif msg.type == WSMsgType.TEXT:
-                await _on_client_message(rt, guard, viewer, msg.data)
+                if link is None or not await link.send(msg.data):
+                    await _on_client_message(rt, guard, viewer, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 viewer.send(orjson.dumps(protocol.ClientError(protocol.INVALID_MESSAGE, protocol.EXPECTED_SHAPE).event()))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
+        if link is not None:
+            await link.close()
         rt.detach(viewer)
         log.info("front.ws_disconnected", session_id=sid, viewer=viewer.id)
         for gone in [s for s in rt.session_owners if s not in rt.viewers and s not in rt.actors]:
@@ -494,11 +500,15 @@ async def _serve(config: Config, fd: int, listen_fd: int, guard: auth.Guard | No
         log.error("front.cluster_unusable", error=str(exc), store=redact(config.store))
         await runner.cleanup()
         return EXIT_CANNOT_START
+    if runtime.cluster is not None and guard is not None and guard.cluster_secret is not None:
+        runtime.relay = Relay(runtime, runtime.cluster, guard.cluster_secret, config.lease_ttl)
     runtime.link.send({"op": "ready", "host": host, "port": port})
     loop.add_signal_handler(signal.SIGTERM, runtime.request_shutdown, True)
     await runtime.shutdown_requested.wait()
     log.info("front.shutting_down", drain=runtime.drain)
     await runtime.shutdown()
+    if runtime.relay is not None:
+        await runtime.relay.close()
     if runtime.cluster is not None:
         await loop.run_in_executor(None, runtime.cluster.close)
     await runner.cleanup()

@@ -47,11 +47,13 @@ from aiohttp import web
 
 from navi_actor import logs
 from navi_actor.config import Config, normalize_origin
-from navi_actor.tokens import LOCAL, Principal, TokenTable, digest, is_loopback, load_entries, split_host
+from navi_actor.front import relayauth
+from navi_actor.tokens import LOCAL, AuthConfigError, Principal, TokenTable, digest, is_loopback, load_entries, split_host
 
 log = logs.get("navi.front.auth")
 
 PRINCIPAL = "navi.principal"  # the request's key for its Principal
+RELAYED_BY = "navi.relayed_by"  # the request's key for the node that relays it (front/relay.py)
 
 #: Routes anyone may fetch: the chat page, its files, and the health check.
 PUBLIC_ROUTES = frozenset({"/", "/static/{name}", "/healthz"})
@@ -146,7 +148,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Guard:
     """The server's authentication and origin policy, and the middleware that applies it."""
 
-    def __init__(self, config: Config, tokens: TokenTable | None) -> None:
+    def __init__(self, config: Config, tokens: TokenTable | None, cluster_secret: bytes | None = None) -> None:
+        #: The secret the nodes share (--cluster-secret-file): a relaying node signs with it (front/relay.py).
+        self.cluster_secret = cluster_secret
         self.tokens = tokens if tokens is not None and len(tokens) else None
         self.enabled = self.tokens is not None
         self.tickets = TicketBook(config.ws_ticket_ttl)
@@ -158,6 +162,9 @@ class Guard:
         self.confine_files = not self.local_only
 
     def authenticate(self, request: web.Request, allow_ticket: bool) -> Principal | None:
+        relayed = request.headers.get(relayauth.HEADER)
+        if relayed is not None:  # another node, on behalf of its client: the WebSocket only, signed
+            return self._relayed(request, relayed) if allow_ticket else None
         if self.tokens is None:
             return LOCAL
         header = request.headers.get("Authorization", "")
@@ -169,6 +176,16 @@ class Guard:
         if allow_ticket and "ticket" in request.query:
             return self.tickets.redeem(request.query["ticket"])
         return None
+
+    def _relayed(self, request: web.Request, value: str) -> Principal | None:
+        if self.cluster_secret is None:
+            return None
+        found = relayauth.verify(self.cluster_secret, value, request.match_info.get("session_id", ""), time.time())
+        if found is None:
+            log.warning("front.relay_refused", remote=request.remote, path=request.path[:200])
+            return None
+        request[RELAYED_BY] = found[0]
+        return found[1]
 
     def host_allowed(self, host_header: str) -> bool:
         host = split_host(host_header)
@@ -245,4 +262,16 @@ def load_guard(config: Config, tokens_fd: int | None) -> Guard:
             os.close(tokens_fd)
         env_text = b"".join(chunks).decode("utf-8", "replace")
     entries = load_entries(config.tokens_file, env_text)
-    return Guard(config, TokenTable(entries) if entries else None)
+    return Guard(config, TokenTable(entries) if entries else None, load_cluster_secret(config))
+
+
+def load_cluster_secret(config: Config) -> bytes | None:
+    """The secret in --cluster-secret-file (with a PostgreSQL store), or None; AuthConfigError if unusable."""
+    path = config.cluster_secret_file
+    if not path or not config.store.startswith("postgresql"):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return relayauth.parse_secret(f.read(), path)
+    except (OSError, relayauth.SecretError) as exc:
+        raise AuthConfigError(f"--cluster-secret-file: {exc}") from None

@@ -23,6 +23,7 @@ gives None).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from navi_actor import logs
@@ -45,6 +46,7 @@ class FrontCluster:
         self.node = open_cluster(config.store or None, config.node_id, lease_ttl=config.lease_ttl,
                                  advertise_url=url, on_lost=self._on_lost, on_control=self._on_control)
         self.lost = 0  #: turns stopped because their lease was lost
+        self._lost_for: float | None = None  #: the last heartbeat for which the watchdog stopped the turns
 
     @classmethod
     def open(cls, runtime: Runtime, config: Config, url: str) -> FrontCluster | None:
@@ -57,10 +59,27 @@ class FrontCluster:
             return None
         cluster.node.start()
         log.info("cluster.joined", node=config.node_id, lease_ttl=config.lease_ttl)
+        cluster.loop.call_later(cluster.node.beat_every, cluster._watchdog)
         return cluster
 
     def close(self) -> None:
         self.node.close()
+
+    def _watchdog(self) -> None:
+        """Stop this node's turns once its last heartbeat is older than the lease TTL, from the front's loop.
+
+        The heartbeat thread checks this too, but only between beats: cut off from PostgreSQL, its
+        write can hang until TCP gives up (keepalives: 11 s), far past a short TTL. This check needs
+        no database, so a node cut off stops its turns within a beat of its lease's end."""
+        if self.node._closing.is_set():
+            return
+        last, ttl = self.node.last_beat, self.node.lease_ttl
+        if last is not None and time.monotonic() - last > ttl and self._lost_for != last:
+            self._lost_for = last
+            gap = time.monotonic() - last
+            log.error("cluster.lease_lost", node=self.node_id, seconds_since_heartbeat=round(gap, 1), by="watchdog")
+            self._stop_all(f"this node could not renew its lease for {gap:.1f} s (TTL {ttl:g} s)")
+        self.loop.call_later(self.node.beat_every, self._watchdog)
 
     # -- called from the cluster's threads ---------------------------------
 
@@ -68,7 +87,9 @@ class FrontCluster:
         self.loop.call_soon_threadsafe(self._stop_all, reason)
 
     def _stop_all(self, reason: str) -> None:
-        for sid in list(self.rt.runs):
+        for sid, run in list(self.rt.runs.items()):
+            if run.stop_reason is not None and run.stop_reason.get("code") == LEASE_LOST:
+                continue  # stopped for this already (by the watchdog or the heartbeat thread)
             if self.rt.stop(sid, {"code": LEASE_LOST, "message": f"This turn was stopped: {reason}; another "
                                   "node may have taken the session over."}):
                 self.lost += 1

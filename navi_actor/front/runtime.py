@@ -86,6 +86,7 @@ class Runtime:
                                        self.queueing.lengths)
         self.store_keeper = StoreKeeper(self)  # while the store cannot write (navi_actor.front.storekeeper)
         self.cluster: Any = None  # front.cluster.FrontCluster, with a store several nodes share
+        self.relay: Any = None  # front.relay.Relay, with a cluster secret too: turns of other nodes relayed
         self.loop.call_soon(lambda: self.loop.create_task(self.adoption.reconcile()))
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -106,7 +106,8 @@ export class Api {
   /** A WebSocket for a session (a promise): with a fresh ticket when authentication is on. */
   async socket(id, after) {
     const params = { after };
-    if (this.authOn) params.ticket = (await this.request("POST", "/ws-ticket")).ticket;
+    // ?session= is for balancers hashing on the session id (deploy/): the ticket is kept by the node that issued it.
+    if (this.authOn) params.ticket = (await this.request("POST", "/ws-ticket", { params: { session: id } })).ticket;
     return new WebSocket(this.socketUrl(`/ws/sessions/${encodeURIComponent(id)}`, params));
   }
 }

@@ -82,3 +82,11 @@ def redact(url: str) -> str:
     if not sep or not at or ":" not in auth:
         return url
     return f"{scheme}://{auth.split(':', 1)[0]}:***@{host}"
+
+
+#: Server-side settings of every node's connections (libpq ``options``). A node cut off in the middle
+#: of a transaction would otherwise keep its row locks (a run's checkpoint) and the sweeper's lock until
+#: the server's TCP gives up, hours later, and no other node could end its turns: the server aborts a
+#: transaction idle for 5 s, and notices a silent client within 11 s.
+PG_SESSION_OPTIONS = ("-c idle_in_transaction_session_timeout=5000 -c tcp_keepalives_idle=5"
+                      " -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3")

@@ -34,7 +34,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from navi_actor import logs
-from navi_actor.store.common import redact
+from navi_actor.store.common import PG_SESSION_OPTIONS, redact
 from navi_actor.store.pgschema import ALIVE
 from navi_actor.store.postgres import interrupt_in, node_lost_reason
 
@@ -91,7 +91,8 @@ class PgNode:
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=5,
                                application_name=f"navi-actor cluster {self.node_id}"[:63],
-                               keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+                               keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+                               options=PG_SESSION_OPTIONS)
 
     # -- heartbeat and sweeper ----------------------------------------------
 
@@ -232,6 +233,20 @@ class PgNode:
                 if time.monotonic() > deadline or self._closing.wait(0.05):
                     return False
         return True
+
+    def owner(self, session_id: str) -> dict[str, Any] | None:
+        """The live node other than this one that runs a turn of ``session_id``: ``{"node", "url", "run_id"}``."""
+        with self._connect() as conn:
+            return conn.execute(
+                "SELECT r.node_id AS node, n.advertise_url AS url, r.id AS run_id FROM runs r"
+                " JOIN nodes n ON n.node_id = r.node_id WHERE r.session_id = %s AND r.status = 'running'"
+                f" AND r.node_id <> %s AND {ALIVE} ORDER BY r.started_at DESC LIMIT 1",
+                (session_id, self.node_id)).fetchone()
+
+    def run_running(self, run_id: str) -> bool:
+        """Whether the run is still marked running (its node's or the sweeper's end not yet written)."""
+        with self._connect() as conn:
+            return conn.execute("SELECT 1 FROM runs WHERE id = %s AND status = 'running'", (run_id,)).fetchone() is not None
 
     def running(self) -> list[dict[str, Any]]:
         """The running turns of every live node: ``{"run_id", "session_id", "node", "url", "started_at"}``."""

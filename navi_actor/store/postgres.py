@@ -43,7 +43,7 @@ from psycopg.rows import dict_row
 
 from navi_actor import logs
 from navi_actor.store.common import (
-    ANY_OWNER, dumps, load_dict, redact, require_final, run_each, title_from, valid_session_id,
+    ANY_OWNER, PG_SESSION_OPTIONS, dumps, load_dict, redact, require_final, run_each, title_from, valid_session_id,
 )
 from navi_actor.store.pg_queue import PgQueueMixin, turn_args
 from navi_actor.store.pgcall import failure_of as _failure
@@ -98,6 +98,7 @@ class PostgresStore(PgQueueMixin):
             application_name="navi-actor",
             # A dead server is noticed within seconds, not after the kernel's two hours.
             keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            options=PG_SESSION_OPTIONS,
         )
 
     def _drop(self) -> None:
