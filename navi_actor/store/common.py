@@ -90,3 +90,47 @@ def redact(url: str) -> str:
 #: transaction idle for 5 s, and notices a silent client within 11 s.
 PG_SESSION_OPTIONS = ("-c idle_in_transaction_session_timeout=5000 -c tcp_keepalives_idle=5"
                       " -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3")
+
+
+# ── a queued message's row, the same in every backend ───────────────────────
+def queued_data(agent_content: str, images: Sequence[str] | None, files: list | None) -> str:
+    """The ``data`` column of a queued message: what its turn needs when it starts."""
+    return dumps({"agent_content": agent_content, "images": list(images or []), "files": files or []})
+
+
+def queue_entry(row: Any, position: int) -> dict:
+    """One entry of ``SessionStore.queue``, from a queue row."""
+    data = load_dict(row["data"]) or {}
+    return {"message_id": row["message_id"], "position": position, "content": row["content"],
+            "client_message_id": row["client_message_id"], "images": len(data.get("images") or []),
+            "files": data.get("files") or [], "created_at": row["created_at"]}
+
+
+def queued_turn(head: Any, data: dict, base: int) -> dict:
+    """What ``SessionStore.begin_queued`` returns for the queue's head ``head`` (``data``: its loaded data)."""
+    return {"run_id": head["message_id"], "base": base, "content": head["content"],
+            "agent_content": data["agent_content"], "images": list(data.get("images") or []),
+            "files": data.get("files") or [], "client_message_id": head["client_message_id"]}
+
+
+def user_message_data(agent_content: str, images: int, files: list, client_id: str | None, queued: bool) -> str:
+    """The ``data`` column of a turn's user message, as ``begin_run`` and ``begin_queued`` save it."""
+    data: dict[str, Any] = {"agent_content": agent_content, "images": images, "files": files}
+    if client_id is not None:
+        data["client_message_id"] = client_id
+    if queued:
+        data["queued"] = True
+    return dumps(data)
+
+
+def history_message(row: Any) -> dict:
+    """One message of ``SessionStore.history`` from a (role, content, data) row: a user message
+    carries what the agent read (``agent_content``) as its content."""
+    data = load_dict(row["data"]) or {}
+    content = row["content"]
+    if row["role"] == "user" and "agent_content" in data:
+        content = data.pop("agent_content")
+    msg = {"role": row["role"], "content": content}
+    for k, v in data.items():
+        msg.setdefault(k, v)
+    return msg

@@ -19,7 +19,8 @@ from typing import Any
 
 import psycopg
 
-from navi_actor.store.common import dumps, load_dict, title_from, valid_session_id
+from navi_actor.store.common import (
+    load_dict, queue_entry, queued_data, queued_turn, title_from, user_message_data, valid_session_id)
 from navi_actor.store.errors import QueueFull, SessionNotFound, StoreError
 from navi_actor.store.pgcall import locked
 
@@ -29,12 +30,8 @@ __all__ = ["PgQueueMixin", "turn_args"]
 def turn_args(node_id: str, session_id: str, run_id: str, content: str, agent_content: str, images: int,
               files: list, client_id: str | None, *, queued: bool) -> tuple:
     """navi_begin_run's arguments: the user message's data as `begin_run` and `begin_queued` save it."""
-    data: dict[str, Any] = {"agent_content": agent_content, "images": images, "files": files}
-    if client_id is not None:
-        data["client_message_id"] = client_id
-    if queued:
-        data["queued"] = True
-    return (session_id, run_id, node_id, time.time(), content, dumps(data), title_from(content), client_id)
+    data = user_message_data(agent_content, images, files, client_id, queued)
+    return (session_id, run_id, node_id, time.time(), content, data, title_from(content), client_id)
 
 
 class PgQueueMixin:
@@ -79,10 +76,10 @@ class PgQueueMixin:
                           (message_id, message_id)).fetchone():
                 raise StoreError(f"message id {message_id!r} is already used; use a new one")
             ord_ = (row["low"] - 1 if at_head else row["high"] + 1) if length else 0
-            data = {"agent_content": agent_content, "images": list(images or []), "files": files or []}
             db.execute("INSERT INTO queue (message_id, session_id, ord, content, data, client_message_id,"
                        " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                       (message_id, session_id, ord_, content, dumps(data), client_message_id, time.time()))
+                       (message_id, session_id, ord_, content, queued_data(agent_content, images, files),
+                        client_message_id, time.time()))
         return 1 if at_head else length + 1
 
     @locked
@@ -102,13 +99,7 @@ class PgQueueMixin:
         rows = self._db.execute(
             "SELECT message_id, content, data, client_message_id, created_at FROM queue"
             " WHERE session_id = %s ORDER BY ord", (session_id,)).fetchall()
-        out = []
-        for i, row in enumerate(rows, 1):
-            data = load_dict(row["data"]) or {}
-            out.append({"message_id": row["message_id"], "position": i, "content": row["content"],
-                        "client_message_id": row["client_message_id"], "images": len(data.get("images") or []),
-                        "files": data.get("files") or [], "created_at": row["created_at"]})
-        return out
+        return [queue_entry(row, i) for i, row in enumerate(rows, 1)]
 
     @locked
     def queued_sessions(self) -> list[str]:
@@ -133,9 +124,7 @@ class PgQueueMixin:
             args = turn_args(self.node_id, session_id, run_id, head["content"], data["agent_content"],
                              len(data.get("images") or []), data.get("files") or [], client_id, queued=True)
             base = self._begun(*self._begin(db, args), session_id, run_id)
-        return {"run_id": run_id, "base": base, "content": head["content"],
-                "agent_content": data["agent_content"], "images": list(data.get("images") or []),
-                "files": data.get("files") or [], "client_message_id": client_id}
+        return queued_turn(head, data, base)
 
     @locked
     def set_if_busy(self, session_id: str, policy: str | None) -> bool:

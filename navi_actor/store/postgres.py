@@ -43,7 +43,8 @@ from psycopg.rows import dict_row
 
 from navi_actor import logs
 from navi_actor.store.common import (
-    ANY_OWNER, PG_SESSION_OPTIONS, dumps, load_dict, redact, require_final, run_each, title_from, valid_session_id,
+    ANY_OWNER, PG_SESSION_OPTIONS, dumps, history_message, load_dict, redact, require_final, run_each,
+    valid_session_id,
 )
 from navi_actor.store.pg_queue import PgQueueMixin, turn_args
 from navi_actor.store.pgcall import failure_of as _failure
@@ -235,17 +236,7 @@ class PostgresStore(PgQueueMixin):
             " LEFT JOIN runs r ON r.id = m.run_id"
             " WHERE m.session_id = %s AND (r.status IS NULL OR r.status <> 'running')"
             " ORDER BY m.id", (session_id,)).fetchall()
-        out = []
-        for r in rows:
-            data = load_dict(r["data"]) or {}
-            content = r["content"]
-            if r["role"] == "user" and "agent_content" in data:
-                content = data.pop("agent_content")
-            msg = {"role": r["role"], "content": content}
-            for k, v in data.items():
-                msg.setdefault(k, v)
-            out.append(msg)
-        return out
+        return [history_message(r) for r in rows]
 
     # -- runs --------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from navi_actor import logs
 from navi_actor.store.common import (
-    ANY_OWNER, dumps, load_dict, require_final, run_each, valid_session_id,
+    ANY_OWNER, dumps, history_message, load_dict, require_final, run_each, valid_session_id,
 )
 from navi_actor.store.errors import RunNotRunning, SessionNotFound, StoreError, StoreFailure
 from navi_actor.store.sqlite_queue import QUEUE_MIGRATION, QueueMixin, locked
@@ -241,17 +241,7 @@ class SQLiteStore(QueueMixin):
             " LEFT JOIN runs r ON r.id = m.run_id"
             " WHERE m.session_id = ? AND (r.status IS NULL OR r.status != 'running')"
             " ORDER BY m.id", (session_id,)).fetchall()
-        out = []
-        for r in rows:
-            data = load_dict(r["data"]) or {}
-            content = r["content"]
-            if r["role"] == "user" and "agent_content" in data:
-                content = data.pop("agent_content")
-            msg = {"role": r["role"], "content": content}
-            for k, v in data.items():
-                msg.setdefault(k, v)
-            out.append(msg)
-        return out
+        return [history_message(r) for r in rows]
 
     # -- runs --------------------------------------------------------------
 

@@ -18,7 +18,8 @@ import time
 from contextlib import AbstractContextManager
 from typing import Any, Callable, TypeVar, cast
 
-from navi_actor.store.common import dumps, load_dict, title_from, valid_session_id
+from navi_actor.store.common import (
+    load_dict, queue_entry, queued_data, queued_turn, title_from, user_message_data, valid_session_id)
 from navi_actor.store.errors import QueueFull, SessionNotFound, StoreError, StoreFailure
 
 __all__ = ["QUEUE_MIGRATION", "QueueMixin", "locked"]
@@ -97,10 +98,10 @@ class QueueMixin:
                           (message_id, message_id)).fetchone():
                 raise StoreError(f"message id {message_id!r} is already used; use a new one")
             ord_ = (low - 1 if at_head else high + 1) if length else 0
-            data = {"agent_content": agent_content, "images": list(images or []), "files": files or []}
             db.execute("INSERT INTO queue (message_id, session_id, ord, content, data, client_message_id,"
                        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (message_id, session_id, ord_, content, dumps(data), client_message_id, now))
+                       (message_id, session_id, ord_, content, queued_data(agent_content, images, files),
+                        client_message_id, now))
         return 1 if at_head else length + 1
 
     @locked
@@ -120,13 +121,7 @@ class QueueMixin:
         rows = self._db.execute(
             "SELECT message_id, content, data, client_message_id, created_at FROM queue"
             " WHERE session_id = ? ORDER BY ord", (session_id,)).fetchall()
-        out = []
-        for i, row in enumerate(rows, 1):
-            data = load_dict(row["data"]) or {}
-            out.append({"message_id": row["message_id"], "position": i, "content": row["content"],
-                        "client_message_id": row["client_message_id"], "images": len(data.get("images") or []),
-                        "files": data.get("files") or [], "created_at": row["created_at"]})
-        return out
+        return [queue_entry(row, i) for i, row in enumerate(rows, 1)]
 
     @locked
     def queued_sessions(self) -> list[str]:
@@ -151,9 +146,7 @@ class QueueMixin:
             db.execute("DELETE FROM queue WHERE message_id = ?", (run_id,))
             self._insert_turn(db, session_id, run_id, base, head["content"], data["agent_content"],
                               len(data.get("images") or []), data.get("files") or [], client_id, True, now)
-        return {"run_id": run_id, "base": base, "content": head["content"],
-                "agent_content": data["agent_content"], "images": list(data.get("images") or []),
-                "files": data.get("files") or [], "client_message_id": client_id}
+        return queued_turn(head, data, base)
 
     def _insert_turn(self, db: sqlite3.Connection, session_id: str, run_id: str, base: int, content: str,
                      agent_content: str, images: int, files: list, client_id: str | None, queued: bool,
@@ -164,13 +157,9 @@ class QueueMixin:
                        " VALUES (?, ?, 'running', ?, ?)", (run_id, session_id, now, base + 1))
         except sqlite3.IntegrityError as e:
             raise StoreError(f"run {run_id!r} already exists; use a new run id") from e
-        data: dict[str, Any] = {"agent_content": agent_content, "images": images, "files": files}
-        if client_id is not None:
-            data["client_message_id"] = client_id
-        if queued:
-            data["queued"] = True
+        data = user_message_data(agent_content, images, files, client_id, queued)
         db.execute("INSERT INTO messages (session_id, run_id, role, content, data, created_at, client_message_id)"
-                   " VALUES (?, ?, 'user', ?, ?, ?, ?)", (session_id, run_id, content, dumps(data), now, client_id))
+                   " VALUES (?, ?, 'user', ?, ?, ?, ?)", (session_id, run_id, content, data, now, client_id))
         db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, session_id))
         title = title_from(content)
         if title:
