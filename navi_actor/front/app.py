@@ -458,20 +458,22 @@ def make_app(runtime: Runtime, guard: auth.Guard | None = None) -> web.Applicati
 # ── process main ────────────────────────────────────────────────────────────
 
 
-def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = None) -> int:
+def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = None,
+               secret_fd: int | None = None) -> int:
     """Entry point of the forked front process; returns its exit code.
 
     ``fd`` is the channel to the supervisor; ``listen_fd`` the listening
     socket, which the supervisor owns so it survives a front restart;
-    ``tokens_fd`` a memfd holding NAVI_TOKENS (the supervisor keeps its own
-    descriptor for the next front; this one is closed once read).
+    ``tokens_fd`` a memfd holding NAVI_TOKENS, ``secret_fd`` one holding
+    NAVI_CLUSTER_SECRET (the supervisor keeps its own descriptors for the
+    next front; these are closed once read).
     """
     import uvloop
 
     logs.configure("front", config.log_format)
     proctitle.set_title("navi-actor: front", comm=b"navi-front")
     try:
-        guard = auth.load_guard(config, tokens_fd)
+        guard = auth.load_guard(config, tokens_fd, secret_fd)
     except tokens.AuthConfigError as exc:
         log.error("front.auth_unusable", error=str(exc))
         print(f"navi-actor: {exc}", file=sys.stderr, flush=True)
