@@ -287,9 +287,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     bucket = TokenBucket(rt.config.rate_limit)
     await rt.reconciled.wait()  # after a front restart: runs are adopted before anyone attaches
     viewer = Viewer(ws, request, sid, rt.config.client_max_pending_bytes)
+    viewer.principal = auth.principal_of(request)
     log.info("front.ws_connected", session_id=sid, viewer=viewer.id, after=after)
-    link = await rt.relay.for_connection(request, viewer, after) if rt.relay is not None else None
-    if link is None:
+    # A relay now, or later (front/elsewhere.py: a message queued for another node's turn).
+    viewer.relay = await rt.relay.for_connection(request, viewer, after) if rt.relay is not None else None
+    if viewer.relay is None:
         rt.attach(viewer, after)
     try:
         async for msg in ws:
@@ -300,15 +302,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     f"Too many messages: at most {rt.config.rate_limit} a minute. Try again in {wait} s.",
                 ).event()))
             elif msg.type == WSMsgType.TEXT:
-                if link is None or not await link.send(msg.data):
+                if viewer.relay is None or not await viewer.relay.send(msg.data):
                     await _on_client_message(rt, guard, viewer, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 viewer.send(orjson.dumps(protocol.ClientError(protocol.INVALID_MESSAGE, protocol.EXPECTED_SHAPE).event()))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
-        if link is not None:
-            await link.close()
+        if viewer.relay is not None:
+            await viewer.relay.close()
         rt.detach(viewer)
         log.info("front.ws_disconnected", session_id=sid, viewer=viewer.id)
         for gone in [s for s in rt.session_owners if s not in rt.viewers and s not in rt.actors]:

@@ -11,7 +11,10 @@ listener of stop/kill requests) and answers it:
   refused by the store (`LeaseLost`), so the history keeps the new owner's.
 - **another node asks** for a stop (``POST /sessions/ID/stop`` there) or a
   kill (``POST /runs/ID/kill`` there) of a turn that runs here: it is done
-  here as if asked here, and the outcome goes back to the caller.
+  here as if asked here, and the outcome goes back to the caller. It may
+  also say that it queued (or cancelled) a message of a session whose turn
+  runs here, or queued one to interrupt it (:mod:`navi_actor.front.elsewhere`):
+  the session's queue is read again, and its head runs when the turn ends.
 - **this node is asked** to stop or kill a turn that runs elsewhere: the
   request goes to its owner (`request`), and the caller learns whether it
   was delivered.
@@ -27,6 +30,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from navi_actor import logs
+from navi_actor.front import elsewhere
 from navi_actor.store import open_cluster
 
 if TYPE_CHECKING:
@@ -100,6 +104,8 @@ class FrontCluster:
 
     async def _control(self, req: dict[str, Any]) -> str:
         sid, op = req["session_id"], req["op"]
+        if op in (elsewhere.QUEUE_CHANGED, elsewhere.INTERRUPT):  # another node queued a message of it
+            return await self.rt.queueing.from_elsewhere(sid, op)
         run = self.rt.runs.get(sid)
         if run is None or (req.get("run_id") and run.run_id != req["run_id"]):
             return "no active run"

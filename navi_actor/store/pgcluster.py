@@ -47,8 +47,10 @@ SWEEP_LOCK = 0x6E617669_0002
 RESCAN = 1.0  #: seconds between rescans of pending control requests, notified or not
 ACK_WAIT = 1.5  #: seconds a stop/kill request waits for the owner's acknowledgement
 #: What one node may ask of another: stop the turn (its stop event, as POST /sessions/ID/stop),
-#: run the stop ladder on its actor (POST /runs/ID/kill), or SIGKILL it (with force).
-OPS = ("stop", "terminate", "kill")
+#: run the stop ladder on its actor (POST /runs/ID/kill), or SIGKILL it (with force); read the session's
+#: queue again, a message having been queued or cancelled elsewhere, and for "interrupt" stop the turn
+#: for it (front/elsewhere.py).
+OPS = ("stop", "terminate", "kill", "queue", "interrupt")
 
 
 class PgNode:
@@ -189,9 +191,10 @@ class PgNode:
                      result=result, requested_by=req["requested_by"])
 
     def request(self, session_id: str, op: str, timeout: float = ACK_WAIT) -> dict[str, Any]:
-        """Stop or kill (`OPS`) the turn of ``session_id`` that runs on another node; what became of it.
+        """Ask the node running the turn of ``session_id``, if another, to carry out an op (`OPS`); what became of it.
 
-        ``{"delivered": True, "node", "result"}`` once the owner ran it;
+        ``{"delivered": True, "node", "result", "url", "run_id", "first_seq"}`` once the owner ran it
+        (``url``: where it serves; ``run_id``, ``first_seq``: the turn that ran when it was asked);
         ``{"delivered": False, "node"?, "reason"}`` when no other node runs a
         turn of the session, the owner is dead (the sweeper ends its turn), or
         it did not answer within ``timeout`` seconds (the request stays, and
@@ -202,7 +205,8 @@ class PgNode:
         with self._connect() as conn:
             with conn.transaction():
                 run = conn.execute(
-                    f"SELECT r.id, r.node_id, {ALIVE} AS alive FROM runs r LEFT JOIN nodes n ON n.node_id = r.node_id"
+                    f"SELECT r.id, r.node_id, r.first_seq, n.advertise_url, {ALIVE} AS alive"
+                    " FROM runs r LEFT JOIN nodes n ON n.node_id = r.node_id"
                     " WHERE r.session_id = %s AND r.status = 'running' AND r.node_id <> %s"
                     " ORDER BY r.started_at DESC LIMIT 1", (session_id, self.node_id)).fetchone()
                 if run is None:
@@ -218,7 +222,8 @@ class PgNode:
             while True:
                 row = conn.execute("SELECT acked_at, result FROM control WHERE id = %s", (rid,)).fetchone()
                 if row["acked_at"] is not None:
-                    return {"delivered": True, "node": run["node_id"], "result": row["result"]}
+                    return {"delivered": True, "node": run["node_id"], "result": row["result"],
+                            "url": run["advertise_url"], "run_id": run["id"], "first_seq": run["first_seq"]}
                 if time.monotonic() > deadline or self._closing.wait(0.01):
                     return {"delivered": False, "node": run["node_id"],
                             "reason": f"node {run['node_id']} did not acknowledge within {timeout:g} s"}
