@@ -7,10 +7,11 @@ so node 2 serves it itself (no relay) when it sends its message.
 
 from __future__ import annotations
 
+import signal
 import time
 
 from tests.conftest import FINAL_TYPES, receive, receive_until, run_turn, text_of
-from tests.test_functional_cluster import rows, start_nodes
+from tests.test_functional_cluster import TTL, poll, rows, signal_tree, start_nodes
 
 
 def final(e: dict) -> bool:
@@ -113,3 +114,27 @@ async def test_cancel_of_a_message_queued_across_nodes(make_server, client, pg_u
     assert [m["content"] for m in (await ca.session(sid))["messages"]] == \
         ["slow 150 0.02", text_of(first), "slow 1 0", "w0 "]
     assert rows(pg_url, "SELECT message_id FROM queue") == []
+
+
+async def test_a_message_queued_for_a_node_that_dies_runs_on_the_node_that_swept_it(make_server, client, pg_url,
+                                                                                  tmp_path):
+    """kill -9 of node 1 with a message queued for its turn from node 2: node 2's sweeper ends the turn as
+    interrupted, then runs the queued message itself, within TTL + 5 s, the history in order."""
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    ca, cb = client(a), client(b)
+    sid, ws_a, ws_b, _ = await turn_on_node1_watched_from_node2(ca, cb, "slow 500 0.02")
+    await ws_b.send_json({"type": "message", "content": "slow 2 0", "if_busy": "enqueue"})
+    queued = await receive(ws_b)
+    assert queued["type"] == "queued", queued
+    await poll(lambda: "front.queue_handed_over" in b.log_text(), "node 1 told of the queued message")
+    signal_tree(a, signal.SIGKILL)
+    t0 = time.monotonic()
+    a.proc.wait(10)
+    await ws_a.close()
+    done = await poll(lambda: rows(pg_url, "SELECT node_id, status FROM runs WHERE id = %s AND status = 'done'",
+                                   queued["message_id"]), "the queued message's turn, on node 2", timeout=TTL + 8)
+    assert done == [{"node_id": "n2", "status": "done"}] and time.monotonic() - t0 < TTL + 8
+    detail = await cb.session(sid)
+    assert [(m["role"], m.get("status")) for m in detail["messages"]][1:] == \
+        [("assistant", "interrupted"), ("user", None), ("assistant", "done")]
+    assert detail["messages"][2]["content"] == "slow 2 0" and detail["queue"] == []

@@ -18,6 +18,8 @@ listener of stop/kill requests) and answers it:
 - **this node is asked** to stop or kill a turn that runs elsewhere: the
   request goes to its owner (`request`), and the caller learns whether it
   was delivered.
+- **this node's sweeper ended a dead node's turns**: the messages queued in
+  their sessions start here (the dead node had counted them).
 
 With SQLite there is one node and nothing of this runs (`FrontCluster.open`
 gives None).
@@ -48,7 +50,8 @@ class FrontCluster:
         self.loop = runtime.loop
         self.node_id = config.node_id
         self.node = open_cluster(config.store or None, config.node_id, lease_ttl=config.lease_ttl,
-                                 advertise_url=url, on_lost=self._on_lost, on_control=self._on_control)
+                                 advertise_url=url, on_lost=self._on_lost, on_control=self._on_control,
+                                 on_swept=self._on_swept)
         self.lost = 0  #: turns stopped because their lease was lost
         self._lost_for: float | None = None  #: the last heartbeat for which the watchdog stopped the turns
 
@@ -98,6 +101,17 @@ class FrontCluster:
                                   "node may have taken the session over."}):
                 self.lost += 1
                 log.error("cluster.turn_stopped", session_id=sid, reason=reason)
+
+    def _on_swept(self, sessions: list[str]) -> None:
+        """This node's sweeper ended a dead node's turns: their sessions' queued messages start here."""
+        for sid in sessions:
+            asyncio.run_coroutine_threadsafe(self._adopt_queue(sid), self.loop)
+
+    async def _adopt_queue(self, sid: str) -> None:
+        try:
+            await self.rt.queueing.reread(sid)
+        except Exception as exc:  # noqa: BLE001 — a later start (or this node's restart) runs them
+            log.warning("cluster.queue_adopt_failed", session_id=sid, error=str(exc))
 
     def _on_control(self, req: dict[str, Any]) -> str:
         return asyncio.run_coroutine_threadsafe(self._control(req), self.loop).result(CONTROL_WAIT)

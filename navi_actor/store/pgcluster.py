@@ -8,7 +8,8 @@ store's: a group commit must not wait behind them, nor they behind it):
   event), then runs the **sweeper** under a transaction-level advisory lock,
   so that one node at a time ends the running turns of nodes whose
   heartbeat is older than their lease TTL, as ``interrupted`` with their
-  checkpointed text. When the beat finds it could not renew for a whole
+  checkpointed text (then ``on_swept`` names their sessions: messages
+  queued for those turns start on this node). When the beat finds it could not renew for a whole
   TTL (this node was paused, or the database was unreachable), other nodes
   may have taken its sessions: it calls ``on_lost``, and the front stops
   its own turns.
@@ -58,7 +59,8 @@ class PgNode:
 
     def __init__(self, url: str, node_id: str, *, advertise_url: str = "", lease_ttl: float = 10.0,
                  on_lost: Callable[[str], None] = lambda reason: None,
-                 on_control: Callable[[dict[str, Any]], str] = lambda req: "not handled") -> None:
+                 on_control: Callable[[dict[str, Any]], str] = lambda req: "not handled",
+                 on_swept: Callable[[list[str]], None] = lambda sessions: None) -> None:
         self.url = url
         self.node_id = node_id
         self.advertise_url = advertise_url
@@ -66,6 +68,7 @@ class PgNode:
         self.incarnation = uuid.uuid4().hex
         self.on_lost = on_lost
         self.on_control = on_control
+        self.on_swept = on_swept
         self.beat_every = max(0.1, self.lease_ttl / 5)
         self.last_beat: float | None = None  #: monotonic time of the last renewed heartbeat
         self.swept = 0  #: turns this node's sweeper ended
@@ -121,6 +124,11 @@ class PgNode:
                 interrupt_in(conn, theirs, node_lost_reason(node), 10**9)
                 log.warning("cluster.swept", node=node, runs=[r["id"] for r in theirs])
         self.swept += len(runs)
+        if runs:  # committed: their sessions are free, and what their queues hold may start
+            try:
+                self.on_swept(sorted({r["session_id"] for r in runs}))
+            except Exception:  # noqa: BLE001 — the beat goes on whatever the callback did
+                log.exception("cluster.on_swept_failed")
         return [r["id"] for r in runs]
 
     def _beat_loop(self) -> None:
