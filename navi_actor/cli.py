@@ -160,9 +160,9 @@ def _check_cluster_secret(cfg: config_mod.Config) -> str | None:
     from navi_actor.front import relayauth
     from navi_actor.store import redact
 
-    in_env = sandbox.env_is_set("NAVI_CLUSTER_SECRET")
     if not cfg.shared_store:
-        return None
+        return None  # (NAVI_CLUSTER_SECRET, if set, is dropped from the environment like any secret)
+    in_env = sandbox.env_is_set("NAVI_CLUSTER_SECRET")
     if not in_env and not cfg.cluster_secret_file:
         return REFUSE_NO_CLUSTER_SECRET.format(store=redact(cfg.store))
     if in_env and cfg.cluster_secret_file:
