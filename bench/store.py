@@ -38,10 +38,14 @@ def store_rows(bench: Bench) -> list[Row]:
     sparse = Row("store_sparse_p50", "store", "sparse stream 1k events/s, end-to-end: p50, PostgreSQL", "µs",
                  "≤ 1.1× baseline", lambda n, b: b is not None and n <= 1.1 * b, note=note)
     cfg = bench.cfg
+    secret = bench.workdir / "cluster-secret"  # a PostgreSQL store needs the nodes' secret, even for one node
+    secret.write_text("the-benchmark-cluster-secret-0123456789\n")
+    secret.chmod(0o600)
     try:
         for r in range(bench.repeat):
             for side in ("navi", "baseline") if r % 2 == 0 else ("baseline", "navi"):
-                store = ["--store", pg.create_database(f"bench{r + 1}")] if side == "navi" else []
+                store = ["--store", pg.create_database(f"bench{r + 1}"), "--cluster-secret-file", str(secret)] \
+                    if side == "navi" else []
                 label = f"store-{'postgres' if side == 'navi' else 'sqlite'}-{r + 1}"
                 args = ["--idle-timeout", "600", *bench.warm_args(2), *store]
                 log(f"starting navi-actor ({label}) {' '.join(args)}")

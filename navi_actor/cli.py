@@ -136,12 +136,63 @@ def _sandbox_plan(cfg: config_mod.Config, spec: Any, log: Any) -> Any:
     return plan
 
 
-def _secure(cfg: config_mod.Config) -> tuple[int | None, int | None, bool] | int:
+REFUSE_NO_CLUSTER_SECRET = """\
+navi-actor: a PostgreSQL store (--store {store}) needs the secret the nodes
+share, the same on every node: it authenticates the requests one node makes
+of another, so that a client cannot pass as a node. Give it one way:
+  - in the environment: NAVI_CLUSTER_SECRET=..., or
+  - in a file (mode 0600): --cluster-secret-file FILE (or NAVI_CLUSTER_SECRET_FILE).
+Make one with: head -c 32 /dev/urandom | base64"""
+
+REFUSE_TWO_CLUSTER_SECRETS = """\
+navi-actor: the cluster secret is given twice, in NAVI_CLUSTER_SECRET and in
+--cluster-secret-file {path}; give it one way only (unset one of them), so
+that which secret is in force is never in doubt."""
+
+
+def _check_cluster_secret(cfg: config_mod.Config) -> str | None:
+    """With a PostgreSQL store: why the cluster secret is missing, given twice or unusable (None: usable).
+
+    Read in a child, as the tokens are: the supervisor, which actors are forked
+    from, never holds it (NAVI_CLUSTER_SECRET is then moved to a memfd for the front).
+    """
+    from navi_actor import sandbox
+    from navi_actor.front import relayauth
+    from navi_actor.store import redact
+
+    if not cfg.shared_store:
+        return None  # (NAVI_CLUSTER_SECRET, if set, is dropped from the environment like any secret)
+    in_env = sandbox.env_is_set("NAVI_CLUSTER_SECRET")
+    if not in_env and not cfg.cluster_secret_file:
+        return REFUSE_NO_CLUSTER_SECRET.format(store=redact(cfg.store))
+    if in_env and cfg.cluster_secret_file:
+        return REFUSE_TWO_CLUSTER_SECRETS.format(path=cfg.cluster_secret_file)
+
+    def check() -> str:  # runs in a child
+        if in_env:
+            relayauth.parse_secret(os.environb[b"NAVI_CLUSTER_SECRET"], "NAVI_CLUSTER_SECRET")
+            return "ok"
+        try:
+            with open(cfg.cluster_secret_file, "rb") as f:
+                relayauth.parse_secret(f.read(), cfg.cluster_secret_file)
+        except OSError as exc:
+            raise relayauth.SecretError(f"cannot read {cfg.cluster_secret_file}: {exc.strerror or exc}") from None
+        return "ok"
+
+    try:
+        sandbox.check_in_child(check)
+    except RuntimeError as exc:
+        where = "NAVI_CLUSTER_SECRET" if in_env else "--cluster-secret-file"
+        return f"navi-actor: {where}: {exc}"
+    return None
+
+
+def _secure(cfg: config_mod.Config) -> tuple[int | None, int | None, int | None, bool] | int:
     """The supervisor's security set-up, before anything is forked (see navi_actor/sandbox.py).
 
-    Returns (descriptor of NAVI_TOKENS for the front, descriptor of the
-    allow-listed secrets for actors, authentication on), or an exit code when
-    the server must not start.
+    Returns (descriptor of NAVI_TOKENS for the front, descriptor of
+    NAVI_CLUSTER_SECRET for the front, descriptor of the allow-listed secrets
+    for actors, authentication on), or an exit code when the server must not start.
     """
     from navi_actor import sandbox
     from navi_actor import tokens
@@ -174,12 +225,20 @@ def _secure(cfg: config_mod.Config) -> tuple[int | None, int | None, bool] | int
         log.warning("serve.insecure_no_auth", host=cfg.host,
                     note="no authentication: anyone who reaches this address can use every session; "
                          "a proxy in front must authenticate")
-    tokens_fd, env_fd, dropped = sandbox.secure_supervisor(cfg)
-    if configured:
-        sandbox.set_dumpable(False)
+    refused = _check_cluster_secret(cfg)
+    if refused is not None:
+        log.error("serve.cluster_secret_refused", error=refused.partition("\n")[0])
+        print(refused, file=sys.stderr)
+        return EXIT_CANNOT_START
+    secured = sandbox.secure_supervisor(cfg)
+    if configured or cfg.shared_store:
+        sandbox.set_dumpable(False)  # the front forked from it holds a secret: kept out of /proc and ptrace
     log.info("serve.security", auth="on" if configured else "off", tokens=count,
-             env_dropped=dropped, actor_env_allow=cfg.actor_env_allow, actor_rlimits=cfg.actor_rlimits or None)
-    return tokens_fd, env_fd, configured
+             cluster_secret="env" if secured.cluster_secret_fd is not None else
+             ("file" if cfg.shared_store else None),
+             env_dropped=secured.dropped, actor_env_allow=cfg.actor_env_allow,
+             actor_rlimits=cfg.actor_rlimits or None)
+    return secured.tokens_fd, secured.cluster_secret_fd, secured.env_fd, configured
 
 
 def _raise_fd_limit() -> None:
@@ -243,7 +302,7 @@ def serve(cfg: config_mod.Config) -> int:
     secured = _secure(cfg)
     if isinstance(secured, int):
         return secured
-    tokens_fd, env_fd, _auth_on = secured
+    tokens_fd, secret_fd, env_fd, _auth_on = secured
     _raise_fd_limit()
     try:
         spec = agent_loader.load(cfg.agent)
@@ -326,7 +385,7 @@ def serve(cfg: config_mod.Config) -> int:
     def front_main(fd: int) -> int:
         from navi_actor.front import app as front_app
 
-        return front_app.front_main(cfg, fd, listen_fd, tokens_fd)
+        return front_app.front_main(cfg, fd, listen_fd, tokens_fd, secret_fd)
 
     from navi_actor import sandbox
 
@@ -338,7 +397,7 @@ def serve(cfg: config_mod.Config) -> int:
     hooks = Hooks(
         front_main=front_main,
         preload_front=preload_front,
-        front_fds=(listen_fd,) if tokens_fd is None else (listen_fd, tokens_fd),
+        front_fds=(listen_fd, *(fd for fd in (tokens_fd, secret_fd) if fd is not None)),
         actor_main=run_actor,
         on_give_up=lambda: recover("server stopped during this turn"),
         actor_max_rss=cfg.actor_max_rss * 1024 * 1024,

@@ -253,9 +253,9 @@ OPTIONS: tuple[Option, ...] = (
         "cluster_secret_file",
         "",
         str,
-        "with a PostgreSQL store: file holding the secret the nodes share (mode 0600, the same on every node); "
-        "it authenticates node-to-node WebSockets (the relay of a turn running on another node); empty: "
-        "no relay, a client on a node that does not run the turn is told to sync",
+        "with a PostgreSQL store: file holding the secret the nodes share (mode 0600, the same on every node; "
+        "at least 16 bytes); it authenticates node-to-node WebSockets (the relay of a turn running on another "
+        "node). Required with a PostgreSQL store, unless NAVI_CLUSTER_SECRET holds the secret (not both)",
     ),
     Option(
         "log_format",
@@ -505,6 +505,11 @@ class Config:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether the store is one several nodes may share (PostgreSQL): a cluster secret is required."""
+        return self.store.lower().startswith(("postgresql://", "postgres://"))
 
 
 def _shown(default: Any) -> str:

@@ -409,6 +409,26 @@ def _peek(path: str, needles: list[bytearray]) -> str:
     return "found" if any(n in data for n in needles) else "clean"
 
 
+def _own_fds(needles: list[bytearray]) -> dict[str, Any]:
+    """This process's memory files (``memfd:NAME``, as a descriptor shows them), and the descriptors
+    whose content, read from its start, holds a needle."""
+    memfds, holding = [], []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if link.lstrip("/").startswith("memfd:"):
+            memfds.append(link)
+        try:
+            data = os.pread(int(name), 1 << 20, 0)
+        except OSError:
+            continue  # a socket, a pipe, a folder: nothing kept to read
+        if any(n in data for n in needles):
+            holding.append(link)
+    return {"memfds": sorted(memfds), "holding": holding}
+
+
 async def hostile(turn: Turn) -> AsyncIterator[Any]:
     """A hostile agent: the first word picks what it does.
 
@@ -417,8 +437,8 @@ async def hostile(turn: Turn) -> AsyncIterator[Any]:
       over the limit, an event whose seq does not follow, or a ``turn_done``
       for another run; then waits to be killed
     - ``probe PID [HEX…]``: reports (as JSON text) the environment's names,
-      whether any needle (hex) is in its environment, its memory, its parent's
-      (the supervisor's) /proc environ and fd list, and process PID's (the
+      whether any needle (hex) is in its environment, its memory, its own
+      descriptors, its parent's (the supervisor's) /proc environ and fd list, and process PID's (the
       front's) /proc mem; plus its resource limits, no_new_privs and nice values (its own, the front's)
     - ``control [SESSION_ID]``: finds the control socket from its upload folder (``DATA/uploads/SID``
       → ``DATA/run/control.sock``) and asks it to list runs and to kill SESSION_ID, itself and from a
@@ -463,6 +483,7 @@ async def hostile(turn: Turn) -> AsyncIterator[Any]:
             report["memory"] = _scan_memory(needles)
             report["parent_environ"] = _peek(f"/proc/{os.getppid()}/environ", needles)
             report["front_environ"] = _peek(f"/proc/{front_pid}/environ", needles)
+            report["own_fds"] = _own_fds(needles)
         report["parent_fd_links"] = "denied"
         try:
             names = os.listdir(f"/proc/{os.getppid()}/fd")

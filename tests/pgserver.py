@@ -26,6 +26,10 @@ from typing import Any
 
 import psycopg
 
+#: The secret the test nodes share: a PostgreSQL store needs one (NAVI_CLUSTER_SECRET or --cluster-secret-file).
+CLUSTER_SECRET = "a-secret-every-test-node-shares-0123456789"
+CLUSTER_ENV = {"NAVI_CLUSTER_SECRET": CLUSTER_SECRET}
+
 #: Settings for tests: nothing is synced (tests never crash the machine), so that commits are cheap.
 FAST = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 

@@ -1,8 +1,8 @@
 """Several nodes on one PostgreSQL store: real `navi-actor serve` processes on loopback ports.
 
 A node is a server with its own data folder and port, started with the same
-``--store postgresql://…`` (tests/pgserver.py), its own ``--node-id`` and a
-short ``--lease-ttl``.
+``--store postgresql://…`` (tests/pgserver.py), its own ``--node-id``, a
+short ``--lease-ttl`` and the secret the nodes share in ``NAVI_CLUSTER_SECRET``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from tests.conftest import FINAL_TYPES, receive, receive_until, run_turn, text_of
+from tests.pgserver import CLUSTER_ENV
 
 SCRIPTED = "tests.agents:scripted"
 TTL = 2.0
@@ -28,7 +29,7 @@ def start_nodes(make_server, pg_url: str, tmp_path, n: int = 2,
                 extra: dict[int, list[str]] | None = None) -> list[Any]:
     return [make_server(SCRIPTED, args=["--store", pg_url, "--node-id", f"n{i + 1}", "--lease-ttl", str(TTL),
                                         "--warm-actors", "1", *LADDER, *(extra or {}).get(i, [])],
-                        data_dir=tmp_path / f"node{i + 1}")
+                        data_dir=tmp_path / f"node{i + 1}", env=CLUSTER_ENV)
             for i in range(n)]
 
 
@@ -79,16 +80,20 @@ async def test_a_session_is_shared_by_every_node(make_server, client, pg_url, tm
 
 
 async def test_the_busy_guard_and_stop_work_across_nodes(make_server, client, pg_url, tmp_path):
-    """A turn runs on node 1: node 2 refuses a second one, and a stop sent to node 2 ends it within 1 s."""
+    """A turn runs on node 1: node 2 refuses a second one (if_busy reject, given or by default), and a stop
+    sent to node 2 ends it within 1 s."""
     a, b = start_nodes(make_server, pg_url, tmp_path)
     ca, cb = client(a), client(b)
-    sid, ws_a = await ca.busy_session("slow 500 0.02")
-    ws_b = await cb.connect(sid)
+    sid, ws_a = await ca.open_session()
+    ws_b = await cb.connect(sid)  # before the turn: node 2 serves this client itself (no relay)
     assert await receive(ws_b) == {"type": "session_sync"}
-    await ws_b.send_json({"type": "message", "content": "slow 1 0"})
-    refused = await receive(ws_b)
-    assert refused["type"] == "error" and refused["code"] == "already_running"
-    assert refused["message"] == "Agent is already running for this session."
+    await ws_a.send_json({"type": "message", "content": "slow 500 0.02"})
+    await receive_until(ws_a, lambda e: e["type"] == "stream_delta")
+    for extra in ({}, {"if_busy": "reject"}):
+        await ws_b.send_json({"type": "message", "content": "slow 1 0", **extra})
+        refused = await receive(ws_b)
+        assert refused["type"] == "error" and refused["code"] == "already_running"
+        assert refused["message"] == "Agent is already running for this session."
     t0 = time.monotonic()
     assert await cb.stop(sid) == {"ok": True, "node": "n1"}
     rest = await receive_until(ws_a, lambda e: e["type"] in FINAL_TYPES)
@@ -223,7 +228,7 @@ async def test_a_postgresql_restart_during_turns(make_server, client, tmp_path):
     try:
         url = pg.create_database("restart")
         node = make_server(SCRIPTED, args=["--store", url, "--node-id", "n1", *LADDER],
-                           data_dir=tmp_path / "node1")
+                           data_dir=tmp_path / "node1", env=CLUSTER_ENV)
         c = client(node)
         sid, ws = await c.busy_session("slow 150 0.02")  # 3 s of streaming
         other, ws_other = await c.open_session()
@@ -278,7 +283,7 @@ async def test_ownership_holds_on_every_node(make_server, pg_url, tmp_path):
     tokens.write_text(f"{alice} alice\n{bob} bob\n")
     tokens.chmod(0o600)
     nodes = [make_server(SCRIPTED, args=["--store", pg_url, "--node-id", f"n{i}", "--tokens-file", str(tokens)],
-                         data_dir=tmp_path / f"node{i}") for i in (1, 2)]
+                         data_dir=tmp_path / f"node{i}", env=CLUSTER_ENV) for i in (1, 2)]
     async with aiohttp.ClientSession() as http:
         async def call(node, token, method, path):
             async with http.request(method, node.url + path, headers={"Authorization": f"Bearer {token}"},

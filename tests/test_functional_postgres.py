@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from psycopg.rows import dict_row
 
 from navi_actor.store.postgres import PG_SCHEMA_VERSION
 from tests.conftest import ROOT, receive, run_turn, text_of
+from tests.pgserver import CLUSTER_ENV
 
-FAST = {"NAVI_AGENT_TOKENS_PER_SECOND": "0"}
+FAST = {"NAVI_AGENT_TOKENS_PER_SECOND": "0", **CLUSTER_ENV}
 SCRIPTED = "tests.agents:scripted"
 
 
@@ -71,7 +73,7 @@ async def test_a_turn_cut_by_a_crash_ends_interrupted_in_postgres(make_server, c
     """kill -9 of the server mid-turn: the next start marks the run interrupted, keeping its checkpointed text."""
     data = tmp_path / "data"
     node = ["--store", pg_url, "--node-id", "n1"]  # restarted as the same node (--port 0 picks another port)
-    server = make_server(SCRIPTED, args=node, data_dir=data)
+    server = make_server(SCRIPTED, args=node, data_dir=data, env=CLUSTER_ENV)
     c = client(server)
     sid, ws = await c.busy_session("slow 400 0.01")
     run_id = rows(pg_url, "SELECT id FROM runs WHERE status = 'running'")[0]["id"]
@@ -85,7 +87,7 @@ async def test_a_turn_cut_by_a_crash_ends_interrupted_in_postgres(make_server, c
             p.send_signal(signal.SIGKILL)
     server.proc.wait(10)
     await ws.close()
-    restarted = make_server(SCRIPTED, args=node, data_dir=data)
+    restarted = make_server(SCRIPTED, args=node, data_dir=data, env=CLUSTER_ENV)
     run = rows(pg_url, "SELECT status, error_code FROM runs WHERE id = %s", run_id)[0]
     assert run == {"status": "interrupted", "error_code": "interrupted"}
     last = (await client(restarted).session(sid))["messages"][-1]
@@ -101,7 +103,7 @@ async def test_actors_cannot_read_the_postgresql_password_file(make_server, clie
     passfile.write_text("*:*:*:navi:hunter2\n")
     passfile.chmod(0o600)
     (secrets / "notes.txt").write_text("not a secret")
-    server = make_server(SCRIPTED, env={"PGPASSFILE": str(passfile)},
+    server = make_server(SCRIPTED, env={"PGPASSFILE": str(passfile), **CLUSTER_ENV},
                          args=["--store", pg_url, "--sandbox-read", str(secrets)])
     if "serve.sandbox_off" in server.log_text() or '"files": false' in server.log_text():
         pytest.skip("this kernel has no Landlock for files: nothing to confine the actor with")
@@ -118,6 +120,34 @@ def test_serve_says_so_when_postgresql_cannot_be_reached(tmp_path):
     url = f"postgresql://navi@127.0.0.1:{_free_port()}/navi"
     out = subprocess.run([sys.executable, "-m", "navi_actor", "serve", "--port", "0", "--store", url,
                           "--data-dir", str(tmp_path / "var"), "--log-format", "json"],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+                         capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, **CLUSTER_ENV})
     assert out.returncode == EXIT_CANNOT_START
     assert f"cannot use store {url}" in out.stderr and "Connection refused" in out.stderr
+
+
+@pytest.mark.parametrize("env, args, says", [
+    ({}, [], ["NAVI_CLUSTER_SECRET", "--cluster-secret-file"]),
+    (CLUSTER_ENV, ["--cluster-secret-file", "SECRET_FILE"], ["given twice", "one way only"]),
+    ({"NAVI_CLUSTER_SECRET": "short"}, [], ["NAVI_CLUSTER_SECRET", "5 bytes long", "at least 16"]),
+    ({}, ["--cluster-secret-file", "SHORT_FILE"], ["--cluster-secret-file", "at least 16"]),
+    ({}, ["--cluster-secret-file", "MISSING_FILE"], ["--cluster-secret-file", "cannot read"]),
+])
+def test_serve_on_postgresql_refuses_to_start_without_one_usable_cluster_secret(tmp_path, env, args, says):
+    """A PostgreSQL store needs the nodes' secret, given one way: missing, given twice, too short or unreadable,
+    serve exits 2 at once (before it reaches the database), saying how to give it."""
+    from supervisor.causes import EXIT_CANNOT_START
+    from tests.pgserver import _free_port
+
+    files = {"SECRET_FILE": "a-secret-in-a-file-0123456789\n", "SHORT_FILE": "short\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    args = [str(tmp_path / a) if a in (*files, "MISSING_FILE") else a for a in args]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NAVI_")}
+    url = f"postgresql://navi@127.0.0.1:{_free_port()}/navi"  # nothing listens: the secret is checked first
+    out = subprocess.run([sys.executable, "-m", "navi_actor", "serve", "--port", "0", "--store", url,
+                          "--data-dir", str(tmp_path / "var"), "--log-format", "json", *args],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT, env={**base, **env})
+    assert out.returncode == EXIT_CANNOT_START, out.stderr
+    for words in says:
+        assert words in out.stderr, out.stderr
+    assert "cannot use store" not in out.stderr and "a-secret" not in out.stderr + out.stdout

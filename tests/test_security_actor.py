@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Iterator
 
 import aiohttp
 import pytest
 
 from tests.conftest import Client, Server, receive, receive_until, run_turn, text_of
+from tests.pgserver import CLUSTER_SECRET
 
 TOKEN = "actor-test-token-" + "T" * 30
 DB_PASSWORD = "db-password-" + "P" * 24
@@ -97,6 +99,7 @@ async def test_actors_hold_no_token_or_secret_and_cannot_reach_the_front(make_se
     assert {"NAVI_OPENAI_API_KEY", "PLAIN_SETTING", "PATH"} <= env
     assert report["proc_environ"] == "clean"
     assert report["memory"] == [False, False, False], "a secret is somewhere in the actor's memory"
+    assert report["own_fds"]["holding"] == [] and "memfd:navi-tokens" not in report["own_fds"]["memfds"]
     if os.geteuid() != 0:
         assert report["parent_environ"] == "denied" and report["parent_fds"] == "denied"
         assert report["front_environ"] == "denied" and report["front_mem"] == "denied"
@@ -131,6 +134,44 @@ async def test_without_authentication_secrets_are_still_kept_from_actors(make_se
     assert report["proc_environ"] == "clean"
     assert report["no_new_privs"] is True
     assert report["nice"] == min(report["front_nice"] + 10, 19)  # the default --actor-nice
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+async def test_the_cluster_secret_reaches_the_front_and_no_actor(make_server, pg_url, sandbox):
+    """With a PostgreSQL store, NAVI_CLUSTER_SECRET is handed to the front (a node's request signed with it is
+    let in), and an actor holds it nowhere: not in its environment, its memory or its descriptors; the
+    supervisor's environment no longer has it."""
+    from navi_actor.front import relayauth
+    from navi_actor.tokens import LOCAL
+
+    server = make_server("tests.agents:hostile", env={"NAVI_CLUSTER_SECRET": CLUSTER_SECRET},
+                         args=["--store", pg_url, "--node-id", "n1", "--sandbox", sandbox])
+    async with aiohttp.ClientSession() as http:
+        c = Client(server, http)
+        report = await probe(lambda s: c, server, CLUSTER_SECRET)
+        sid = await c.new_session()
+        for secret, status in ((CLUSTER_SECRET.encode(), 101), (b"not-the-cluster-secret-at-all!!", 401)):
+            signed = relayauth.sign(secret, "n9", sid, LOCAL, time.time())
+            try:
+                async with http.ws_connect(f"{server.ws_url}/ws/sessions/{sid}",
+                                           headers={relayauth.HEADER: signed}) as ws:
+                    got = 101
+                    assert await receive(ws) == {"type": "session_sync"}
+            except aiohttp.WSServerHandshakeError as exc:
+                got = exc.status
+            assert got == status, secret
+    assert "NAVI_CLUSTER_SECRET" not in report["environ"]
+    assert report["proc_environ"] == "clean" and report["memory"] == [False]
+    assert report["own_fds"]["holding"] == [], report["own_fds"]
+    assert not any("cluster-secret" in m for m in report["own_fds"]["memfds"]), report["own_fds"]
+    if os.geteuid() != 0 or sandbox != "off":
+        assert report["parent_environ"] == "denied"
+    else:
+        assert report["parent_environ"] == "clean"
+    assert CLUSTER_SECRET.encode() not in _environ_of(server.pid)  # wiped where it lived
+    assert CLUSTER_SECRET not in server.log_text()
+    security = next(json.loads(line) for line in server.log_text().splitlines() if '"serve.security"' in line)
+    assert security["cluster_secret"] == "env" and "NAVI_CLUSTER_SECRET" in security["env_dropped"]
 
 
 # ── the API key only where it is needed ─────────────────────────────────────

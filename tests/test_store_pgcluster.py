@@ -159,7 +159,8 @@ def test_stop_from_another_node_is_delivered_and_acknowledged(nodes, pg_url):
         wait_until(owner.listening.is_set, what="a's listener")
         t0 = time.monotonic()
         out = other.request(sid, "stop")
-        assert out == {"delivered": True, "node": "a", "result": "stopped"}
+        assert out == {"delivered": True, "node": "a", "result": "stopped", "url": "", "run_id": "r1",
+                       "first_seq": out["first_seq"]} and type(out["first_seq"]) is int
         assert time.monotonic() - t0 < 1.0
         assert [(r["session_id"], r["run_id"], r["op"], r["requested_by"]) for r in got] == [(sid, "r1", "stop", "b")]
         assert other.request("0" * 32, "kill") == {"delivered": False,

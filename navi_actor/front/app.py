@@ -287,9 +287,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     bucket = TokenBucket(rt.config.rate_limit)
     await rt.reconciled.wait()  # after a front restart: runs are adopted before anyone attaches
     viewer = Viewer(ws, request, sid, rt.config.client_max_pending_bytes)
+    viewer.principal = auth.principal_of(request)
     log.info("front.ws_connected", session_id=sid, viewer=viewer.id, after=after)
-    link = await rt.relay.for_connection(request, viewer, after) if rt.relay is not None else None
-    if link is None:
+    # A relay now, or later (front/elsewhere.py: a message queued for another node's turn).
+    viewer.relay = await rt.relay.for_connection(request, viewer, after) if rt.relay is not None else None
+    if viewer.relay is None:
         rt.attach(viewer, after)
     try:
         async for msg in ws:
@@ -300,15 +302,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     f"Too many messages: at most {rt.config.rate_limit} a minute. Try again in {wait} s.",
                 ).event()))
             elif msg.type == WSMsgType.TEXT:
-                if link is None or not await link.send(msg.data):
+                if viewer.relay is None or not await viewer.relay.send(msg.data):
                     await _on_client_message(rt, guard, viewer, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 viewer.send(orjson.dumps(protocol.ClientError(protocol.INVALID_MESSAGE, protocol.EXPECTED_SHAPE).event()))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
-        if link is not None:
-            await link.close()
+        if viewer.relay is not None:
+            await viewer.relay.close()
         rt.detach(viewer)
         log.info("front.ws_disconnected", session_id=sid, viewer=viewer.id)
         for gone in [s for s in rt.session_owners if s not in rt.viewers and s not in rt.actors]:
@@ -458,20 +460,22 @@ def make_app(runtime: Runtime, guard: auth.Guard | None = None) -> web.Applicati
 # ── process main ────────────────────────────────────────────────────────────
 
 
-def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = None) -> int:
+def front_main(config: Config, fd: int, listen_fd: int, tokens_fd: int | None = None,
+               secret_fd: int | None = None) -> int:
     """Entry point of the forked front process; returns its exit code.
 
     ``fd`` is the channel to the supervisor; ``listen_fd`` the listening
     socket, which the supervisor owns so it survives a front restart;
-    ``tokens_fd`` a memfd holding NAVI_TOKENS (the supervisor keeps its own
-    descriptor for the next front; this one is closed once read).
+    ``tokens_fd`` a memfd holding NAVI_TOKENS, ``secret_fd`` one holding
+    NAVI_CLUSTER_SECRET (the supervisor keeps its own descriptors for the
+    next front; these are closed once read).
     """
     import uvloop
 
     logs.configure("front", config.log_format)
     proctitle.set_title("navi-actor: front", comm=b"navi-front")
     try:
-        guard = auth.load_guard(config, tokens_fd)
+        guard = auth.load_guard(config, tokens_fd, secret_fd)
     except tokens.AuthConfigError as exc:
         log.error("front.auth_unusable", error=str(exc))
         print(f"navi-actor: {exc}", file=sys.stderr, flush=True)

@@ -149,7 +149,8 @@ class Guard:
     """The server's authentication and origin policy, and the middleware that applies it."""
 
     def __init__(self, config: Config, tokens: TokenTable | None, cluster_secret: bytes | None = None) -> None:
-        #: The secret the nodes share (--cluster-secret-file): a relaying node signs with it (front/relay.py).
+        #: The secret the nodes share (NAVI_CLUSTER_SECRET or --cluster-secret-file): a relaying node signs
+        #: with it (front/relay.py), the owner checks it.
         self.cluster_secret = cluster_secret
         self.tokens = tokens if tokens is not None and len(tokens) else None
         self.enabled = self.tokens is not None
@@ -249,27 +250,43 @@ def can_see(principal: Principal, session: dict[str, Any] | None) -> bool:
     return principal.user is None or principal.is_admin or session.get("owner") == principal.user
 
 
-def load_guard(config: Config, tokens_fd: int | None) -> Guard:
-    """Read the tokens (the file, or NAVI_TOKENS handed over in ``tokens_fd``) and build the guard."""
-    env_text = None
-    if tokens_fd is not None:
-        try:
-            chunks, offset = [], 0
-            while chunk := os.pread(tokens_fd, 65536, offset):
-                chunks.append(chunk)
-                offset += len(chunk)
-        finally:
-            os.close(tokens_fd)
-        env_text = b"".join(chunks).decode("utf-8", "replace")
+def _read_fd(fd: int) -> bytes:
+    """The whole content of a memfd the supervisor handed over (pread: it keeps the offset), then closed."""
+    try:
+        chunks, offset = [], 0
+        while chunk := os.pread(fd, 65536, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def load_guard(config: Config, tokens_fd: int | None, secret_fd: int | None = None) -> Guard:
+    """Read the tokens (the file, or NAVI_TOKENS handed over in ``tokens_fd``) and the cluster secret
+    (the file, or NAVI_CLUSTER_SECRET in ``secret_fd``), and build the guard."""
+    env_text = None if tokens_fd is None else _read_fd(tokens_fd).decode("utf-8", "replace")
     entries = load_entries(config.tokens_file, env_text)
-    return Guard(config, TokenTable(entries) if entries else None, load_cluster_secret(config))
+    return Guard(config, TokenTable(entries) if entries else None, load_cluster_secret(config, secret_fd))
 
 
-def load_cluster_secret(config: Config) -> bytes | None:
-    """The secret in --cluster-secret-file (with a PostgreSQL store), or None; AuthConfigError if unusable."""
-    path = config.cluster_secret_file
-    if not path or not config.store.startswith("postgresql"):
+def load_cluster_secret(config: Config, secret_fd: int | None = None) -> bytes | None:
+    """With a PostgreSQL store, the secret the nodes share: NAVI_CLUSTER_SECRET (handed over in
+    ``secret_fd``) or --cluster-secret-file; None with SQLite. AuthConfigError if missing or unusable
+    (the supervisor checks this before it forks, so this is a second line)."""
+    if not config.shared_store:
+        if secret_fd is not None:
+            os.close(secret_fd)
         return None
+    if secret_fd is not None:
+        try:
+            return relayauth.parse_secret(_read_fd(secret_fd), "NAVI_CLUSTER_SECRET")
+        except relayauth.SecretError as exc:
+            raise AuthConfigError(f"NAVI_CLUSTER_SECRET: {exc}") from None
+    path = config.cluster_secret_file
+    if not path:
+        raise AuthConfigError("a PostgreSQL store needs the cluster secret: set NAVI_CLUSTER_SECRET or "
+                              "--cluster-secret-file")
     try:
         with open(path, "rb") as f:
             return relayauth.parse_secret(f.read(), path)

@@ -11,10 +11,15 @@ listener of stop/kill requests) and answers it:
   refused by the store (`LeaseLost`), so the history keeps the new owner's.
 - **another node asks** for a stop (``POST /sessions/ID/stop`` there) or a
   kill (``POST /runs/ID/kill`` there) of a turn that runs here: it is done
-  here as if asked here, and the outcome goes back to the caller.
+  here as if asked here, and the outcome goes back to the caller. It may
+  also say that it queued (or cancelled) a message of a session whose turn
+  runs here, or queued one to interrupt it (:mod:`navi_actor.front.elsewhere`):
+  the session's queue is read again, and its head runs when the turn ends.
 - **this node is asked** to stop or kill a turn that runs elsewhere: the
   request goes to its owner (`request`), and the caller learns whether it
   was delivered.
+- **this node's sweeper ended a dead node's turns**: the messages queued in
+  their sessions start here (the dead node had counted them).
 
 With SQLite there is one node and nothing of this runs (`FrontCluster.open`
 gives None).
@@ -27,6 +32,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from navi_actor import logs
+from navi_actor.front import elsewhere
 from navi_actor.store import open_cluster
 
 if TYPE_CHECKING:
@@ -44,7 +50,8 @@ class FrontCluster:
         self.loop = runtime.loop
         self.node_id = config.node_id
         self.node = open_cluster(config.store or None, config.node_id, lease_ttl=config.lease_ttl,
-                                 advertise_url=url, on_lost=self._on_lost, on_control=self._on_control)
+                                 advertise_url=url, on_lost=self._on_lost, on_control=self._on_control,
+                                 on_swept=self._on_swept)
         self.lost = 0  #: turns stopped because their lease was lost
         self._lost_for: float | None = None  #: the last heartbeat for which the watchdog stopped the turns
 
@@ -95,11 +102,24 @@ class FrontCluster:
                 self.lost += 1
                 log.error("cluster.turn_stopped", session_id=sid, reason=reason)
 
+    def _on_swept(self, sessions: list[str]) -> None:
+        """This node's sweeper ended a dead node's turns: their sessions' queued messages start here."""
+        for sid in sessions:
+            asyncio.run_coroutine_threadsafe(self._adopt_queue(sid), self.loop)
+
+    async def _adopt_queue(self, sid: str) -> None:
+        try:
+            await self.rt.queueing.reread(sid)
+        except Exception as exc:  # noqa: BLE001 — a later start (or this node's restart) runs them
+            log.warning("cluster.queue_adopt_failed", session_id=sid, error=str(exc))
+
     def _on_control(self, req: dict[str, Any]) -> str:
         return asyncio.run_coroutine_threadsafe(self._control(req), self.loop).result(CONTROL_WAIT)
 
     async def _control(self, req: dict[str, Any]) -> str:
         sid, op = req["session_id"], req["op"]
+        if op in (elsewhere.QUEUE_CHANGED, elsewhere.INTERRUPT):  # another node queued a message of it
+            return await self.rt.queueing.from_elsewhere(sid, op)
         run = self.rt.runs.get(sid)
         if run is None or (req.get("run_id") and run.run_id != req["run_id"]):
             return "no active run"

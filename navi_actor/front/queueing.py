@@ -20,6 +20,10 @@ keeps only the queues' lengths, rebuilt from the store at start
 (:meth:`Queueing.restore`): a session with queued messages and no running
 turn then starts its next one. A queued message that cannot start (no
 actor free, the store failing) stays queued and is retried every tick.
+
+With a store several nodes share, a message for a session whose turn runs on
+another node is queued here and handed to that node (:mod:`navi_actor.front.elsewhere`);
+a node told so reads the session's queue again (:meth:`Queueing.from_elsewhere`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Protocol, Ty
 
 from navi_actor import busy, logs, protocol
 from navi_actor.config import Config
-from navi_actor.front import turns
+from navi_actor.front import elsewhere as elsewhere_mod, turns
 from navi_actor.front.actorset import ActorSet
 from navi_actor.front.runs import Run, RunViewer
 from navi_actor.front.storekeeper import StoreKeeper
@@ -59,6 +63,8 @@ class Runtime(Protocol):
     viewers: Mapping[str, Iterable[RunViewer]]
     reconciled: asyncio.Event
     shutting_down: bool
+    cluster: Any  #: front.cluster.FrontCluster with a store several nodes share, else None
+    relay: Any  #: front.relay.Relay, with a cluster
 
     async def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
 
@@ -113,12 +119,21 @@ class Queueing:
         rt = self.rt
         sid = viewer.session_id
         await rt.reconciled.wait()
+        elsewhere = False  # the session's turn runs on another node (front/elsewhere.py)
         async with self._serial(sid):
             action = await self._decide(viewer, message)
             if action == busy.START:
-                return await rt.start_turn(viewer, message)
+                try:
+                    return await rt.start_turn(viewer, message)
+                except elsewhere_mod.BusyElsewhere:
+                    action, elsewhere = await self._busy_elsewhere(sid, message), True
             if action is not None:
-                await self._enqueue(sid, message, action)
+                await self._enqueue(sid, message, action, count=not elsewhere)
+        if elsewhere:
+            if not await elsewhere_mod.hand_over(rt, list(rt.viewers.get(sid, ())), sid, action):
+                with contextlib.suppress(StoreError):  # (then counted at the next start's failure)
+                    await self.reread(sid)  # the owner was not told: this node starts it once it may
+            return
         if action == busy.INTERRUPT:
             rt.stop(sid, INTERRUPTED)
         self.kick(sid)  # nothing runs (a queue that could not start yet): try now
@@ -147,12 +162,22 @@ class Queueing:
         rt.store_keeper.refuse_if_cannot_write(sid)
         return action
 
+    async def _busy_elsewhere(self, sid: str, message: UserMessage) -> str:
+        """``enqueue`` or ``interrupt`` for a message whose session's turn runs on another node; raises
+        ClientError for ``reject`` (already_running, as before) and without room in the queue."""
+        action = await elsewhere_mod.action_for(self.rt, sid, message)
+        if action == busy.QUEUE_FULL:
+            raise self._full()
+        return action
+
     def _full(self) -> ClientError:
         n = self.rt.config.max_queued
         return ClientError(protocol.QUEUE_FULL, f"The session's queue is full: at most {n} messages may wait "
                                                 "(--max-queued). Send it again when a queued turn has started.")
 
-    async def _enqueue(self, sid: str, message: UserMessage, action: str) -> None:
+    async def _enqueue(self, sid: str, message: UserMessage, action: str, count: bool = True) -> None:
+        """Save the message in the session's queue and tell this node's viewers; ``count``: this node
+        runs it (False: the node running the session's turn is told, front/elsewhere.py)."""
         rt = self.rt
         mid = uuid.uuid4().hex  # its turn's run id, once it starts
         try:
@@ -166,7 +191,8 @@ class Queueing:
             raise ClientError(protocol.SESSION_NOT_FOUND, "Session not found") from None
         except StoreError as exc:
             raise turns.not_saved(sid, exc) from None
-        self._count(sid, 1)
+        if count:
+            self._count(sid, 1)
         log.info("front.queued", session_id=sid, message_id=mid, position=position, action=action)
         self._broadcast(sid, protocol.queued(position, mid, message.client_message_id, message.display_content))
 
@@ -200,6 +226,31 @@ class Queueing:
             self._count(sid, -1)
         log.info("front.queue_cancelled", session_id=sid, message_id=message_id)
         self._broadcast(sid, protocol.queue_cancelled(message_id))
+        if rt.cluster is not None and sid not in rt.runs:  # it may wait for another node's turn: tell it
+            rt.loop.create_task(elsewhere_mod.queue_changed(rt, sid))
+
+    async def reread(self, sid: str) -> None:
+        """The session's queue changed on another node (a shared store): its length read again, then its
+        next message started if no turn runs here. StoreError leaves the count as it was."""
+        async with self._serial(sid):
+            await self._recount(sid)
+        self.kick(sid)
+
+    async def _recount(self, sid: str) -> None:
+        """The session's queue length, as the store has it (another node may have changed it)."""
+        n = len(await self.rt.store(self.rt.store_backend.queue, sid))
+        self._count(sid, n - self.lengths.get(sid, 0))
+
+    async def from_elsewhere(self, sid: str, op: str) -> str:
+        """Another node queued (or cancelled) a message of a session whose turn runs here: ``op`` is
+        ``queue`` or ``interrupt`` (then the turn is stopped for it). The outcome, for that node."""
+        try:
+            await self.reread(sid)
+        except StoreError as exc:
+            return f"failed: {exc}"
+        if op == elsewhere_mod.INTERRUPT and self.rt.stop(sid, INTERRUPTED):
+            return "interrupting"
+        return "queued" if self.lengths.get(sid) else "nothing queued"
 
     # ── the next turn ─────────────────────────────────────────────────────
     def kick(self, sid: str) -> None:
@@ -232,7 +283,12 @@ class Queueing:
                 if keeper.failing is not None or keeper.unsaved.waiting_in(sid):
                     return  # retried at the next tick
                 rt.actor_set.make_room(sid)
-                await rt.launch(Run(uuid.uuid4().hex, sid), None, turns.begin_next)
+                try:
+                    await rt.launch(Run(uuid.uuid4().hex, sid), None, turns.begin_next)
+                except ClientError as err:
+                    if rt.cluster is not None and err.code == protocol.STORE_ERROR:
+                        await self._recount(sid)  # another node may have begun or cancelled it
+                    raise
                 self._count(sid, -1)
         except ClientError as err:  # no actor free, the store failing, the session gone: it stays queued
             if err.code == protocol.SESSION_NOT_FOUND:

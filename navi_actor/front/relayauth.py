@@ -3,7 +3,7 @@
 A node that does not run a session's turn serves its client from the node
 that does (:mod:`navi_actor.front.relay`). It has already authenticated the
 client; it tells the owner who the client is in one header, signed with the
-secret every node shares (``--cluster-secret-file``)::
+secret every node shares (``NAVI_CLUSTER_SECRET`` or ``--cluster-secret-file``)::
 
     X-Navi-Relay: BASE64URL("v1|NODE|SESSION|EXPIRES|USER|ROLE") "." HMAC-SHA256-HEX
 
@@ -27,11 +27,11 @@ MIN_SECRET_BYTES = 16
 
 
 class SecretError(ValueError):
-    """The cluster secret file cannot be used."""
+    """The cluster secret (its file, or NAVI_CLUSTER_SECRET) cannot be used."""
 
 
 def parse_secret(raw: bytes, path: str) -> bytes:
-    """The secret from the file's bytes (surrounding blanks dropped); SecretError when too short."""
+    """The secret from its bytes (a file's or the variable's; surrounding blanks dropped); SecretError when too short."""
     secret = raw.strip()
     if len(secret) < MIN_SECRET_BYTES:
         raise SecretError(f"the cluster secret in {path} is {len(secret)} bytes long; it needs at least "

@@ -32,6 +32,7 @@ from navi_actor.front import deaths, resume, turns
 from navi_actor.front.actors import ActorHandle
 from navi_actor.front.adoption import Adoption
 from navi_actor.front.actorset import ActorSet
+from navi_actor.front.elsewhere import BusyElsewhere
 from navi_actor.front.link import SupervisorLink
 from navi_actor.front.metrics import Metrics
 from navi_actor.front.queueing import Queueing
@@ -200,7 +201,7 @@ class Runtime:
         except SessionBusy as exc:  # its turn runs on another node (a shared PostgreSQL store)
             self._drop_run(run)
             log.info("front.busy_elsewhere", session_id=sid, node=exc.node)
-            raise ClientError(protocol.ALREADY_RUNNING, "Agent is already running for this session.") from None
+            raise BusyElsewhere(exc.node) from None  # already_running, or queued there (front/elsewhere.py)
         except StoreError as exc:
             self._drop_run(run)
             raise turns.not_saved(sid, exc) from None

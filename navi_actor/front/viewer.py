@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 from aiohttp import web
 
@@ -39,6 +40,8 @@ class Viewer:
         self.resuming: RunActor | None = None  # waiting for this actor's finished turn (front/resume.py)
         self.resume_timer: asyncio.TimerHandle | None = None  # gives up on that answer
         self.delivered_seq = 0  # highest seq written to the socket
+        self.principal: Any = None  # who it is (tokens.Principal), set by the WebSocket handler
+        self.relay: Any = None  # front.relay.RelayLink while another node's stream serves it
         self.closed = False
         # Merge text only when well backed up (a client truly behind), never in the normal
         # lag of a fast stream: one WebSocket message per event is the rule.

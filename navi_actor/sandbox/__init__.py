@@ -6,7 +6,8 @@ and environment; this module makes sure neither holds a secret by then:
 
 * :func:`secure_supervisor`, in the supervisor before anything is forked:
   checks the tokens in a short-lived child (so the supervisor never reads
-  them), moves ``NAVI_TOKENS`` into a memfd only the front receives, moves
+  them), moves ``NAVI_TOKENS`` (and, with a PostgreSQL store, ``NAVI_CLUSTER_SECRET``)
+  into a memfd only the front receives, moves
   the allow-listed secrets (``--actor-env-allow``: the agent's API key) into
   a sealed memfd only actors receive, and drops every other secret-looking
   variable from the supervisor's own environment. So neither the supervisor
@@ -34,7 +35,7 @@ import os
 import re
 import resource
 import sys
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import orjson
 
@@ -46,7 +47,7 @@ SECRET_WORDS = (
     "COOKIE", "DSN",
 )
 #: Never given to an actor, whatever the allow-list says.
-ALWAYS_SECRET = frozenset({"NAVI_TOKENS", "NAVI_TOKENS_FILE"})
+ALWAYS_SECRET = frozenset({"NAVI_TOKENS", "NAVI_TOKENS_FILE", "NAVI_CLUSTER_SECRET"})
 #: navi-actor's own settings whose names only look secret.
 NOT_SECRET = frozenset({"NAVI_AGENT_TOKENS_PER_SECOND", "NAVI_OPENAI_MAX_TOKENS"})
 #: A value holding a URL with a password (``postgres://user:pw@host/db``) is a secret too.
@@ -325,16 +326,26 @@ def restore_actor_env(fd: int, allow: frozenset[str] | set[str]) -> list[str]:
     return found
 
 
-def secure_supervisor(config: Config) -> tuple[int | None, int | None, list[str]]:
-    """Before the supervisor forks: stash NAVI_TOKENS for the front and the allow-listed secrets
-    for actors, drop the other secrets.
+class Secured(NamedTuple):
+    """What :func:`secure_supervisor` took out of the environment: descriptors (None: nothing to hold)."""
 
-    Returns the tokens' descriptor, the actors' secrets' descriptor (each
-    None when there is nothing to hold) and the names of the variables taken
-    out of the supervisor's environment.
+    tokens_fd: int | None  #: NAVI_TOKENS, for the front
+    cluster_secret_fd: int | None  #: NAVI_CLUSTER_SECRET, for the front (with a PostgreSQL store)
+    env_fd: int | None  #: the allow-listed secrets, for actors
+    dropped: list[str]  #: the names of the variables taken out
+
+
+def secure_supervisor(config: Config) -> Secured:
+    """Before the supervisor forks: stash NAVI_TOKENS and NAVI_CLUSTER_SECRET for the front and the
+    allow-listed secrets for actors, drop the other secrets.
+
+    The cluster secret is kept only with a store several nodes share (PostgreSQL); otherwise it is
+    dropped like any other secret.
     """
     allow = parse_allow(config.actor_env_allow)
     tokens_fd = stash_env_secret("NAVI_TOKENS")
+    secret_fd = stash_env_secret("NAVI_CLUSTER_SECRET") if config.shared_store else None
     env_fd, moved = stash_actor_env(allow)
     dropped = scrub_environ(allow)
-    return tokens_fd, env_fd, (["NAVI_TOKENS"] if tokens_fd is not None else []) + moved + dropped
+    stashed = [name for name, fd in (("NAVI_TOKENS", tokens_fd), ("NAVI_CLUSTER_SECRET", secret_fd)) if fd is not None]
+    return Secured(tokens_fd, secret_fd, env_fd, stashed + moved + dropped)

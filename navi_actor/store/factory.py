@@ -79,14 +79,16 @@ def open_store(data_dir: str | Path, url: str | None = None, *, node_id: str | N
 
 
 def open_cluster(url: str | None, node_id: str, *, lease_ttl: float, advertise_url: str = "",
-                 on_lost: Callable[[str], None], on_control: Callable[[dict[str, Any]], str]) -> Any:
+                 on_lost: Callable[[str], None], on_control: Callable[[dict[str, Any]], str],
+                 on_swept: Callable[[list[str]], None] = lambda sessions: None) -> Any:
     """This node's membership of the cluster sharing the store ``url`` names, not yet started; None for SQLite.
 
     A `navi_actor.store.pgcluster.PgNode`: ``start()``, ``request(session_id,
     op)``, ``running()``, ``close()``. ``on_lost(reason)`` is called (from its
     thread) when this node could not renew its lease for a whole TTL;
     ``on_control(request)`` runs a stop or kill another node asked for and
-    returns its outcome.
+    returns its outcome; ``on_swept(session_ids)`` is called (from its thread)
+    after this node's sweeper ended a dead node's turns of those sessions.
     """
     if not url or store_kind(url) != "postgresql":
         return None
@@ -94,4 +96,4 @@ def open_cluster(url: str | None, node_id: str, *, lease_ttl: float, advertise_u
     from navi_actor.store.pgcluster import PgNode
 
     return PgNode(url, node_id, advertise_url=advertise_url, lease_ttl=lease_ttl,
-                  on_lost=on_lost, on_control=on_control)
+                  on_lost=on_lost, on_control=on_control, on_swept=on_swept)

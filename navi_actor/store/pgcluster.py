@@ -8,7 +8,8 @@ store's: a group commit must not wait behind them, nor they behind it):
   event), then runs the **sweeper** under a transaction-level advisory lock,
   so that one node at a time ends the running turns of nodes whose
   heartbeat is older than their lease TTL, as ``interrupted`` with their
-  checkpointed text. When the beat finds it could not renew for a whole
+  checkpointed text (then ``on_swept`` names their sessions: messages
+  queued for those turns start on this node). When the beat finds it could not renew for a whole
   TTL (this node was paused, or the database was unreachable), other nodes
   may have taken its sessions: it calls ``on_lost``, and the front stops
   its own turns.
@@ -47,8 +48,10 @@ SWEEP_LOCK = 0x6E617669_0002
 RESCAN = 1.0  #: seconds between rescans of pending control requests, notified or not
 ACK_WAIT = 1.5  #: seconds a stop/kill request waits for the owner's acknowledgement
 #: What one node may ask of another: stop the turn (its stop event, as POST /sessions/ID/stop),
-#: run the stop ladder on its actor (POST /runs/ID/kill), or SIGKILL it (with force).
-OPS = ("stop", "terminate", "kill")
+#: run the stop ladder on its actor (POST /runs/ID/kill), or SIGKILL it (with force); read the session's
+#: queue again, a message having been queued or cancelled elsewhere, and for "interrupt" stop the turn
+#: for it (front/elsewhere.py).
+OPS = ("stop", "terminate", "kill", "queue", "interrupt")
 
 
 class PgNode:
@@ -56,7 +59,8 @@ class PgNode:
 
     def __init__(self, url: str, node_id: str, *, advertise_url: str = "", lease_ttl: float = 10.0,
                  on_lost: Callable[[str], None] = lambda reason: None,
-                 on_control: Callable[[dict[str, Any]], str] = lambda req: "not handled") -> None:
+                 on_control: Callable[[dict[str, Any]], str] = lambda req: "not handled",
+                 on_swept: Callable[[list[str]], None] = lambda sessions: None) -> None:
         self.url = url
         self.node_id = node_id
         self.advertise_url = advertise_url
@@ -64,6 +68,7 @@ class PgNode:
         self.incarnation = uuid.uuid4().hex
         self.on_lost = on_lost
         self.on_control = on_control
+        self.on_swept = on_swept
         self.beat_every = max(0.1, self.lease_ttl / 5)
         self.last_beat: float | None = None  #: monotonic time of the last renewed heartbeat
         self.swept = 0  #: turns this node's sweeper ended
@@ -119,6 +124,11 @@ class PgNode:
                 interrupt_in(conn, theirs, node_lost_reason(node), 10**9)
                 log.warning("cluster.swept", node=node, runs=[r["id"] for r in theirs])
         self.swept += len(runs)
+        if runs:  # committed: their sessions are free, and what their queues hold may start
+            try:
+                self.on_swept(sorted({r["session_id"] for r in runs}))
+            except Exception:  # noqa: BLE001 — the beat goes on whatever the callback did
+                log.exception("cluster.on_swept_failed")
         return [r["id"] for r in runs]
 
     def _beat_loop(self) -> None:
@@ -189,9 +199,10 @@ class PgNode:
                      result=result, requested_by=req["requested_by"])
 
     def request(self, session_id: str, op: str, timeout: float = ACK_WAIT) -> dict[str, Any]:
-        """Stop or kill (`OPS`) the turn of ``session_id`` that runs on another node; what became of it.
+        """Ask the node running the turn of ``session_id``, if another, to carry out an op (`OPS`); what became of it.
 
-        ``{"delivered": True, "node", "result"}`` once the owner ran it;
+        ``{"delivered": True, "node", "result", "url", "run_id", "first_seq"}`` once the owner ran it
+        (``url``: where it serves; ``run_id``, ``first_seq``: the turn that ran when it was asked);
         ``{"delivered": False, "node"?, "reason"}`` when no other node runs a
         turn of the session, the owner is dead (the sweeper ends its turn), or
         it did not answer within ``timeout`` seconds (the request stays, and
@@ -202,7 +213,8 @@ class PgNode:
         with self._connect() as conn:
             with conn.transaction():
                 run = conn.execute(
-                    f"SELECT r.id, r.node_id, {ALIVE} AS alive FROM runs r LEFT JOIN nodes n ON n.node_id = r.node_id"
+                    f"SELECT r.id, r.node_id, r.first_seq, n.advertise_url, {ALIVE} AS alive"
+                    " FROM runs r LEFT JOIN nodes n ON n.node_id = r.node_id"
                     " WHERE r.session_id = %s AND r.status = 'running' AND r.node_id <> %s"
                     " ORDER BY r.started_at DESC LIMIT 1", (session_id, self.node_id)).fetchone()
                 if run is None:
@@ -218,7 +230,8 @@ class PgNode:
             while True:
                 row = conn.execute("SELECT acked_at, result FROM control WHERE id = %s", (rid,)).fetchone()
                 if row["acked_at"] is not None:
-                    return {"delivered": True, "node": run["node_id"], "result": row["result"]}
+                    return {"delivered": True, "node": run["node_id"], "result": row["result"],
+                            "url": run["advertise_url"], "run_id": run["id"], "first_seq": run["first_seq"]}
                 if time.monotonic() > deadline or self._closing.wait(0.01):
                     return {"delivered": False, "node": run["node_id"],
                             "reason": f"node {run['node_id']} did not acknowledge within {timeout:g} s"}
