@@ -165,22 +165,25 @@ class Bench:
         return ["--warm-actors", str(n)] if self.has_warm and n is not None else []
 
     def each(self, name: str, navi_args: list[str], measure: Callable[[str, Server, int], bool | None],
-             repeats: int | None = None, warm: int = 0) -> None:
+             repeats: int | None = None, warm: int = 0, sides: tuple[str, ...] = ("navi", "baseline")) -> None:
         """``measure(side, server, r)`` for each repetition and side, on a server of its own.
 
-        Sides alternate which goes first. ``measure`` returning True ends the
-        repetitions (it hit a deadline, and the next would too).
+        Sides take turns going first (rotated each repetition). A side is
+        ``navi``, ``baseline`` or ``durable`` (the baseline with its SQLite
+        store). ``measure`` returning True ends the repetitions (it hit a
+        deadline, and the next would too).
         """
         for r in range(repeats or self.repeat):
             stop_early = False
-            for side in ("navi", "baseline") if r % 2 == 0 else ("baseline", "navi"):
+            k = r % len(sides)
+            for side in sides[k:] + sides[:k]:
                 label = f"{name}-{side}-{r + 1}"
                 server: Server
                 if side == "navi":
                     log(f"starting navi-actor ({label}) {' '.join(navi_args)}")
                     server = NaviServer(self.workdir, label, ["--idle-timeout", "600", *navi_args])
                 else:
-                    server = BaselineServer(self.workdir, label)
+                    server = BaselineServer(self.workdir, label, durable=side == "durable")
                 try:
                     server.start()
                     if warm and isinstance(server, NaviServer):
@@ -203,8 +206,16 @@ class Bench:
                   lambda n, b: n <= 2.0, note=note)
         p99 = Row("ttfe_warm_p99", "ttfe_warm", "first event, new session, warm pool: p99", "ms", "≤ 10 ms",
                   lambda n, b: n <= 10.0, note=note)
-        self._ttfe([p50, p99], "ttfe-warm", self.warm_args(2), self.cfg.ttfe_samples, 2 if self.has_warm else 0)
-        return [p50, p99]
+        durable = "baseline: in-process with its SQLite store, the message committed (fsynced) before stream_start"
+        d50 = Row("ttfe_warm_durable_p50", "ttfe_warm", "first event, new session, warm pool: p50, durable baseline",
+                  "ms", "≤ baseline + 0.5 ms", lambda n, b: b is not None and n <= b + 0.5, note=durable)
+        d99 = Row("ttfe_warm_durable_p99", "ttfe_warm", "first event, new session, warm pool: p99, durable baseline",
+                  "ms", "≤ baseline + 2 ms", lambda n, b: b is not None and n <= b + 2.0, note=durable)
+        self._ttfe([p50, p99], "ttfe-warm", self.warm_args(2), self.cfg.ttfe_samples, 2 if self.has_warm else 0,
+                   durable=[d50, d99])
+        for row in (d50, d99):  # the same navi-actor figures, against the other baseline
+            row.navi_repeats = (p50 if row is d50 else p99).navi_repeats
+        return [p50, p99, d50, d99]
 
     def ttfe_cold(self) -> list[Row]:
         p50 = Row("ttfe_cold_p50", "ttfe_cold", "first event, new session, pool empty: p50", "ms", "-")
@@ -218,22 +229,26 @@ class Bench:
         self._ttfe([p50, p99], "ttfe-cold", ["--warm-actors", "0"], self.cfg.cold_samples, 0)
         return [p50, p99]
 
-    def _ttfe(self, rows: list[Row], name: str, args: list[str], samples: int, warm: int) -> None:
-        p50, p99 = rows
+    def _ttfe(self, rows: list[Row], name: str, args: list[str], samples: int, warm: int,
+              durable: list[Row] | None = None) -> None:
+        """Fill ``rows`` (p50, p99) from navi-actor and the baseline; ``durable`` from the durable baseline too."""
         sc = {"kind": "ttfe", "samples": samples, "gap": self.cfg.ttfe_gap}
 
         def measure(side: str, server: Server, r: int) -> None:
             res = run_client({**sc, "url": server.url}, 60 + samples * 2)
             s, st = summary(res["ms"]), summary(res["to_stream_start_ms"])
-            getattr(p50, side + "_repeats").append(s["p50"])
-            getattr(p99, side + "_repeats").append(s["p99"])
-            p50.extra.setdefault(side + "_to_stream_start_p50_ms", []).append(st["p50"])
-            p99.extra.setdefault(side + "_max_ms", []).append(s["max"])
+            p50, p99 = durable if side == "durable" and durable else rows
+            col = "navi" if side == "navi" else "baseline"
+            getattr(p50, col + "_repeats").append(s["p50"])
+            getattr(p99, col + "_repeats").append(s["p99"])
+            p50.extra.setdefault(col + "_to_stream_start_p50_ms", []).append(st["p50"])
+            p99.extra.setdefault(col + "_max_ms", []).append(s["max"])
             log(f"{name} {side} #{r + 1}: p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, max {s['max']:.2f} "
                 f"(stream_start p50 {st['p50']:.2f} ms)")
 
-        self.each(name, args, measure, warm=warm)
-        for row in rows:
+        self.each(name, args, measure, warm=warm,
+                  sides=("navi", "baseline", "durable") if durable else ("navi", "baseline"))
+        for row in rows + (durable or []):
             row.extra["samples_per_repeat"] = samples
 
     # ── one session, flood ────────────────────────────────────────────────
