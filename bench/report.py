@@ -31,7 +31,7 @@ def fmt(value: float | None, unit: str) -> str:
         return "n/a"
     if unit in ("events/s", "/s"):
         return f"{value:,.0f}"
-    if unit == "actors":
+    if unit in ("actors", "sessions"):
         return f"{value:,.0f}"
     if unit == "ms":
         return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
