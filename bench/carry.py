@@ -40,7 +40,8 @@ def carry_rows(bench: Bench) -> list[Row]:
         cpu[key] = Row(f"carry_cpu_{key}", "carry", f"carried at navi-actor's N: CPU, {what}", "µs/event", "-",
                        baseline_applicable=base is not None, note=f"baseline: {base}" if base else "")
     cpu["total"] = Row("carry_cpu_total", "carry", "carried at navi-actor's N: CPU, all server processes",
-                       "µs/event", "-", note="navi-actor: supervisor + front + zygote + actors; baseline: its one process")
+                       "µs/event", "-",
+                       note="navi-actor: supervisor + front + zygote + actors; baseline: its one process")
     results: dict[str, dict[str, Any]] = {}
     for side in ("navi", "baseline"):
         results[side] = _search(bench, side, results.get("navi", {}).get("sessions", 0))

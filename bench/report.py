@@ -11,7 +11,8 @@ from bench.runner import Row
 
 HEADER = ("metric", "navi-actor", "baseline", "ratio", "target", "result")
 
-#: The issues' targets (5, then 20) for this 2-core machine, printed for orientation; the run checks them, never assumes them.
+#: The issues' targets (5, then 20) for this 2-core machine, printed for orientation; the run checks them,
+#: never assumes them.
 REFERENCE = (
     ("time to first event, new session, warm pool", "p50 ≤ 2 ms, p99 ≤ 10 ms"),
     ("time to first event, pool empty (--warm-actors 0)", "p99 ≤ 30 ms"),
