@@ -42,9 +42,10 @@ def _tree(root: int) -> list[int]:
 class SetupIncomplete(Exception):
     """Not every session had finished its first turn by the set-up deadline."""
 
-    def __init__(self, sessions: int, ready: int, seconds: float) -> None:
+    def __init__(self, sessions: int, ready: int, seconds: float, sids: list[str]) -> None:
         super().__init__(f"only {ready} of {sessions} sessions had finished a first turn after {seconds:.0f} s")
         self.info = {"sessions": sessions, "ready": ready, "seconds": seconds}
+        self.sids = sids  # the sessions made (their sockets are closed)
 
 
 async def open_ready(http: aiohttp.ClientSession, url: str, n: int, limit: int,
@@ -69,7 +70,7 @@ async def open_ready(http: aiohttp.ClientSession, url: str, n: int, limit: int,
             await gather_limited(n, limit, first_turn)
     except TimeoutError:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-        raise SetupIncomplete(n, ready, time.monotonic() - t0) from None
+        raise SetupIncomplete(n, ready, time.monotonic() - t0, sids) from None
     return sids, sockets
 
 
@@ -203,19 +204,26 @@ class Pool:
     async def resize(self, n: int) -> None:
         sc, url = self.sc, self.sc["url"]
         if n > len(self.sids):
-            sids, sockets = await open_ready(self.http, url, n - len(self.sids), sc["concurrency"],
-                                             sc["setup_deadline"])
+            try:
+                sids, sockets = await open_ready(self.http, url, n - len(self.sids), sc["concurrency"],
+                                                 sc["setup_deadline"])
+            except SetupIncomplete as exc:  # the next probe, a smaller one, finds none of them left
+                await self._delete(exc.sids, len(self.sids))
+                raise
             self.sids += sids
             self.sockets += sockets
             return
         extra_sids, extra_ws = self.sids[n:], self.sockets[n:]
         del self.sids[n:], self.sockets[n:]
         await asyncio.gather(*(ws.close() for ws in extra_ws), return_exceptions=True)
-        await gather_limited(len(extra_sids), sc["concurrency"],
-                             lambda i: delete_session(self.http, url, extra_sids[i]))
-        # the deleted sessions' actors exit: wait for it, so that they cost nothing in the next phase
+        await self._delete(extra_sids, n)
+
+    async def _delete(self, sids: list[str], keep: int) -> None:
+        """Delete ``sids``; wait until their actors have exited (so that they cost nothing in the next phase)."""
+        sc, url = self.sc, self.sc["url"]
+        await gather_limited(len(sids), sc["concurrency"], lambda i: delete_session(self.http, url, sids[i]))
         deadline = time.monotonic() + 30
-        while len(_tree(sc["tree_root"])) > self.base_procs + n and time.monotonic() < deadline:
+        while len(_tree(sc["tree_root"])) > self.base_procs + keep and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:
