@@ -105,7 +105,8 @@ def _search(bench: Bench, side: str, navi_n: int) -> dict[str, Any]:
         server.stop(timeout=STOP_TIMEOUT)
     for p in res["probes"]:
         got = (f"p99 {p['p99_ms']:.1f} ms, p50 {p['p50_ms']:.1f} ms, {p['events_per_s']:,.0f} events/s, "
-               f"CPU {sum(p['cpu_us_per_event'].values()):.1f} µs/event" if "p99_ms" in p else p.get("why", ""))
+               f"CPU {sum(p['cpu_us_per_event'].values()):.1f} µs/event (client {p['client_cpu_us_per_event']:.1f})"
+               if "p99_ms" in p else p.get("why", ""))
         log(f"carry {side}: {p['sessions']} sessions {'pass' if p['passed'] else 'FAIL'}"
             f"{'' if p['searched'] else ' (at the other side’s N)'}: {got}")
     log(f"carry {side}: {_bound(res, cfg.carry_cap)}")
