@@ -321,6 +321,15 @@ OPTIONS: tuple[Option, ...] = (
         "actors forked ahead of need, so a new session's first turn does not wait for a fork (0: none)",
     ),
     Option(
+        "no_prebind",
+        False,
+        _switch,
+        "do not give a session a warm actor as soon as a client connects to it (by default a ready warm "
+        "actor is handed over then, so the session's first turn does not wait for the handover; it "
+        "goes back when the last client leaves before a turn)",
+        switch=True,
+    ),
+    Option(
         "no_zygote",
         False,
         _switch,
@@ -473,6 +482,7 @@ class Config:
     max_actors: int = 256
     actor_nice: int = 10
     warm_actors: int = 2
+    no_prebind: bool = False
     no_zygote: bool = False
     ws_compress: bool = False
     drain_timeout: float = 30.0

@@ -198,7 +198,7 @@ class Supervisor:
     def _on_front_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "spawn":
-            self._spawn_actor(str(msg["actor_id"]), str(msg.get("session_id", "")))
+            self._spawn_actor(str(msg["actor_id"]), str(msg.get("session_id", "")), bool(msg.get("warm_only")))
         elif op == "signal":
             pid = self.spawner.by_id.get(str(msg.get("actor_id")))
             sig = SIGNALS.get(msg.get("sig", ""))
@@ -226,13 +226,22 @@ class Supervisor:
             self.shutdown.give_up(why_not)
 
     # ── actors ────────────────────────────────────────────────────────────
-    def _spawn_actor(self, actor_id: str, session_id: str) -> None:
-        """Give the front an actor for a session: a warm one if ready, else a fresh fork."""
+    def _spawn_actor(self, actor_id: str, session_id: str, warm_only: bool = False) -> None:
+        """Give the front an actor for a session: a warm one if ready, else a fresh fork.
+
+        ``warm_only`` (a client connected, no turn yet): a warm one or ``no_warm``. A second
+        ask for the same actor (its turn came) forks one only if the first found none.
+        """
+        if actor_id in self.spawner.by_id:
+            return  # the warm one was handed over at the first ask
         if not self.shutdown.running:
             self.front.send({"op": "spawn_failed", "actor_id": actor_id, "message": "server is shutting down"})
             return
         t0 = time.perf_counter()
         warm = self.pool.take()
+        if warm is None and warm_only:
+            self.front.send({"op": "no_warm", "actor_id": actor_id})
+            return
         warm_id = None
         if warm is not None:
             actor, chan_front = warm

@@ -43,6 +43,9 @@ class ActorHandle(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.retiring = False  # told to shut down; takes no new turn
         self.requested_at: float | None = None  # when the front asked for it (None: adopted)
+        #: Asked for when a client connected, before any turn (only a warm one is taken); cleared
+        #: by the session's first turn (ActorSet.claim).
+        self.prebound = False
         self.fatal: dict[str, Any] | None = None  # the actor's own last word
         self.violation: str | None = None
         self.exit: dict[str, Any] | None = None  # the supervisor's exit notice

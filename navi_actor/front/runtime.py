@@ -103,6 +103,7 @@ class Runtime:
         if run is None:
             if not resume.ask(self, viewer, after):
                 viewer.send(protocol.SESSION_SYNC)
+                self.actor_set.prebind(viewer.session_id)  # its first turn skips the handover
             return
         self.join(viewer, run, after)
 
@@ -135,6 +136,7 @@ class Runtime:
             peers.discard(viewer)
             if not peers:
                 del self.viewers[viewer.session_id]
+                self.actor_set.release_prebound(viewer.session_id)
         run = viewer.run
         if run is not None:
             run.viewers.discard(viewer)
@@ -204,17 +206,19 @@ class Runtime:
             raise turns.not_saved(sid, exc) from None
         start = protocol.stream_start(base + 1, run.run_id)
         run.first_seq = run.last_seq = run.checkpointed_seq = base + 1
-        run.start_bytes = orjson.dumps(start)
-        run.last_event_at = time.monotonic()
-        run.broadcast(run.start_bytes, run.first_seq)
-        log.info("front.turn_start", session_id=sid, run_id=run.run_id, queued=viewer is None)
         if not actor.alive or actor.retiring:  # it died during the commit
             actor = self.actor_set.for_session(sid)
         run.actor = actor
         actor.run = run
+        # The actor first: it wakes while stream_start is written and the line logged. Its
+        # first event is read by this loop, so viewers still get stream_start before it.
         actor.send(turns.turn_request(run.run_id, start, message, history, sid, self.uploads_dir / sid))
         if run.stop_requested_at is not None:
             actor.send({"op": "stop", "run_id": run.run_id, "reason": run.stop_reason})
+        run.start_bytes = orjson.dumps(start)
+        run.last_event_at = time.monotonic()
+        run.broadcast(run.start_bytes, run.first_seq)
+        log.info("front.turn_start", session_id=sid, run_id=run.run_id, queued=viewer is None)
 
     def retire(self, actor: ActorHandle) -> None:
         """The actor takes no new turn and exits (front/actorset.py)."""

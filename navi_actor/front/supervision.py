@@ -46,6 +46,10 @@ class Supervision:
                 os.close(fd)
                 return
             actor.take_channel(fd, msg["pid"])
+        elif op == "no_warm":
+            actor = by_id.get(msg["actor_id"])
+            if actor is not None:
+                self.actors.no_warm(actor)
         elif op == "spawn_failed":
             actor = by_id.get(msg["actor_id"])
             if actor is not None:

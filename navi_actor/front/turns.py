@@ -29,8 +29,9 @@ class Begun(NamedTuple):
 
 
 def begin_turn(store: SessionStore, sid: str, run_id: str, message: UserMessage) -> Begun:
-    """On the store's thread: the session's history, then the message saved with its run."""
-    history = store.history(sid)
+    """On the store's thread: the message saved with its run, then the session's history (the
+    messages of running runs, this one's included, are not in it). A session whose last seq is
+    0 has had no turn: its history is not read (0.1 ms of a new session's first event)."""
     base = store.begin_run(
         sid,
         run_id,
@@ -40,7 +41,7 @@ def begin_turn(store: SessionStore, sid: str, run_id: str, message: UserMessage)
         files=message.files,
         client_message_id=message.client_message_id,
     )
-    return Begun(base, history, message, run_id)
+    return Begun(base, store.history(sid) if base else [], message, run_id)
 
 
 def begin_next(store: SessionStore, sid: str, _run_id: str) -> Begun:
