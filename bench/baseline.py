@@ -12,9 +12,17 @@ benchmark uses: ``POST /sessions``, ``DELETE /sessions/{id}``,
 It is written to be fast, not to be a strawman: an event is encoded once (with
 orjson, as navi-actor does) for all subscribers instead of once per subscriber
 with ``json.dumps``; the heartbeat timer is armed only while the queue is
-empty instead of wrapping every ``get`` in ``wait_for``; there is no database.
-Events carry ``seq`` and ``run_id`` like navi-actor's, so frames have the same
-size on both sides.
+empty instead of wrapping every ``get`` in ``wait_for``. Events carry ``seq``
+and ``run_id`` like navi-actor's, so frames have the same size on both sides.
+
+By default there is no database. With ``--durable PATH`` it keeps its
+sessions in SQLite, as the original endpoint's session store does: one
+connection (WAL, ``synchronous=FULL``) used on the event loop, as a simple
+in-process server with the standard ``sqlite3`` module would; with
+``--durable-thread`` too, the same connection is used from one thread of its
+own instead (an async wrapper such as aiosqlite). A session is read on
+connect; a message is committed before ``stream_start``, and the answer
+before ``stream_end``.
 
 Run: ``python -m bench.baseline --agent bench.agents:agent --info-file F``;
 ``F`` gets ``{"pid", "url"}`` once the server listens.
@@ -29,9 +37,11 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,18 +83,83 @@ class AgentRun:
             await q.put(item)
 
 
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, title TEXT, created_at REAL NOT NULL,
+                                     updated_at REAL NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, session_id TEXT NOT NULL REFERENCES sessions(id),
+                                     role TEXT NOT NULL, content TEXT NOT NULL, run_id TEXT, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, id);
+"""
+
+
+class DurableStore:
+    """The sessions in SQLite: one connection, WAL, ``synchronous=FULL`` (every commit is fsynced).
+
+    Each call is one transaction. ``threaded=False`` runs it on the event loop
+    (blocking it for the commit, as the standard ``sqlite3`` module does);
+    ``threaded=True`` in one thread of its own, the loop awaiting the answer.
+    """
+
+    def __init__(self, path: Path, threaded: bool) -> None:
+        self.conn = sqlite3.connect(str(path), check_same_thread=not threaded)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.executescript(SCHEMA)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="store") if threaded else None
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        if self.pool is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def create(self, session: dict[str, Any]) -> None:
+        with self.conn:
+            self.conn.execute("INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                              (session["id"], session["title"], session["created_at"], session["updated_at"]))
+
+    def delete(self, sid: str) -> None:
+        with self.conn:
+            self.conn.execute("DELETE FROM messages WHERE session_id = ?", (sid,))
+            self.conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+
+    def load(self, sid: str) -> list[dict[str, str]] | None:
+        """The session's messages (its history), or None when there is no such session."""
+        if self.conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone() is None:
+            return None
+        rows = self.conn.execute("SELECT role, content FROM messages WHERE session_id = ? ORDER BY id", (sid,))
+        return [{"role": role, "content": content} for role, content in rows]
+
+    def add_message(self, sid: str, role: str, content: str, run_id: str, last_seq: int | None = None) -> None:
+        now = time.time()
+        with self.conn:
+            self.conn.execute("INSERT INTO messages (session_id, role, content, run_id, created_at) "
+                              "VALUES (?, ?, ?, ?, ?)", (sid, role, content, run_id, now))
+            if last_seq is None:
+                self.conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, sid))
+            else:
+                self.conn.execute("UPDATE sessions SET updated_at = ?, last_seq = ? WHERE id = ?",
+                                  (now, last_seq, sid))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.conn.close()
+
+
 class Baseline:
-    def __init__(self, spec: AgentSpec) -> None:
+    def __init__(self, spec: AgentSpec, store: DurableStore | None = None) -> None:
         self.spec = spec
+        self.store = store
         self.runner: Any = None
         self.sessions: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, AgentRun] = {}
 
-    async def run_agent(self, run: AgentRun, sid: str, content: str, seq: int) -> None:
+    async def run_agent(self, run: AgentRun, sid: str, content: str, seq: int,
+                        history: list[dict[str, str]]) -> None:
         if self.runner is None:
             self.runner = self.spec.make_runner()
         turn = Turn(session_id=sid, run_id=run.run_id, content=content, display_content=content, images=[],
-                    files=[], history=[], stop_event=run.stop_event)
+                    files=[], history=list(history), stop_event=run.stop_event)
         text: list[str] = []
         t0 = time.monotonic()
         try:
@@ -98,7 +173,11 @@ class Baseline:
                     text.append(wire["delta"])
                 await run.broadcast(("event", orjson.dumps(wire).decode()))
             seq += 1
-            end = {"type": "stream_end", "seq": seq, "run_id": run.run_id, "content": "".join(text),
+            answer = "".join(text)
+            if self.store is not None:  # the answer is durable before stream_end
+                await self.store.call(self.store.add_message, sid, "assistant", answer, run.run_id, seq)
+                history.append({"role": "assistant", "content": answer})
+            end = {"type": "stream_end", "seq": seq, "run_id": run.run_id, "content": answer,
                    "elapsed_seconds": round(time.monotonic() - t0, 3), "tool_call_count": 0,
                    "token_count": len(text), "context_tokens": None, "max_context_tokens": None}
             await run.broadcast(("event", orjson.dumps(end).decode()))
@@ -115,13 +194,18 @@ class Baseline:
     async def create_session(self, request: web.Request) -> web.Response:
         sid = uuid.uuid4().hex
         now = time.time()
-        self.sessions[sid] = {"id": sid, "title": None, "created_at": now, "updated_at": now, "last_seq": 0}
-        return web.json_response(self.sessions[sid], status=201)
+        session = {"id": sid, "title": None, "created_at": now, "updated_at": now, "last_seq": 0}
+        if self.store is not None:
+            await self.store.call(self.store.create, session)
+        self.sessions[sid] = session
+        return web.json_response(session, status=201)
 
     async def delete_session(self, request: web.Request) -> web.Response:
         sid = request.match_info["session_id"]
         if self.sessions.pop(sid, None) is None:
             return web.json_response({"error": "Session not found", "code": "session_not_found"}, status=404)
+        if self.store is not None:
+            await self.store.call(self.store.delete, sid)
         run = self.runs.get(sid)
         if run is not None:
             run.stop_event.set()
@@ -135,7 +219,10 @@ class Baseline:
         sid = request.match_info["session_id"]
         ws = web.WebSocketResponse(compress=False, max_msg_size=64 * 1024 * 1024)
         await ws.prepare(request)
-        if sid not in self.sessions:
+        history: list[dict[str, str]] | None = []
+        if self.store is not None:  # the original reads the session on connect
+            history = await self.store.call(self.store.load, sid)
+        if sid not in self.sessions or history is None:
             await ws.close(code=4004, message=b"Session not found")
             return ws
         queue: asyncio.Queue[tuple[str, Any]] | None = None
@@ -179,10 +266,18 @@ class Baseline:
                 if session is None:
                     break
                 run = AgentRun(uuid.uuid4().hex)
-                queue, current = run.subscribe(), run
+                content = str(data["content"])
                 self.runs[sid] = run
+                if self.store is not None:  # the message is durable before stream_start
+                    try:
+                        await self.store.call(self.store.add_message, sid, "user", content, run.run_id)
+                    except BaseException:
+                        self.runs.pop(sid, None)
+                        raise
+                    history.append({"role": "user", "content": content})
+                queue, current = run.subscribe(), run
                 seq = session["last_seq"] + 1
-                run.task = asyncio.create_task(self.run_agent(run, sid, str(data["content"]), seq))
+                run.task = asyncio.create_task(self.run_agent(run, sid, content, seq, history))
                 await ws.send_str(orjson.dumps({"type": "stream_start", "seq": seq, "run_id": run.run_id}).decode())
                 alive = await self.stream_to_client(ws, queue)
                 run.unsubscribe(queue)
@@ -234,9 +329,9 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(agent: str, host: str, info_file: Path) -> None:
+async def serve(agent: str, host: str, info_file: Path, store: DurableStore | None) -> None:
     spec = load(agent)
-    app = Baseline(spec).make_app()
+    app = Baseline(spec, store).make_app()
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     sock = socket.create_server((host, 0), backlog=1024)  # as navi-actor's supervisor listens
@@ -252,6 +347,8 @@ async def serve(agent: str, host: str, info_file: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+    if store is not None:
+        store.close()
 
 
 def main() -> None:
@@ -261,9 +358,16 @@ def main() -> None:
     parser.add_argument("--agent", default="bench.agents:agent")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--info-file", type=Path, required=True)
+    parser.add_argument("--durable", type=Path, metavar="PATH",
+                        help="keep sessions in this SQLite file: each message committed before stream_start")
+    parser.add_argument("--durable-thread", action="store_true",
+                        help="with --durable: use the connection from a thread of its own, not the event loop")
     args = parser.parse_args()
+    if args.durable_thread and args.durable is None:
+        parser.error("--durable-thread needs --durable PATH")
     _raise_fd_limit()
-    uvloop.run(serve(args.agent, args.host, args.info_file))
+    store = DurableStore(args.durable, threaded=args.durable_thread) if args.durable else None
+    uvloop.run(serve(args.agent, args.host, args.info_file, store))
 
 
 if __name__ == "__main__":

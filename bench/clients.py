@@ -9,9 +9,11 @@ Scenarios: ``ttfe`` (message → first ``stream_delta`` of a new session),
 ``flood`` (one session's events as fast as they come, counted frame by frame
 by a minimal WebSocket reader so the client costs less than the server),
 ``sparse`` (end-to-end delay of stamped deltas), ``many`` (N clients, one
-session each, LLM-paced; CPU of given processes per event), ``memory`` (turns,
-then a GC turn, in N sessions) and ``spawn`` (first turns of N new sessions,
-as fast as the server takes them).
+session each, LLM-paced; CPU of given processes per event), ``carry`` (the
+largest N of those within a delivery limit, by bisection; both in
+``bench/paced.py``), ``memory`` (turns, then a GC turn, in N sessions),
+``idle`` (N sessions with one short turn each, left idle) and ``spawn``
+(first turns of N new sessions, as fast as the server takes them).
 """
 
 from __future__ import annotations
@@ -24,19 +26,16 @@ import resource
 import sys
 import time
 import urllib.parse
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import orjson
-import psutil
 
+from bench.paced import carry, many
 from bench.stats import summary
+from bench.wsclient import (FINAL, ClientError, connect, delete_session, gather_limited, http_client, message,
+                            new_session, receive, turn)
 
-FINAL = ("stream_end", "stream_stopped", "error")
-
-
-class ClientError(Exception):
-    """The server did not do what the scenario needs (refused, closed, ended a turn with an error)."""
 
 
 def _raise_fd_limit() -> None:
@@ -45,75 +44,18 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _message(content: str) -> str:
-    return orjson.dumps({"type": "message", "content": content}).decode()
-
-
-def _http() -> aiohttp.ClientSession:
-    # limit=0: no cap on connections, for 1,000+ clients in this one process
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                 timeout=aiohttp.ClientTimeout(total=60, connect=30))
-
-
-async def new_session(http: aiohttp.ClientSession, url: str) -> str:
-    async with http.post(url + "/sessions", json={}) as r:
-        if r.status != 201:
-            raise ClientError(f"POST /sessions answered {r.status}: {(await r.text())[:200]}")
-        return (await r.json())["id"]
-
-
-async def delete_session(http: aiohttp.ClientSession, url: str, sid: str) -> None:
-    async with http.delete(f"{url}/sessions/{sid}") as r:
-        await r.read()
-
-
-async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    msg = await ws.receive()
-    if msg.type != aiohttp.WSMsgType.TEXT:
-        raise ClientError(f"expected a text frame, got {msg.type.name} {msg.data!r} {msg.extra!r}")
-    return orjson.loads(msg.data)
-
-
-async def connect(http: aiohttp.ClientSession, url: str, sid: str) -> aiohttp.ClientWebSocketResponse:
-    """Open the session's WebSocket and wait for its ``session_sync``."""
-    ws = await http.ws_connect(url.replace("http://", "ws://") + f"/ws/sessions/{sid}", max_msg_size=0,
-                               autoping=True, heartbeat=None)
-    ev = await receive(ws)
-    if ev["type"] != "session_sync":
-        raise ClientError(f"expected session_sync on connect, got {ev}")
-    return ws
-
-
-async def turn(ws: aiohttp.ClientWebSocketResponse, content: str) -> dict[str, Any]:
-    """Send a message; read up to its final event; fail unless it is ``stream_end``."""
-    await ws.send_str(_message(content))
-    while True:
-        ev = await receive(ws)
-        if ev["type"] in FINAL:
-            if ev["type"] != "stream_end":
-                raise ClientError(f"turn {content!r} ended with {ev}")
-            return ev
-
-
-async def gather_limited(n: int, limit: int, fn: Callable[[int], Awaitable[Any]]) -> list[Any]:
-    """``fn(i)`` for i in range(n), at most ``limit`` at once; results in order."""
-    sem = asyncio.Semaphore(limit)
-
-    async def one(i: int) -> Any:
-        async with sem:
-            return await fn(i)
-
-    return await asyncio.gather(*(one(i) for i in range(n)))
-
-
 # ── time to first event ────────────────────────────────────────────────────
 
 
 async def ttfe(sc: dict[str, Any]) -> dict[str, Any]:
-    """New session each sample: message sent → first ``stream_delta`` received (ms)."""
+    """New session each sample: message sent → first ``stream_delta`` received (ms).
+
+    Each sample's session is deleted after its turn, unless ``keep``: then it
+    stays, with its idle actor (so at ``--max-actors`` the next turn evicts one).
+    """
     url, out, to_start = sc["url"], [], []
-    payload = _message("one")
-    async with _http() as http:
+    payload = message("one")
+    async with http_client() as http:
         for _ in range(sc["samples"]):
             sid = await new_session(http, url)
             ws = await connect(http, url, sid)
@@ -134,7 +76,8 @@ async def ttfe(sc: dict[str, Any]) -> dict[str, Any]:
             out.append((first - t0) * 1000)
             to_start.append(((start or first) - t0) * 1000)
             await ws.close()
-            await delete_session(http, url, sid)
+            if not sc.get("keep"):
+                await delete_session(http, url, sid)
     return {"ms": out, "to_stream_start_ms": to_start}
 
 
@@ -229,14 +172,14 @@ class FrameCounter(asyncio.Protocol):
         """Send a message; wait for its final frame; return (final type, frames, deltas) of the turn."""
         self.final = asyncio.get_running_loop().create_future()
         f0, d0 = self.frames, self.deltas
-        self.send_text(_message(content))
+        self.send_text(message(content))
         kind = await self.final
         return kind, self.frames - f0, self.deltas - d0
 
 
 async def flood(sc: dict[str, Any]) -> dict[str, Any]:
     url, n = sc["url"], sc["events"]
-    async with _http() as http:
+    async with http_client() as http:
         sid = await new_session(http, url)
     u = urllib.parse.urlsplit(url)
     loop = asyncio.get_running_loop()
@@ -272,11 +215,11 @@ async def sparse(sc: dict[str, Any]) -> dict[str, Any]:
     """End-to-end delay (µs) of deltas stamped with the agent's monotonic clock."""
     url = sc["url"]
     delays: list[float] = []
-    async with _http() as http:
+    async with http_client() as http:
         sid = await new_session(http, url)
         ws = await connect(http, url, sid)
         await turn(ws, "one")
-        await ws.send_str(_message(f"sparse {sc['events']} {sc['rate']}"))
+        await ws.send_str(message(f"sparse {sc['events']} {sc['rate']}"))
         while True:
             ev = await receive(ws)
             if ev["type"] == "stream_delta":
@@ -298,11 +241,11 @@ async def joined(sc: dict[str, Any]) -> dict[str, Any]:
     owner, url, mode = sc["owner"], sc["url"], sc["mode"]
     body = f"flood {sc['events']}" if mode == "flood" else f"sparse {sc['events']} {sc['rate']}"
     delays: list[float] = []
-    async with _http() as http:
+    async with http_client() as http:
         sid = await new_session(http, owner)
         ws = await connect(http, owner, sid)
         await turn(ws, "one")  # the session's actor is up
-        await ws.send_str(_message(f"hold 0.3 {body}"))
+        await ws.send_str(message(f"hold 0.3 {body}"))
         while (await receive(ws))["type"] != "stream_start":
             pass
         await ws.close()
@@ -331,120 +274,13 @@ async def joined(sc: dict[str, Any]) -> dict[str, Any]:
     return {"us": summary(delays)}
 
 
-# ── many sessions ──────────────────────────────────────────────────────────
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def _tree(root: int) -> list[int]:
-    try:
-        p = psutil.Process(root)
-        return [root] + [c.pid for c in p.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-async def many(sc: dict[str, Any]) -> dict[str, Any]:
-    """``sessions`` clients, one session each, all streaming ``llm EVENTS RATE`` at once.
-
-    Set-up (untimed): sessions, connections, and a first turn in each, so every
-    session's actor is up; if that takes over ``setup_deadline`` seconds, the
-    result says how far it got instead. Then ``phases`` times: every client sends its message
-    (all at once) and reads its stream; the delivery delay of each delta is
-    receive time minus the agent's stamp. The steady window, reported apart, is
-    from the moment every session has received a delta to the moment the first
-    one ends: only then are all sessions streaming at once.
-    """
-    url, n, limit = sc["url"], sc["sessions"], sc["concurrency"]
-    content = f"llm {sc['events']} {sc['rate']}"
-    phases = []
-    async with _http() as http:
-        sids = await gather_limited(n, limit, lambda i: new_session(http, url))
-        sockets = await gather_limited(n, limit, lambda i: connect(http, url, sids[i]))
-        ready = 0
-
-        async def first_turn(i: int) -> None:
-            nonlocal ready
-            await turn(sockets[i], "one")
-            ready += 1
-
-        t0 = time.monotonic()
-        try:
-            async with asyncio.timeout(sc["setup_deadline"]):
-                await gather_limited(n, limit, first_turn)
-        except TimeoutError:
-            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-            return {"setup_incomplete": {"sessions": n, "ready": ready, "seconds": time.monotonic() - t0}}
-        for _ in range(sc["phases"]):
-            front_pids = sc["cpu_pids"]
-            tree = _tree(sc["tree_root"]) if sc.get("tree_root") else front_pids
-            first_at: list[float] = [0.0] * n
-            end_at: list[float] = [0.0] * n
-            samples: list[list[tuple[float, float]]] = [[] for _ in range(n)]
-            counts = [0] * n
-
-            async def stream(i: int) -> None:
-                ws = sockets[i]
-                await ws.send_str(_message(content))
-                mine = samples[i]
-                while True:
-                    msg = await ws.receive()
-                    now = time.monotonic()
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        raise ClientError(f"session {i}: got {msg.type.name} {msg.data!r} {msg.extra!r}")
-                    counts[i] += 1
-                    ev = orjson.loads(msg.data)
-                    if ev["type"] == "stream_delta":
-                        stamp = float(ev["delta"])
-                        mine.append((stamp, now))
-                        if not first_at[i]:
-                            first_at[i] = now
-                    elif ev["type"] in FINAL:
-                        end_at[i] = now
-                        if ev["type"] != "stream_end":
-                            raise ClientError(f"session {i}: turn ended with {ev}")
-                        return
-
-            cpu_front0, cpu_tree0 = _cpu_seconds(front_pids), _cpu_seconds(tree)
-            t0 = time.monotonic()
-            await asyncio.gather(*(stream(i) for i in range(n)))
-            seconds = time.monotonic() - t0
-            cpu_front1, cpu_tree1 = _cpu_seconds(front_pids), _cpu_seconds(tree)
-            events = sum(counts)
-            lo, hi = max(first_at), min(end_at)
-            all_ms = [(now - stamp) * 1000 for mine in samples for stamp, now in mine]
-            steady_ms = [(now - stamp) * 1000 for mine in samples for stamp, now in mine if lo <= stamp <= hi]
-            phases.append({
-                "events": events,
-                "deltas": len(all_ms),
-                "seconds": seconds,
-                "steady_window_s": max(hi - lo, 0.0),
-                "steady_ms": summary(steady_ms),
-                "all_ms": summary(all_ms),
-                "front_cpu_us_per_event": (cpu_front1 - cpu_front0) / events * 1e6,
-                "tree_cpu_us_per_event": (cpu_tree1 - cpu_tree0) / events * 1e6,
-                "events_per_s": events / seconds,
-            })
-        await asyncio.gather(*(ws.close() for ws in sockets))
-    return {"phases": phases}
-
-
 # ── idle memory, actor starts ──────────────────────────────────────────────
 
 
 async def memory(sc: dict[str, Any]) -> dict[str, Any]:
     """A turn, then a GC turn, in each of ``sessions`` new sessions; return their ids."""
     url, sids = sc["url"], []
-    async with _http() as http:
+    async with http_client() as http:
         for _ in range(sc["sessions"]):
             sid = await new_session(http, url)
             ws = await connect(http, url, sid)
@@ -455,6 +291,24 @@ async def memory(sc: dict[str, Any]) -> dict[str, Any]:
     return {"session_ids": sids}
 
 
+async def idle(sc: dict[str, Any]) -> dict[str, Any]:
+    """``sessions`` new sessions, ``concurrency`` at a time, each with one short turn, then left idle."""
+    url = sc["url"]
+    async with http_client() as http:
+        async def one(i: int) -> str:
+            sid = await new_session(http, url)
+            ws = await connect(http, url, sid)
+            try:
+                await turn(ws, "one")
+            finally:
+                await ws.close()
+            return sid
+
+        t0 = time.perf_counter()
+        sids = await gather_limited(sc["sessions"], sc["concurrency"], one)
+    return {"session_ids": sids, "seconds": time.perf_counter() - t0}
+
+
 async def spawn(sc: dict[str, Any]) -> dict[str, Any]:
     """First turns of ``sessions`` new sessions, ``concurrency`` at a time, as fast as they go.
 
@@ -463,7 +317,7 @@ async def spawn(sc: dict[str, Any]) -> dict[str, Any]:
     when the turns still running are abandoned and the rate is what finished.
     """
     url, n, limit = sc["url"], sc["sessions"], sc["concurrency"]
-    async with _http() as http:
+    async with http_client() as http:
         sids = await gather_limited(n, sc["setup_concurrency"], lambda i: new_session(http, url))
         sockets = await gather_limited(n, sc["setup_concurrency"], lambda i: connect(http, url, sids[i]))
         errors: list[str] = []
@@ -492,7 +346,8 @@ async def spawn(sc: dict[str, Any]) -> dict[str, Any]:
             "session_ids": sids}
 
 
-SCENARIOS = {"ttfe": ttfe, "flood": flood, "joined": joined, "sparse": sparse, "many": many, "memory": memory, "spawn": spawn}
+SCENARIOS = {"ttfe": ttfe, "flood": flood, "joined": joined, "sparse": sparse, "many": many, "carry": carry,
+             "memory": memory, "idle": idle, "spawn": spawn}
 
 
 async def run(sc: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The measurements: the same client scenarios against navi-actor and the baseline, made into rows.
 
 Each side of each repetition gets a server of its own, alone on the machine
-(as far as this benchmark goes). Repetitions alternate which side goes first,
-so that load from elsewhere falls on both alike; a row holds the median over
+(as far as this benchmark goes). Sides take turns going first, one
+repetition after another, so that load from elsewhere falls on all alike; a row holds the median over
 repetitions of each repetition's figure, and the figures themselves. A
 target is checked on the medians, as printed.
 """
@@ -10,7 +10,6 @@ target is checked on the medians, as printed.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import subprocess
@@ -42,24 +41,30 @@ class Config:
     spawn_deadline: float
     setup_concurrency: int
     many_setup_deadline: float
+    loaded_idle: int  # ttfe_loaded: idle actors alive before the timed first events
+    carry_start: int  # carry: the first N probed, then doubled (or halved) to the first failure
+    carry_cap: int  # carry: the most sessions probed
+    carry_floor: int  # carry: the fewest
+    carry_round: int  # carry: bisection steps are multiples of this
+    carry_resolution: float  # carry: bisection stops when failing N ≤ this × passing N
+    carry_seconds: float  # carry: each probe's phase of streaming
 
 
 FULL = Config(ttfe_samples=100, ttfe_gap=0.04, cold_samples=60, flood_events=300_000, sparse_events=5000,
               sparse_rate=1000, many_sessions=1000, many_events=160, many_rate=20, memory_sessions=20,
               spawn_sessions=2000, spawn_concurrency=100, spawn_deadline=30.0, setup_concurrency=100,
-              many_setup_deadline=45.0)
+              many_setup_deadline=45.0, loaded_idle=250, carry_start=250, carry_cap=3000, carry_floor=25,
+              carry_round=25, carry_resolution=1.2, carry_seconds=4.0)
 QUICK = Config(ttfe_samples=10, ttfe_gap=0.05, cold_samples=10, flood_events=20_000, sparse_events=200,
                sparse_rate=1000, many_sessions=40, many_events=20, many_rate=20, memory_sessions=3,
                spawn_sessions=60, spawn_concurrency=20, spawn_deadline=20.0, setup_concurrency=20,
-               many_setup_deadline=20.0)
-
-# the issue's figures for this 2-core machine; the run measures, these only say what "good" is
-ALIVE_TARGET = 2000
-SPAWN_TARGET = 500.0
+               many_setup_deadline=20.0, loaded_idle=8, carry_start=10, carry_cap=20, carry_floor=5,
+               carry_round=5, carry_resolution=1.5, carry_seconds=1.0)
 
 STOP_TIMEOUT = 15.0  # seconds from SIGTERM to SIGKILL; a slower shutdown is logged and noted in the JSON
 
-METRICS = ("ttfe_warm", "ttfe_cold", "flood", "sparse", "many", "memory", "alive", "spawn_rate", "sandbox", "store", "relay")
+METRICS = ("ttfe_warm", "ttfe_cold", "ttfe_loaded", "flood", "sparse", "many", "carry", "memory", "alive", "spawn_rate",
+           "sandbox", "store", "relay")
 
 
 @dataclasses.dataclass
@@ -165,22 +170,25 @@ class Bench:
         return ["--warm-actors", str(n)] if self.has_warm and n is not None else []
 
     def each(self, name: str, navi_args: list[str], measure: Callable[[str, Server, int], bool | None],
-             repeats: int | None = None, warm: int = 0) -> None:
+             repeats: int | None = None, warm: int = 0, sides: tuple[str, ...] = ("navi", "baseline")) -> None:
         """``measure(side, server, r)`` for each repetition and side, on a server of its own.
 
-        Sides alternate which goes first. ``measure`` returning True ends the
-        repetitions (it hit a deadline, and the next would too).
+        Sides take turns going first (rotated each repetition). A side is
+        ``navi``, ``baseline`` or ``durable`` (the baseline with its SQLite
+        store). ``measure`` returning True ends the repetitions (it hit a
+        deadline, and the next would too).
         """
         for r in range(repeats or self.repeat):
             stop_early = False
-            for side in ("navi", "baseline") if r % 2 == 0 else ("baseline", "navi"):
+            k = r % len(sides)
+            for side in sides[k:] + sides[:k]:
                 label = f"{name}-{side}-{r + 1}"
                 server: Server
                 if side == "navi":
                     log(f"starting navi-actor ({label}) {' '.join(navi_args)}")
                     server = NaviServer(self.workdir, label, ["--idle-timeout", "600", *navi_args])
                 else:
-                    server = BaselineServer(self.workdir, label)
+                    server = BaselineServer(self.workdir, label, durable=side == "durable")
                 try:
                     server.start()
                     if warm and isinstance(server, NaviServer):
@@ -203,8 +211,16 @@ class Bench:
                   lambda n, b: n <= 2.0, note=note)
         p99 = Row("ttfe_warm_p99", "ttfe_warm", "first event, new session, warm pool: p99", "ms", "≤ 10 ms",
                   lambda n, b: n <= 10.0, note=note)
-        self._ttfe([p50, p99], "ttfe-warm", self.warm_args(2), self.cfg.ttfe_samples, 2 if self.has_warm else 0)
-        return [p50, p99]
+        durable = "baseline: in-process with its SQLite store, the message committed (fsynced) before stream_start"
+        d50 = Row("ttfe_warm_durable_p50", "ttfe_warm", "first event, new session, warm pool: p50, durable baseline",
+                  "ms", "≤ baseline + 0.5 ms", lambda n, b: b is not None and n <= b + 0.5, note=durable)
+        d99 = Row("ttfe_warm_durable_p99", "ttfe_warm", "first event, new session, warm pool: p99, durable baseline",
+                  "ms", "≤ baseline + 2 ms", lambda n, b: b is not None and n <= b + 2.0, note=durable)
+        self._ttfe([p50, p99], "ttfe-warm", self.warm_args(2), self.cfg.ttfe_samples, 2 if self.has_warm else 0,
+                   durable=[d50, d99])
+        for row in (d50, d99):  # the same navi-actor figures, against the other baseline
+            row.navi_repeats = (p50 if row is d50 else p99).navi_repeats
+        return [p50, p99, d50, d99]
 
     def ttfe_cold(self) -> list[Row]:
         p50 = Row("ttfe_cold_p50", "ttfe_cold", "first event, new session, pool empty: p50", "ms", "-")
@@ -218,22 +234,26 @@ class Bench:
         self._ttfe([p50, p99], "ttfe-cold", ["--warm-actors", "0"], self.cfg.cold_samples, 0)
         return [p50, p99]
 
-    def _ttfe(self, rows: list[Row], name: str, args: list[str], samples: int, warm: int) -> None:
-        p50, p99 = rows
+    def _ttfe(self, rows: list[Row], name: str, args: list[str], samples: int, warm: int,
+              durable: list[Row] | None = None) -> None:
+        """Fill ``rows`` (p50, p99) from navi-actor and the baseline; ``durable`` from the durable baseline too."""
         sc = {"kind": "ttfe", "samples": samples, "gap": self.cfg.ttfe_gap}
 
         def measure(side: str, server: Server, r: int) -> None:
             res = run_client({**sc, "url": server.url}, 60 + samples * 2)
             s, st = summary(res["ms"]), summary(res["to_stream_start_ms"])
-            getattr(p50, side + "_repeats").append(s["p50"])
-            getattr(p99, side + "_repeats").append(s["p99"])
-            p50.extra.setdefault(side + "_to_stream_start_p50_ms", []).append(st["p50"])
-            p99.extra.setdefault(side + "_max_ms", []).append(s["max"])
+            p50, p99 = durable if side == "durable" and durable else rows
+            col = "navi" if side == "navi" else "baseline"
+            getattr(p50, col + "_repeats").append(s["p50"])
+            getattr(p99, col + "_repeats").append(s["p99"])
+            p50.extra.setdefault(col + "_to_stream_start_p50_ms", []).append(st["p50"])
+            p99.extra.setdefault(col + "_max_ms", []).append(s["max"])
             log(f"{name} {side} #{r + 1}: p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, max {s['max']:.2f} "
                 f"(stream_start p50 {st['p50']:.2f} ms)")
 
-        self.each(name, args, measure, warm=warm)
-        for row in rows:
+        self.each(name, args, measure, warm=warm,
+                  sides=("navi", "baseline", "durable") if durable else ("navi", "baseline"))
+        for row in rows + (durable or []):
             row.extra["samples_per_repeat"] = samples
 
     # ── one session, flood ────────────────────────────────────────────────
@@ -357,92 +377,6 @@ class Bench:
         row.extra["sessions_per_repeat"] = n
         return [row]
 
-    # ── actors alive at once, start rate ──────────────────────────────────
-    def spawning(self, want: set[str]) -> list[Row]:
-        cfg = self.cfg
-        n = cfg.spawn_sessions
-        full = n >= ALIVE_TARGET
-        alive = Row("alive", "alive", "idle actors alive at once", "actors", f"≥ {ALIVE_TARGET:,}",
-                    lambda v, b: v >= ALIVE_TARGET, baseline_applicable=False,
-                    note="baseline: no actors (agents are tasks in the web process)"
-                    + ("" if full else f"; quick run tried {n}, target not checked"))
-        rate = Row("spawn_rate", "spawn_rate", "actor start rate, pool refilling: first turns", "/s",
-                   f"≥ {SPAWN_TARGET:,.0f}/s", lambda v, b: v >= SPAWN_TARGET,
-                   note=f"{n} new sessions' first turns, {cfg.spawn_concurrency} at a time; "
-                        "baseline: the same first turns in-process")
-
-        def measure(side: str, server: Server, r: int) -> bool:
-            res = run_client({"kind": "spawn", "url": server.url, "sessions": n, "concurrency": cfg.spawn_concurrency,
-                              "deadline": cfg.spawn_deadline, "setup_concurrency": cfg.setup_concurrency},
-                             240 + cfg.spawn_deadline)
-            getattr(rate, side + "_repeats").append(res["rate"])
-            rate.extra.setdefault(side + "_errors", []).append(res["errors"])
-            rate.extra.setdefault(side + "_completed", []).append(res["completed"])
-            if res["errors"]:
-                rate.extra.setdefault(side + "_first_errors", []).extend(res["first_errors"])
-            msg = (f"spawn {side} #{r + 1}: {res['completed']} of {n} first turns in {res['seconds']:.1f} s "
-                   f"({res['rate']:.0f}/s), {res['errors']} errors")
-            if res["timed_out"]:
-                msg += f"; stopped at the {cfg.spawn_deadline:.0f} s deadline"
-                rate.extra.setdefault(side + "_timed_out", []).append(
-                    f"{side}: only {res['completed']} of {n} first turns finished within {cfg.spawn_deadline:.0f} s")
-            if isinstance(server, NaviServer):
-                msg += self._count_actors(server, res, alive, rate)
-            log(msg)
-            return bool(res["timed_out"])
-
-        self.each("spawn", ["--max-actors", str(max(2500, n + 100)), *self.warm_args(2)], measure,
-                  warm=2 if self.has_warm else 0)
-        for side in ("navi", "baseline"):
-            if rate.extra.get(side + "_timed_out"):
-                rate.note += "; " + rate.extra[side + "_timed_out"][0]
-        rows = []
-        if "alive" in want:
-            alive.finish(evaluate=full)
-            rows.append(alive)
-        if "spawn_rate" in want:
-            rows.append(rate)
-        return rows
-
-    def _count_actors(self, navi: NaviServer, res: dict[str, Any], alive: Row, rate: Row) -> str:
-        """Count the sessions of the spawn run that have a live actor; the supervisor's own fork rate."""
-        live_pids = set(navi.actor_pids())
-        live = len(live_pids)
-        alive.extra.setdefault("live_actor_processes", []).append(live)
-        try:
-            rows = navi.ps()
-        except BenchError as exc:  # a supervisor too busy to answer is itself a finding
-            alive.extra.setdefault("ps_failed", []).append(str(exc))
-            count = max(live - (2 if self.has_warm else 0), 0)
-            if "did not answer" not in alive.note:
-                alive.note += f"; `navi-actor ps` did not answer ({exc}), counted with psutil"
-        else:
-            # a row may be an actor still starting: count only those whose process lives
-            count = len({row.get("session_id") for row in rows if row.get("pid") in live_pids}
-                        & set(res["session_ids"]))
-            alive.extra.setdefault("ps_rows", []).append(len(rows))
-        alive.navi_repeats.append(float(count))
-        if res["errors"] or res["timed_out"]:
-            alive.failed = (f"{res['errors']} first turns failed" if res["errors"] else
-                            f"the first turns did not all finish within {self.cfg.spawn_deadline:.0f} s")
-        spawned = [row for row in navi.log_events("supervisor.actor_spawned")
-                   if res["wall_start"] <= _ts(row) <= res["wall_end"]]
-        forks = None
-        if len(spawned) > 1:
-            span = _ts(spawned[-1]) - _ts(spawned[0])
-            forks = (len(spawned) - 1) / span if span > 0 else None
-        rate.extra.setdefault("navi_log_spawns_per_s", []).append(forks)
-        return (f"; {count} of our sessions have a live actor ({live} actor processes); supervisor log: "
-                f"{len(spawned)} actors spawned in the window" + (f", {forks:.0f}/s" if forks else ""))
-
-
-def _ts(row: dict[str, Any]) -> float:
-    try:
-        return datetime.datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")).timestamp()
-    except (KeyError, ValueError):
-        return math.nan
-
-
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -474,12 +408,24 @@ def _git() -> dict[str, Any]:
 def run_all(bench: Bench, only: list[str]) -> list[Row]:
     rows: list[Row] = []
     plan: list[tuple[str, Callable[[], list[Row]]]] = []
-    for m in ("ttfe_warm", "ttfe_cold", "flood", "sparse", "many", "memory"):
-        if m in only:
+    for m in ("ttfe_warm", "ttfe_cold", "ttfe_loaded", "flood", "sparse", "many", "carry", "memory"):
+        if m not in only:
+            continue
+        if m == "ttfe_loaded":
+            from bench.loaded import loaded_rows
+
+            plan.append((m, lambda: loaded_rows(bench)))
+        elif m == "carry":
+            from bench.carry import carry_rows
+
+            plan.append((m, lambda: carry_rows(bench)))
+        else:
             plan.append((m, getattr(bench, m)))
     want = {m for m in ("alive", "spawn_rate") if m in only}
     if want:
-        plan.append(("alive,spawn_rate", lambda: bench.spawning(want)))
+        from bench.spawning import spawning_rows
+
+        plan.append(("alive,spawn_rate", lambda: spawning_rows(bench, want)))
     if "sandbox" in only:
         from bench.sandbox import sandbox_rows
 

@@ -252,15 +252,29 @@ class NaviServer(Server):
 
 
 class BaselineServer(Server):
-    """``bench/baseline.py``: the same agent as tasks inside the aiohttp process."""
+    """``bench/baseline.py``: the same agent as tasks inside the aiohttp process.
+
+    ``durable``: its sessions in a SQLite file of its own (``--durable``), the
+    user's message committed before ``stream_start``.
+    """
 
     kind = "baseline"
+
+    def __init__(self, workdir: Path, name: str, durable: bool = False) -> None:
+        super().__init__(workdir, name)
+        self.durable = durable
 
     def start(self, timeout: float = 60.0) -> BaselineServer:
         info_file = self.workdir / f"{self.name}.json"
         if info_file.exists():
             info_file.unlink()
-        self._popen([sys.executable, "-m", "bench.baseline", "--agent", AGENT, "--info-file", str(info_file)])
+        args = []
+        if self.durable:
+            db = self.workdir / f"{self.name}.sqlite3"
+            for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+            args = ["--durable", str(db)]
+        self._popen([sys.executable, "-m", "bench.baseline", "--agent", AGENT, "--info-file", str(info_file), *args])
         self.url = self._wait_file(info_file, timeout)["url"]
         return self
 

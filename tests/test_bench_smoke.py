@@ -16,9 +16,13 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 
 ROWS = {
-    "ttfe_warm_p50", "ttfe_warm_p99", "ttfe_cold_p50", "ttfe_cold_p99",
+    "ttfe_warm_p50", "ttfe_warm_p99", "ttfe_warm_durable_p50", "ttfe_warm_durable_p99", "ttfe_cold_p50",
+    "ttfe_cold_p99", "ttfe_loaded_fresh_p50", "ttfe_loaded_fresh_p99", "ttfe_loaded_idle_p50",
+    "ttfe_loaded_idle_p99", "ttfe_loaded_full_p50", "ttfe_loaded_full_p99",
     "flood_rate", "flood_messages_per_event", "sparse_p50", "sparse_p99",
     "many_p99", "many_p50", "many_rate", "many_front_cpu", "many_total_cpu",
+    "carry_sessions", "carry_cpu_front", "carry_cpu_supervisor", "carry_cpu_zygote", "carry_cpu_actors",
+    "carry_cpu_total",
     "memory_idle_uss", "alive", "spawn_rate", "sandbox_start_cpu", "sandbox_idle_uss", "sandbox_ttfe_p50",
     "store_ttfe_p50", "store_flood_rate", "store_sparse_p50", "relay_flood_rate", "relay_sparse_p50",
 }
