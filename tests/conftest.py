@@ -36,6 +36,17 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
         time.sleep(0.01)
 
 
+def log_events(server: Server, name: str) -> list[dict[str, Any]]:
+    """The server's JSON log lines whose ``event`` is ``name``, in order."""
+    out = []
+    for line in server.log_text().splitlines():
+        if name in line:
+            event = json.loads(line)
+            if event["event"] == name:
+                out.append(event)
+    return out
+
+
 class Server:
     """A running ``navi-actor serve`` and what a test needs to talk to it."""
 

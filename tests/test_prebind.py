@@ -8,7 +8,6 @@ answer and the session's first turn. The functional tests use a real server.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import psutil
 
 from navi_actor.config import Config
 from navi_actor.front.actorset import ActorSet
-from tests.conftest import receive, run_turn, text_of, wait_for
+from tests.conftest import log_events, receive, run_turn, text_of, wait_for
 
 
 class _Link:
@@ -98,9 +97,7 @@ async def test_the_last_client_leaving_before_a_turn_releases_the_prebound_actor
 # ── with a real server ────────────────────────────────────────────────────
 
 
-def _events(server: Any, name: str) -> list[dict[str, Any]]:
-    return [e for e in map(json.loads, (ln for ln in server.log_text().splitlines() if name in ln))
-            if e["event"] == name]
+_events = log_events
 
 
 def _assigned(server: Any, sid: str) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from supervisor.causes import EXIT_AGENT_FAILED
 from supervisor.control import SOCKET_NAME, request, runtime_dir
 from supervisor.pool import MAX_BACKOFF, MAX_START_FAILURES, WarmPool
 from supervisor.supervisor import REFILL_DELAY
-from tests.conftest import ROOT, run_turn, text_of, wait_for
+from tests.conftest import ROOT, log_events, run_turn, text_of, wait_for
 
 
 class _A:  # stands for supervisor.actors.Actor: the pool only keeps it
@@ -98,14 +98,7 @@ def test_a_negative_size_is_refused():
         WarmPool(-1)
 
 
-def _events(server: Any, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in server.log_text().splitlines():
-        if name in line:
-            event = json.loads(line)
-            if event["event"] == name:
-                out.append(event)
-    return out
+_events = log_events
 
 
 def _at(event: dict[str, Any]) -> datetime.datetime:
