@@ -452,6 +452,43 @@ def test_images_are_attached_within_the_limits(scripted_server: Server, page: An
     assert (user["content"], user["images"]) == ("look at this", 1)
 
 
+def test_images_sent_from_the_page_stay_when_the_history_is_redrawn(scripted_server: Server, page: Any) -> None:
+    """The store keeps only an image's count: a redraw of the history after the turn (here: another
+    client's turn starts, which the page does not know) still shows the page's own thumbnail."""
+    import asyncio
+    import concurrent.futures
+
+    import aiohttp
+    from playwright.sync_api import expect
+
+    page.add_init_script(WATCH_HISTORY)
+    page.goto(scripted_server.url)
+    page.set_input_files("#file-input", files=[{"name": "dot.png", "mimeType": "image/png", "buffer": PNG_1PX}])
+    send(page, "look at this")
+    first = page.locator(".turn").first
+    expect(first).to_have_attribute("data-status", "done")
+    expect(first.locator(".msg.user img.thumb")).to_have_count(1)
+    loads = page.evaluate("window.__naviHistoryLoads.length")
+
+    async def other_client_turn() -> None:
+        async with aiohttp.ClientSession() as http_client:
+            url = f"{scripted_server.ws_url}/ws/sessions/{session_id(page)}"
+            async with http_client.ws_connect(url, headers={"Origin": scripted_server.url}) as ws:
+                await ws.send_json({"type": "message", "content": "from elsewhere"})
+                async for msg in ws:
+                    if json.loads(msg.data)["type"] in ("stream_end", "error"):
+                        return
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's loop
+        pool.submit(asyncio.run, other_client_turn()).result(timeout=30)
+    expect(page.locator(".turn")).to_have_count(2)
+    wait_for(lambda: page.evaluate("window.__naviHistoryLoads.length") > loads, 15, "the history redrawn")
+    expect(page.locator(".turn").last).to_have_attribute("data-status", "done")
+    first = page.locator(".turn").first
+    expect(first.locator(".msg.user img.thumb")).to_have_count(1)
+    expect(first.locator(".chip")).to_have_count(0)
+
+
 PNG_1PX = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
     "0000000d49444154789c6360f8cf00000301010018dd8db00000000049454e44ae426082"

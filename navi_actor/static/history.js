@@ -22,10 +22,11 @@ export function savedUser(user) {
   return { content: user.content, imageCount: user.images, files: user.files };
 }
 
-/** Build a finished (or still running) turn from the saved messages of one run. */
-export function turnFromHistory(group) {
+/** Build a finished (or still running) turn from the saved messages of one run; `images`:
+ *  those this page sent with its message, if it did (the store keeps only their number). */
+export function turnFromHistory(group, images) {
   const turn = new TurnView(group.runId);
-  if (group.user) turn.setUser(savedUser(group.user));
+  if (group.user) turn.setUser({ ...savedUser(group.user), images });
   const reply = group.assistant;
   if (reply && reply.thinking) turn.wholeThinking(reply.thinking);
   for (const m of group.tools) {

@@ -35,6 +35,9 @@ export class SessionView {
     this.stopping = false;
     this.historyGen = 0;
     this.disposed = false;
+    // run id → the images we sent with its message: the store keeps only their number, so a
+    // history redraw of that turn shows them from here instead of as "1 image attached".
+    this.sentImages = new Map();
     this.conn = new Connection(app.api, id, {
       resumeAfter: () => this.lastSeq,
       state: (state) => this.app.setConnState(state),
@@ -104,7 +107,9 @@ export class SessionView {
     const queued = this.queue.findIndex((q) => q.messageId === ev.run_id); // a queued turn's run id is its message id
     const sent = this.outbox.findIndex((p) => p.sent);
     if (queued >= 0 || sent >= 0) {
-      turn = queued >= 0 ? this.queue.splice(queued, 1)[0].turn : this.outbox.splice(sent, 1)[0].turn;
+      const entry = queued >= 0 ? this.queue.splice(queued, 1)[0] : this.outbox.splice(sent, 1)[0];
+      turn = entry.turn;
+      this.keepImages(ev.run_id, entry.message);
       turn.setRunId(ev.run_id);
       turn.setStatus("running");
       this.thread.append(turn.el);
@@ -126,6 +131,10 @@ export class SessionView {
     this.update();
     this.app.followBottom(true);
     this.flushOutbox();
+  }
+
+  keepImages(runId, message) {
+    if (runId && message && message.images && message.images.length) this.sentImages.set(runId, message.images);
   }
 
   /** Queued bubbles, then our unanswered messages, after everything else. */
@@ -332,6 +341,7 @@ export class SessionView {
       if (!group.assistant && group.runId && group.runId === runningRunId && !this.live) {
         if (mine) {
           // our message's turn, seen here before its stream_start
+          this.keepImages(group.runId, mine.message);
           this.live = mine.turn;
           this.live.setRunId(group.runId);
           this.live.setStatus("running");
@@ -342,7 +352,8 @@ export class SessionView {
         livePlaced = true;
         continue;
       }
-      const turn = turnFromHistory(group);
+      if (mine) this.keepImages(group.runId, mine.message);
+      const turn = turnFromHistory(group, this.sentImages.get(group.runId));
       if (!group.assistant) turn.setFoot("Finishing…", true); // a session_sync will follow
       nodes.push(turn.el);
     }
