@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bench.servers import BenchError, NaviServer
+from bench.servers import NaviServer, cluster_postgres
 
 if TYPE_CHECKING:
     from bench.runner import Bench, Row
@@ -24,20 +24,13 @@ if TYPE_CHECKING:
 def relay_rows(bench: Bench) -> list[Row]:
     from bench.runner import STOP_TIMEOUT, Row, log, run_client
 
-    try:
-        from tests.pgserver import PgServer
-        pg = PgServer(durable=True).start()
-    except (ImportError, RuntimeError, OSError) as exc:
-        raise BenchError(f"no PostgreSQL to run two nodes on: {exc}") from exc
+    pg, secret = cluster_postgres(bench.workdir, "to run two nodes on")
     note = "baseline: the same viewer served by the node that runs the turn, in the same run"
     flood = Row("relay_flood_rate", "relay", "one session flood → a viewer relayed by another node", "events/s",
                 "≥ 0.5× baseline", lambda n, b: b is not None and n >= 0.5 * b, note=note)
     sparse = Row("relay_sparse_p50", "relay", "sparse stream 1k events/s, relayed by another node: p50", "µs",
                  "≤ baseline + 500 µs", lambda n, b: b is not None and n <= b + 500, note=note)
     cfg = bench.cfg
-    secret = bench.workdir / "cluster-secret"
-    secret.write_text("the-benchmark-cluster-secret-0123456789\n")
-    secret.chmod(0o600)
     nodes: list[NaviServer] = []
     try:
         url = pg.create_database("relay")

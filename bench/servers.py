@@ -296,3 +296,18 @@ def stop_all() -> list[str]:
 def leftovers() -> list[psutil.Process]:
     """Our own descendants still alive (there should be none after stop_all)."""
     return [p for p in psutil.Process().children(recursive=True) if _alive(p)]
+
+
+def cluster_postgres(workdir: Path, purpose: str) -> tuple[Any, Path]:
+    """A durable PostgreSQL of Debian's (tests/pgserver.py), started, and a cluster secret file in
+    ``workdir``: what a navi-actor node on PostgreSQL needs. BenchError if there is no PostgreSQL
+    (``purpose`` says what it was for). The caller destroys the server."""
+    try:
+        from tests.pgserver import PgServer
+        pg = PgServer(durable=True).start()
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise BenchError(f"no PostgreSQL {purpose}: {exc}") from exc
+    secret = workdir / "cluster-secret"  # a PostgreSQL store needs the nodes' secret, even for one node
+    secret.write_text("the-benchmark-cluster-secret-0123456789\n")
+    secret.chmod(0o600)
+    return pg, secret

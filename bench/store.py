@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bench.servers import BenchError, NaviServer
+from bench.servers import NaviServer, cluster_postgres
 
 if TYPE_CHECKING:
     from bench.runner import Bench, Row
@@ -25,11 +25,7 @@ def store_rows(bench: Bench) -> list[Row]:
     from bench.runner import STOP_TIMEOUT, Row, log, run_client
     from bench.stats import summary
 
-    try:
-        from tests.pgserver import PgServer
-        pg = PgServer(durable=True).start()
-    except (ImportError, RuntimeError, OSError) as exc:
-        raise BenchError(f"no PostgreSQL to measure against: {exc}") from exc
+    pg, secret = cluster_postgres(bench.workdir, "to measure against")
     note = "baseline: the same navi-actor on SQLite (the default store), in the same run"
     ttfe = Row("store_ttfe_p50", "store", "first event, new session, warm pool: p50, PostgreSQL", "ms",
                "≤ baseline + 1 ms", lambda n, b: b is not None and n <= b + 1.0, note=note)
@@ -38,9 +34,6 @@ def store_rows(bench: Bench) -> list[Row]:
     sparse = Row("store_sparse_p50", "store", "sparse stream 1k events/s, end-to-end: p50, PostgreSQL", "µs",
                  "≤ 1.1× baseline", lambda n, b: b is not None and n <= 1.1 * b, note=note)
     cfg = bench.cfg
-    secret = bench.workdir / "cluster-secret"  # a PostgreSQL store needs the nodes' secret, even for one node
-    secret.write_text("the-benchmark-cluster-secret-0123456789\n")
-    secret.chmod(0o600)
     try:
         for r in range(bench.repeat):
             for side in ("navi", "baseline") if r % 2 == 0 else ("baseline", "navi"):
