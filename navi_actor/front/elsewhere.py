@@ -86,11 +86,7 @@ def relay_viewer(rt: Any, viewer: Any, owner: dict[str, Any], after: int) -> Non
     if viewer.closed or viewer.relay is not None and viewer.relay.active:
         return
     resume.forget(viewer)
-    peers = rt.viewers.get(viewer.session_id)
-    if peers is not None:  # served by the owner's stream now, not by this node's runs
-        peers.discard(viewer)
-        if not peers:
-            del rt.viewers[viewer.session_id]
+    rt.unlist(viewer)  # served by the owner's stream now, not by this node's runs
     viewer.relay = rt.relay.open(viewer, owner, max(after, viewer.delivered_seq), viewer.principal)
 
 

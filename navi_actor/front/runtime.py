@@ -132,16 +132,21 @@ class Runtime:
     def detach(self, viewer: Viewer) -> None:
         viewer.detach()
         resume.forget(viewer)
+        self.unlist(viewer)
+        run = viewer.run
+        if run is not None:
+            run.viewers.discard(viewer)
+            run.pending_replays.pop(viewer.id, None)
+
+    def unlist(self, viewer: Viewer) -> None:
+        """The viewer is no longer this node's (it left, or another node serves it now); the
+        session's last one takes a prebound actor along (front/actorset.py)."""
         peers = self.viewers.get(viewer.session_id)
         if peers is not None:
             peers.discard(viewer)
             if not peers:
                 del self.viewers[viewer.session_id]
                 self.actor_set.release_prebound(viewer.session_id)
-        run = viewer.run
-        if run is not None:
-            run.viewers.discard(viewer)
-            run.pending_replays.pop(viewer.id, None)
 
     def _on_replay(self, actor: ActorHandle, msg: dict[str, Any]) -> None:
         run = actor.run
