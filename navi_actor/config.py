@@ -326,7 +326,7 @@ OPTIONS: tuple[Option, ...] = (
         _switch,
         "do not give a session a warm actor as soon as a client connects to it (by default a ready warm "
         "actor is handed over then, so the session's first turn does not wait for the handover; it "
-        "goes back when the last client leaves before a turn)",
+        "exits when the last client leaves before a turn)",
         switch=True,
     ),
     Option(
