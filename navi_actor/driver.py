@@ -50,7 +50,7 @@ class Run:
     __slots__ = (
         "run_id", "seq", "start", "buffer", "stop_event", "task", "text", "thinking",
         "tool_calls", "end", "t0", "cancelled", "grace_timer", "done", "done_frame", "stop_reason",
-        "start_logged",
+        "start_logged", "polled",
     )
 
     def __init__(self, run_id: str, start: dict[str, Any], max_bytes: int) -> None:
@@ -71,6 +71,7 @@ class Run:
         self.done_frame: bytes | None = None  # turn_done, kept until the front says persisted
         self.stop_reason: dict[str, str] | None = None  # why the runtime stopped it, if not the user
         self.start_logged = False
+        self.polled = False  # its turn message was read while the actor polled for it (expect)
 
 
 class TurnDriver:
@@ -124,7 +125,7 @@ class TurnDriver:
         """``actor.turn_start``, once, and before the turn's end (which its first step may reach)."""
         if not run.start_logged:
             run.start_logged = True
-            log.info("actor.turn_start", run_id=run.run_id)
+            log.info("actor.turn_start", run_id=run.run_id, polled=run.polled)
 
     async def _drive(self, run: Run, turn: Turn) -> None:
         assert self.runner is not None

@@ -191,3 +191,65 @@ def test_before_the_actor_is_confined_no_thread_starts_and_the_loop_drains() -> 
         assert threading.active_count() == before, "no flusher thread before confinement"
 
     assert [e["seq"] for e in run_on_uvloop(body, pace=0.001).events()] == list(range(1, n + 1))
+
+
+def _spin_pair(on_message: Any) -> tuple[Channel, socket.socket, Any]:
+    loop = uvloop.new_event_loop()
+    ours, theirs = socket.socketpair()
+    return Channel(loop, ours, on_message, lambda ch: None), theirs, loop
+
+
+def test_spin_read_takes_a_frame_that_lands_while_it_polls_without_the_loop() -> None:
+    """An idle actor told a turn is coming polls for it (``expect``): the frame is read and handled
+    inside spin_read, before the event loop runs again."""
+    got: list[dict[str, Any]] = []
+    channel, theirs, loop = _spin_pair(got.append)
+    polling = threading.Event()
+    frame = framing.control({"op": "turn", "run_id": "r1"})
+    writer = threading.Thread(target=lambda: (polling.wait(DEADLINE), theirs.sendall(frame)))
+    writer.start()
+    try:
+        t0 = time.monotonic()
+        polling.set()  # the writer sends now: before the first poll or during the polling
+        assert channel.spin_read(DEADLINE) is True
+        assert got == [{"op": "turn", "run_id": "r1"}]
+        assert time.monotonic() - t0 < DEADLINE / 2
+    finally:
+        writer.join(DEADLINE)
+        channel.close()
+        theirs.close()
+        loop.close()
+
+
+def test_spin_read_gives_up_after_its_time_and_the_loop_reads_what_comes_later() -> None:
+    got: list[dict[str, Any]] = []
+    channel, theirs, loop = _spin_pair(got.append)
+    try:
+        t0 = time.monotonic()
+        assert channel.spin_read(0.005) is False
+        assert 0.005 <= time.monotonic() - t0 < DEADLINE
+        assert got == []
+        theirs.sendall(framing.control({"op": "stop", "run_id": "r1"}))
+
+        async def until_read() -> None:
+            while not got:
+                await asyncio.sleep(0.001)
+
+        loop.run_until_complete(asyncio.wait_for(until_read(), DEADLINE))
+        assert got == [{"op": "stop", "run_id": "r1"}]
+    finally:
+        channel.close()
+        theirs.close()
+        loop.close()
+
+
+def test_spin_read_of_a_closed_channel_returns_at_once() -> None:
+    channel, theirs, loop = _spin_pair(lambda msg: None)
+    try:
+        channel.close()
+        t0 = time.monotonic()
+        assert channel.spin_read(DEADLINE) is False
+        assert time.monotonic() - t0 < DEADLINE / 2
+    finally:
+        theirs.close()
+        loop.close()

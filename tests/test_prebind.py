@@ -213,3 +213,31 @@ async def test_at_max_actors_the_next_session_finds_a_slot_and_a_warm_actor_at_i
     assert await receive(ws) == {"type": "session_sync"}
     wait_for(lambda: _assigned(server, sid), 10, "a warm actor for the connection, in the freed slot")
     assert text_of(await run_turn(ws, "third")) == "third"
+
+
+async def test_an_idle_actor_polls_for_the_turn_whose_message_is_being_saved(make_server, client):
+    """The front tells a session's idle actor that a turn is coming while it saves the message;
+    the actor polls for the turn instead of sleeping (``polled`` in its line). An actor that is
+    still being forked is not told (it has not said hello)."""
+    server = make_server("echo", args=["--warm-actors", "1"])
+    wait_for(lambda: _events(server, "supervisor.actor_spawned"), 10, "the warm pool")
+    c = client(server)
+    sid = await c.new_session()
+    ws = await c.connect(sid)
+    assert await receive(ws) == {"type": "session_sync"}
+    wait_for(lambda: [e for e in _events(server, "front.actor_attached") if e["session_id"] == sid], 10,
+             "the session's actor to say hello to the front")
+    for i in range(2):
+        assert text_of(await run_turn(ws, f"turn {i}")) == f"turn {i}"
+    wait_for(lambda: [e for e in _events(server, "actor.turn_start") if e["session_id"] == sid][1:], 10,
+             "both turns' lines")
+    assert [e["polled"] for e in _events(server, "actor.turn_start") if e["session_id"] == sid] == [True, True]
+
+    cold = make_server("echo", args=["--warm-actors", "0"])
+    c = client(cold)
+    sid = await c.new_session()
+    ws = await c.connect(sid)
+    assert await receive(ws) == {"type": "session_sync"}
+    assert text_of(await run_turn(ws, "forked for it")) == "forked for it"
+    (start,) = wait_for(lambda: _events(cold, "actor.turn_start"), 10, "the turn's line")
+    assert start["polled"] is False
