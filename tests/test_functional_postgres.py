@@ -131,16 +131,20 @@ def test_serve_says_so_when_postgresql_cannot_be_reached(tmp_path):
     ({"NAVI_CLUSTER_SECRET": "short"}, [], ["NAVI_CLUSTER_SECRET", "5 bytes long", "at least 16"]),
     ({}, ["--cluster-secret-file", "SHORT_FILE"], ["--cluster-secret-file", "at least 16"]),
     ({}, ["--cluster-secret-file", "MISSING_FILE"], ["--cluster-secret-file", "cannot read"]),
+    ({}, ["--cluster-secret-file", "OPEN_FILE"], ["--cluster-secret-file", "open to other users (mode 0644)",
+                                                   "chmod 600"]),
 ])
 def test_serve_on_postgresql_refuses_to_start_without_one_usable_cluster_secret(tmp_path, env, args, says):
-    """A PostgreSQL store needs the nodes' secret, given one way: missing, given twice, too short or unreadable,
+    """A PostgreSQL store needs the nodes' secret, given one way: missing, given twice, too short, unreadable or open to other users,
     serve exits 2 at once (before it reaches the database), saying how to give it."""
     from supervisor.causes import EXIT_CANNOT_START
     from tests.pgserver import _free_port
 
-    files = {"SECRET_FILE": "a-secret-in-a-file-0123456789\n", "SHORT_FILE": "short\n"}
+    files = {"SECRET_FILE": "a-secret-in-a-file-0123456789\n", "SHORT_FILE": "short\n",
+             "OPEN_FILE": "a-secret-anyone-may-read-0123456789\n"}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o644 if name == "OPEN_FILE" else 0o600)
     args = [str(tmp_path / a) if a in (*files, "MISSING_FILE") else a for a in args]
     base = {k: v for k, v in os.environ.items() if not k.startswith("NAVI_")}
     url = f"postgresql://navi@127.0.0.1:{_free_port()}/navi"  # nothing listens: the secret is checked first

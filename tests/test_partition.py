@@ -106,6 +106,7 @@ async def test_a_node_cut_off_stops_its_turns_and_rejoins_without_stale_writes(n
     url = db.replace("127.0.0.1", f"{NET}.1")
     secret = tmp_path / "secret"
     secret.write_text("a-secret-every-node-shares-0123456789\n")
+    secret.chmod(0o600)
     nodes = []
     for i, ns in ((1, ns1), (2, ns2)):
         host = f"{NET}.{i + 1}"

@@ -288,7 +288,18 @@ def load_cluster_secret(config: Config, secret_fd: int | None = None) -> bytes |
         raise AuthConfigError("a PostgreSQL store needs the cluster secret: set NAVI_CLUSTER_SECRET or "
                               "--cluster-secret-file")
     try:
-        with open(path, "rb") as f:
-            return relayauth.parse_secret(f.read(), path)
+        return read_secret_file(path)
     except (OSError, relayauth.SecretError) as exc:
         raise AuthConfigError(f"--cluster-secret-file: {exc}") from None
+
+
+def read_secret_file(path: str) -> bytes:
+    """The cluster secret in the file at ``path``. SecretError when it is too short, or when the
+    file's mode lets its group or other users read or write it (as ssh and PostgreSQL refuse
+    their key files); OSError when it cannot be read."""
+    with open(path, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o077:
+            raise relayauth.SecretError(f"{path} is open to other users (mode {mode & 0o777:04o}): "
+                                        f"make it mode 0600 (chmod 600 {path})")
+        return relayauth.parse_secret(f.read(), path)
