@@ -41,6 +41,9 @@ async def test_enqueue_on_another_node_runs_on_the_owner_after_its_turn(make_ser
     mid = queued["message_id"]
     first = begun + await receive_until(ws_a, final)
     assert first[-1]["type"] == "stream_end"
+    # Node 1's own client was told too, as when the message is queued on node 1.
+    assert {"type": "queued", "position": 1, "message_id": mid, "client_message_id": "q1",
+            "content": "slow 3 0"} in first, [e for e in first if "seq" not in e]
     second = await receive_until(ws_a, final)
     assert second[0] == {"type": "stream_start", "seq": first[-1]["seq"] + 1, "run_id": mid}, second[0]
     assert second[-1]["type"] == "stream_end" and text_of(second) == "w0 w1 w2 "
@@ -109,6 +112,12 @@ async def test_cancel_of_a_message_queued_across_nodes(make_server, client, pg_u
     assert gone[-1]["code"] == "not_queued"
     first = begun + await receive_until(ws_a, final, timeout=15)
     assert first[-1]["type"] == "stream_end"
+    # Node 1's own client saw both messages queued, then both cancelled, in that order.
+    ids = [one["message_id"], two[-1]["message_id"]]
+    told = [(e["type"], e["message_id"]) for e in first if e["type"] in ("queued", "queue_cancelled")]
+    assert [t for t in told if t[0] == "queued"] == [("queued", i) for i in ids], told
+    assert sorted(t for t in told if t[0] == "queue_cancelled") == sorted(("queue_cancelled", i) for i in ids)
+    assert told.index(("queue_cancelled", ids[0])) > told.index(("queued", ids[0])), told
     after = await run_turn(ws_a, "slow 1 0")  # nothing left queued anywhere: it starts at once
     assert after[0]["type"] == "stream_start" and after[-1]["type"] == "stream_end", after
     assert [m["content"] for m in (await ca.session(sid))["messages"]] == \

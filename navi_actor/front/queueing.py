@@ -81,6 +81,9 @@ class Queueing:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.lengths: dict[str, int] = {}  #: session id → messages in its queue (the store has them)
+        #: session id → the queued messages this node's viewers were told of (``queued``), so that a
+        #: change made on another node is told as the difference (announce_elsewhere).
+        self.told: dict[str, set[str]] = {}
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # session → its lock, and its users
         self._starting: set[str] = set()  # sessions whose next message is being started
         self.restore_pending = False  #: the queues could not be read at start; retried each tick
@@ -194,7 +197,18 @@ class Queueing:
         if count:
             self._count(sid, 1)
         log.info("front.queued", session_id=sid, message_id=mid, position=position, action=action)
+        if count:  # (else the node that runs it tells its viewers, this node's among them once relayed)
+            self._told(sid, mid, True)
         self._broadcast(sid, protocol.queued(position, mid, message.client_message_id, message.display_content))
+
+    def _told(self, sid: str, mid: str, queued: bool) -> None:
+        ids = self.told.setdefault(sid, set())
+        if queued:
+            ids.add(mid)
+        else:
+            ids.discard(mid)
+            if not ids:
+                del self.told[sid]
 
     def _resent(self, viewer: Any, message: UserMessage, found: dict[str, Any]) -> None:
         """A message whose client id the session has seen: nothing new starts."""
@@ -224,6 +238,7 @@ class Queueing:
                 raise ClientError(protocol.NOT_QUEUED, "No message with this message_id is queued in this "
                                                        "session: it is unknown, cancelled, or its turn started.")
             self._count(sid, -1)
+        self._told(sid, message_id, False)
         log.info("front.queue_cancelled", session_id=sid, message_id=message_id)
         self._broadcast(sid, protocol.queue_cancelled(message_id))
         if rt.cluster is not None and sid not in rt.runs:  # it may wait for another node's turn: tell it
@@ -236,18 +251,36 @@ class Queueing:
             await self._recount(sid)
         self.kick(sid)
 
-    async def _recount(self, sid: str) -> None:
-        """The session's queue length, as the store has it (another node may have changed it)."""
-        n = len(await self.rt.store(self.rt.store_backend.queue, sid))
-        self._count(sid, n - self.lengths.get(sid, 0))
+    async def _recount(self, sid: str) -> list[dict[str, Any]]:
+        """The session's queue length, as the store has it (another node may have changed it); the queue."""
+        queue = await self.rt.store(self.rt.store_backend.queue, sid)
+        self._count(sid, len(queue) - self.lengths.get(sid, 0))
+        return queue
+
+    def _announce(self, sid: str, queue: list[dict[str, Any]]) -> None:
+        """Tell this node's viewers what another node changed in the session's queue: ``queued`` for
+        each message they were not told of, ``queue_cancelled`` for each one told that is gone."""
+        told = self.told.get(sid, set())
+        now = {entry["message_id"] for entry in queue}
+        for gone in sorted(told - now):
+            self._told(sid, gone, False)
+            self._broadcast(sid, protocol.queue_cancelled(gone))
+        for entry in queue:
+            if entry["message_id"] not in told:
+                self._told(sid, entry["message_id"], True)
+                self._broadcast(sid, protocol.queued(entry["position"], entry["message_id"],
+                                                     entry["client_message_id"], entry["content"]))
 
     async def from_elsewhere(self, sid: str, op: str) -> str:
         """Another node queued (or cancelled) a message of a session whose turn runs here: ``op`` is
-        ``queue`` or ``interrupt`` (then the turn is stopped for it). The outcome, for that node."""
+        ``queue`` or ``interrupt`` (then the turn is stopped for it). This node's viewers are told the
+        change. The outcome, for that node."""
         try:
-            await self.reread(sid)
+            async with self._serial(sid):
+                self._announce(sid, await self._recount(sid))
         except StoreError as exc:
             return f"failed: {exc}"
+        self.kick(sid)
         if op == elsewhere_mod.INTERRUPT and self.rt.stop(sid, INTERRUPTED):
             return "interrupting"
         return "queued" if self.lengths.get(sid) else "nothing queued"
@@ -272,6 +305,7 @@ class Queueing:
     def forget(self, sid: str) -> None:
         """The session is being deleted: its queue starts nothing more (the store drops it)."""
         self.lengths.pop(sid, None)
+        self.told.pop(sid, None)
 
     async def _start_next(self, sid: str) -> None:
         rt = self.rt
@@ -283,13 +317,15 @@ class Queueing:
                 if keeper.failing is not None or keeper.unsaved.waiting_in(sid):
                     return  # retried at the next tick
                 rt.actor_set.make_room(sid)
+                run = Run(uuid.uuid4().hex, sid)
                 try:
-                    await rt.launch(Run(uuid.uuid4().hex, sid), None, turns.begin_next)
+                    await rt.launch(run, None, turns.begin_next)
                 except ClientError as err:
                     if rt.cluster is not None and err.code == protocol.STORE_ERROR:
                         await self._recount(sid)  # another node may have begun or cancelled it
                     raise
                 self._count(sid, -1)
+                self._told(sid, run.run_id, False)  # (its run id is its message id)
         except ClientError as err:  # no actor free, the store failing, the session gone: it stays queued
             if err.code == protocol.SESSION_NOT_FOUND:
                 self.forget(sid)
