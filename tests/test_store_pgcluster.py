@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from navi_actor.store import LeaseLost, RunNotRunning, SessionBusy, open_store
-from navi_actor.store.pgcluster import SWEEP_LOCK, PgNode
+from navi_actor.store.pgcluster import LOOKUP_IDLE, SWEEP_LOCK, PgNode
 
 
 def wait_until(cond, timeout=10.0, what="condition"):
@@ -198,6 +198,52 @@ def test_a_dropped_listener_is_reopened_and_pending_requests_are_served(nodes, p
     finally:
         owner.close()
         other.close()
+
+
+def test_lookups_reuse_kept_connections_and_survive_a_dropped_one(nodes, pg_url):
+    """The front's lookups (the owner of a session, at every WebSocket connect; whether a run runs; the
+    running turns) are short reads on kept connections: 100 of them open one connection. One that the
+    server drops is replaced by the next call, which still answers; several callers at once get a
+    connection each, and at most LOOKUP_IDLE are kept; close() closes them."""
+    a = nodes("a", ttl=30)
+    sid = a.create_session()["id"]
+    begin(a, sid, "r1")
+    b = PgNode(pg_url, "b", lease_ttl=30)  # not started: only its lookups open connections
+    try:
+        for _ in range(50):
+            assert b.owner(sid)["run_id"] == "r1"
+            assert b.run_running("r1")
+        assert _backends(pg_url, "b") == 1 and b.lookup_connects == 1
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE application_name = 'navi-actor cluster b'")
+        wait_until(lambda: _backends(pg_url, "b") == 0, what="the kept connection's end")
+        assert [r["run_id"] for r in b.running()] == ["r1"]  # on a new connection, after the dropped one failed
+        assert b.lookup_connects == 2
+
+        barrier = threading.Barrier(8)
+        answers = []
+
+        def call() -> None:
+            barrier.wait(10)
+            answers.append(b.owner(sid)["node"])
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert answers == ["a"] * 8
+        assert 1 <= _backends(pg_url, "b") <= LOOKUP_IDLE
+    finally:
+        b.close()
+    wait_until(lambda: _backends(pg_url, "b") == 0, what="close() to close the kept connections")
+
+
+def _backends(url: str, node_id: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                            (f"navi-actor cluster {node_id}",)).fetchone()[0]
 
 
 def _pending(url: str) -> int:

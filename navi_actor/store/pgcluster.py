@@ -21,6 +21,13 @@ store's: a group commit must not wait behind them, nor they behind it):
   listener rescans the pending rows at every (re)connection and every
   second, and a dropped connection is opened again.
 
+The front's lookups (who runs a session's turn, when a client connects; is
+a run still running; the cluster's running turns) are short reads on
+connections kept between calls (at most :data:`LOOKUP_IDLE` idle ones), so a
+reconnecting crowd of clients does not open one PostgreSQL connection each. A
+kept connection that fails is dropped and the read is tried once more on a
+new one.
+
 PostgreSQL's clock (``now()``) decides who is alive, never a node's.
 """
 
@@ -47,6 +54,7 @@ CHANNEL = "navi_control"
 SWEEP_LOCK = 0x6E617669_0002
 RESCAN = 1.0  #: seconds between rescans of pending control requests, notified or not
 ACK_WAIT = 1.5  #: seconds a stop/kill request waits for the owner's acknowledgement
+LOOKUP_IDLE = 4  #: connections kept for the front's lookups between calls (more may be open at once)
 #: What one node may ask of another: stop the turn (its stop event, as POST /sessions/ID/stop),
 #: run the stop ladder on its actor (POST /runs/ID/kill), or SIGKILL it (with force); read the session's
 #: queue again, a message having been queued or cancelled elsewhere, and for "interrupt" stop the turn
@@ -75,6 +83,9 @@ class PgNode:
         self.listening = threading.Event()  #: set while the listener's LISTEN is in force
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._idle: list[psycopg.Connection[dict[str, Any]]] = []  # kept for lookups (_lookup)
+        self._idle_lock = threading.Lock()
+        self.lookup_connects = 0  #: connections opened for lookups
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -92,12 +103,44 @@ class PgNode:
         self._closing.set()  # the listener sees it within RESCAN, the beat at once
         for t in self._threads:
             t.join(timeout)
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=5,
                                application_name=f"navi-actor cluster {self.node_id}"[:63],
                                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
                                options=PG_SESSION_OPTIONS)
+
+    def _lookup(self, query: str, params: tuple[Any, ...], one: bool) -> Any:
+        """Run a read-only ``query`` on a kept connection (a new one when none is idle); its row
+        (``one``) or rows. A kept connection that fails (the server restarted, or dropped it) is
+        closed and the read tried once on a new connection, whose failure is the caller's."""
+        for attempt in (0, 1):
+            with self._idle_lock:
+                conn = self._idle.pop() if self._idle and not attempt else None
+            kept = conn is not None
+            if conn is None:
+                conn = self._connect()
+                self.lookup_connects += 1
+            try:
+                cur = conn.execute(query, params)
+                out = cur.fetchone() if one else cur.fetchall()
+            except psycopg.Error:
+                conn.close()
+                if kept:
+                    continue
+                raise
+            with self._idle_lock:
+                if not self._closing.is_set() and len(self._idle) < LOOKUP_IDLE:
+                    self._idle.append(conn)
+                    conn = None
+            if conn is not None:
+                conn.close()
+            return out
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- heartbeat and sweeper ----------------------------------------------
 
@@ -249,25 +292,22 @@ class PgNode:
 
     def owner(self, session_id: str) -> dict[str, Any] | None:
         """The live node other than this one that runs a turn of ``session_id``: ``{"node", "url", "run_id"}``."""
-        with self._connect() as conn:
-            return conn.execute(
-                "SELECT r.node_id AS node, n.advertise_url AS url, r.id AS run_id FROM runs r"
-                " JOIN nodes n ON n.node_id = r.node_id WHERE r.session_id = %s AND r.status = 'running'"
-                f" AND r.node_id <> %s AND {ALIVE} ORDER BY r.started_at DESC LIMIT 1",
-                (session_id, self.node_id)).fetchone()
+        return self._lookup(
+            "SELECT r.node_id AS node, n.advertise_url AS url, r.id AS run_id FROM runs r"
+            " JOIN nodes n ON n.node_id = r.node_id WHERE r.session_id = %s AND r.status = 'running'"
+            f" AND r.node_id <> %s AND {ALIVE} ORDER BY r.started_at DESC LIMIT 1",
+            (session_id, self.node_id), one=True)
 
     def run_running(self, run_id: str) -> bool:
         """Whether the run is still marked running (its node's or the sweeper's end not yet written)."""
-        with self._connect() as conn:
-            return conn.execute("SELECT 1 FROM runs WHERE id = %s AND status = 'running'", (run_id,)).fetchone() is not None
+        return self._lookup("SELECT 1 FROM runs WHERE id = %s AND status = 'running'", (run_id,), one=True) is not None
 
     def running(self) -> list[dict[str, Any]]:
         """The running turns of every live node: ``{"run_id", "session_id", "node", "url", "started_at"}``."""
-        with self._connect() as conn:
-            return conn.execute(
-                "SELECT r.id AS run_id, r.session_id, r.node_id AS node, n.advertise_url AS url, r.started_at"
-                f" FROM runs r JOIN nodes n ON n.node_id = r.node_id WHERE r.status = 'running' AND {ALIVE}"
-                " ORDER BY r.started_at, r.n").fetchall()
+        return self._lookup(
+            "SELECT r.id AS run_id, r.session_id, r.node_id AS node, n.advertise_url AS url, r.started_at"
+            f" FROM runs r JOIN nodes n ON n.node_id = r.node_id WHERE r.status = 'running' AND {ALIVE}"
+            " ORDER BY r.started_at, r.n", (), one=False)
 
     def __repr__(self) -> str:
         return f"<PgNode {self.node_id} on {redact(self.url)} ttl={self.lease_ttl:g}s>"
