@@ -10,7 +10,9 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.conftest import FINAL_TYPES, receive, receive_until, run_turn, text_of
+import psutil
+
+from tests.conftest import FINAL_TYPES, log_events, receive, receive_until, run_turn, text_of
 from tests.test_functional_cluster import TTL, poll, rows, signal_tree, start_nodes
 
 
@@ -58,6 +60,25 @@ async def test_enqueue_on_another_node_runs_on_the_owner_after_its_turn(make_ser
     users = [m for m in detail["messages"] if m["role"] == "user"]
     assert [m.get("queued", False) for m in users] == [False, True]
     assert detail["queue"] == [] and "front.queue_handed_over" in b.log_text()
+
+
+async def test_a_viewer_relayed_once_its_message_is_handed_over_releases_its_nodes_prebound_actor(
+        make_server, client, pg_url, tmp_path):
+    """Node 2's client connected when nothing ran, so node 2 gave the session a warm actor (prebind). Once
+    its message is handed over to node 1, the client is served by node 1, and node 2's actor goes."""
+    a, b = start_nodes(make_server, pg_url, tmp_path)
+    await poll(lambda: log_events(b, "supervisor.actor_spawned"), "node 2's warm actor")
+    ca, cb = client(a), client(b)
+    sid, ws_a, ws_b, _ = await turn_on_node1_watched_from_node2(ca, cb, "slow 100 0.02")
+    (assigned,) = await poll(lambda: [e for e in log_events(b, "supervisor.actor_assigned")
+                                      if e["session_id"] == sid], "node 2's actor for the connection")
+    assert not log_events(b, "front.prebound_released")
+    await ws_b.send_json({"type": "message", "content": "slow 1 0", "if_busy": "enqueue"})
+    assert (await receive(ws_b))["type"] == "queued"
+    await poll(lambda: [e for e in log_events(b, "front.prebound_released") if e["session_id"] == sid],
+               "node 2 to release the actor its relayed viewer no longer needs")
+    await poll(lambda: not psutil.pid_exists(assigned["actor_pid"]), "node 2's prebound actor to exit")
+    assert (await receive_until(ws_a, final))[-1]["type"] == "stream_end"
 
 
 async def test_interrupt_on_another_node_stops_the_owners_turn_and_runs_there(make_server, client, pg_url,

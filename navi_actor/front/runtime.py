@@ -194,6 +194,8 @@ class Runtime:
         except StoreError as exc:
             raise turns.not_saved(sid, exc) from None
         self.runs[sid] = run
+        prior = self.actor_set.by_session.get(sid)
+        was_prebound = prior is not None and prior.prebound
         actor = self.actor_set.for_session(sid)
         if self._turns_saving == 0 and actor.run is None and actor.hello.is_set():
             # The only turn starting: its actor polls for it while the commit runs, so it
@@ -207,15 +209,15 @@ class Runtime:
             run.viewers.add(peer)
         try:
             base, history, message, run.run_id = await self._saved(stored)
-        except SessionNotFound:
+        except (SessionNotFound, SessionBusy, StoreError) as exc:
             self._drop_run(run)
-            raise ClientError(protocol.SESSION_NOT_FOUND, "Session not found") from None
-        except SessionBusy as exc:  # its turn runs on another node (a shared PostgreSQL store)
-            self._drop_run(run)
-            log.info("front.busy_elsewhere", session_id=sid, node=exc.node)
-            raise BusyElsewhere(exc.node) from None  # already_running, or queued there (front/elsewhere.py)
-        except StoreError as exc:
-            self._drop_run(run)
+            if was_prebound and actor.run is None:
+                actor.prebound = True  # no turn took it: it still goes when the last client leaves
+            if isinstance(exc, SessionNotFound):
+                raise ClientError(protocol.SESSION_NOT_FOUND, "Session not found") from None
+            if isinstance(exc, SessionBusy):  # its turn runs on another node (a shared PostgreSQL store)
+                log.info("front.busy_elsewhere", session_id=sid, node=exc.node)
+                raise BusyElsewhere(exc.node) from None  # already_running, or queued there (front/elsewhere.py)
             raise turns.not_saved(sid, exc) from None
         start = protocol.stream_start(base + 1, run.run_id)
         run.first_seq = run.last_seq = run.checkpointed_seq = base + 1
