@@ -58,9 +58,6 @@ EXIT_OK = 0
 EXIT_AGENT_FAILED = 3  # the agent factory raised: the supervisor must not respawn in a loop
 EXIT_UNCAUGHT = 70  # a BaseException escaped the agent
 EXIT_SANDBOX_FAILED = 4  # the sandbox could not be applied: no agent code ran under it
-#: Seconds an idle actor polls for the turn the front says is coming (``expect``): about
-#: three commits of its message (0.7 ms at the median on the benchmark's disk).
-EXPECT_SPIN = 0.003
 
 log = logs.get("navi.actor")
 
@@ -94,6 +91,7 @@ class Actor(TurnDriver):
         self.runner: Callable[[Turn], AsyncIterator[Any]] | None = None
         self.channel: Channel | None = None
         self._closing = False
+        self._expected = False
         self.lifeline: socket.socket | None = None
         self.lifeline_reader: Any = None
         self.plan: policy.Plan = policy.current()
@@ -236,6 +234,7 @@ class Actor(TurnDriver):
             else:
                 self._hold_turn(msg)
         elif op == "expect":
+            self._expected = self.run is None
             # Not from inside this read: the turn may be in the same batch of frames.
             self.loop.call_soon(self._expect)
         elif op == "stop":
@@ -267,7 +266,7 @@ class Actor(TurnDriver):
         """The front is saving a turn's message for this actor: poll for the turn, rather than
         sleep until it comes (see Channel.spin_read). Only while nothing else runs here."""
         if self.run is None and self.confined and not self._closing and self.channel is not None:
-            if self.channel.spin_read(EXPECT_SPIN) and self.run is not None:
+            if self.channel.spin_read(self.config.turn_poll_ms / 1000) and self.run is not None:
                 self.run.polled = True  # in its actor.turn_start line (logged after this)
 
     def _hold_turn(self, msg: dict[str, Any]) -> None:

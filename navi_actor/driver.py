@@ -50,7 +50,7 @@ class Run:
     __slots__ = (
         "run_id", "seq", "start", "buffer", "stop_event", "task", "text", "thinking",
         "tool_calls", "end", "t0", "cancelled", "grace_timer", "done", "done_frame", "stop_reason",
-        "start_logged", "polled",
+        "start_logged", "expected", "polled",
     )
 
     def __init__(self, run_id: str, start: dict[str, Any], max_bytes: int) -> None:
@@ -71,7 +71,8 @@ class Run:
         self.done_frame: bytes | None = None  # turn_done, kept until the front says persisted
         self.stop_reason: dict[str, str] | None = None  # why the runtime stopped it, if not the user
         self.start_logged = False
-        self.polled = False  # its turn message was read while the actor polled for it (expect)
+        self.expected = False  # the front said it was coming (expect) while the actor was idle
+        self.polled = False  # ... and the actor read it while it polled for it
 
 
 class TurnDriver:
@@ -85,6 +86,7 @@ class TurnDriver:
     run: Run | None
     ended: EndedTurn | None  # the last persisted turn; a new turn drops it
     _closing: bool  # the actor exits once this turn is persisted
+    _expected: bool  # the front said a turn is coming (expect): the next turn's Run.expected
     _send: Callable[[bytes], None]  # a framed control message, after the events queued before it
     _title: Callable[[str], None]  # the process title's state
     _agent_raised: Callable[[BaseException], None]  # a BaseException left the agent: the process ends
@@ -98,6 +100,7 @@ class TurnDriver:
         self.ended = None  # a new turn: the last one can no longer be resumed here
         t = msg["turn"]
         run = Run(run_id, msg["start"], self.config.replay_max_bytes)
+        run.expected, self._expected = self._expected, False
         turn = Turn(
             session_id=t["session_id"],
             run_id=run_id,
@@ -125,7 +128,7 @@ class TurnDriver:
         """``actor.turn_start``, once, and before the turn's end (which its first step may reach)."""
         if not run.start_logged:
             run.start_logged = True
-            log.info("actor.turn_start", run_id=run.run_id, polled=run.polled)
+            log.info("actor.turn_start", run_id=run.run_id, expected=run.expected, polled=run.polled)
 
     async def _drive(self, run: Run, turn: Turn) -> None:
         assert self.runner is not None

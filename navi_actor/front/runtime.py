@@ -197,7 +197,7 @@ class Runtime:
         prior = self.actor_set.by_session.get(sid)
         was_prebound = prior is not None and prior.prebound
         actor = self.actor_set.for_session(sid)
-        if self._turns_saving == 0 and actor.run is None and actor.hello.is_set():
+        if self._turns_saving == 0 and actor.run is None and actor.hello.is_set() and self.config.turn_poll_ms:
             # The only turn starting: its actor polls for it while the commit runs, so it
             # does not have to be woken (0.1-0.25 ms on a VM) when the turn is sent.
             actor.send(_EXPECT)
