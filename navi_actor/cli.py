@@ -157,7 +157,7 @@ def _check_cluster_secret(cfg: config_mod.Config) -> str | None:
     from, never holds it (NAVI_CLUSTER_SECRET is then moved to a memfd for the front).
     """
     from navi_actor import sandbox
-    from navi_actor.front import auth, relayauth
+    from navi_actor.front import relayauth
     from navi_actor.store import redact
 
     if not cfg.shared_store:
@@ -172,8 +172,10 @@ def _check_cluster_secret(cfg: config_mod.Config) -> str | None:
         if in_env:
             relayauth.parse_secret(os.environb[b"NAVI_CLUSTER_SECRET"], "NAVI_CLUSTER_SECRET")
             return "ok"
+        from navi_actor.front.auth import read_secret_file  # (aiohttp's modules stay out of the supervisor)
+
         try:
-            auth.read_secret_file(cfg.cluster_secret_file)
+            read_secret_file(cfg.cluster_secret_file)
         except OSError as exc:
             raise relayauth.SecretError(f"cannot read {cfg.cluster_secret_file}: {exc.strerror or exc}") from None
         return "ok"
