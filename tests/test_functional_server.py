@@ -262,7 +262,8 @@ async def test_factory_aclose_runs_when_the_actor_exits(make_server, client, tmp
     c = client(server)
     _, ws = await c.open_session()
     assert (await run_turn(ws, "hi"))[-1]["content"] == "hello"
-    wait_for(marker.exists, 5, "aclose to leave its mark")
+    # (the file exists from its open() on, before its text is written: wait for the text)
+    wait_for(lambda: marker.exists() and marker.read_text(), 5, "aclose to leave its mark")
     assert marker.read_text().startswith("closed by ")
 
 
