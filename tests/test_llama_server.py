@@ -208,7 +208,9 @@ async def test_stop_closes_the_upstream_request(make_server, client, llama):
 
 async def test_a_second_request_cuts_the_running_answer_off(make_server, client, llama):
     """llama-cpp-python ends a running stream with [DONE] and no finish reason when another request comes:
-    the cut-off answer is reported as finish_reason 'unknown', not as complete."""
+    the cut-off answer is reported as finish_reason 'unknown', not as complete. The server sends that
+    [DONE] and cancels the stream in the same step, so on a busy machine the connection may close
+    before the [DONE] is written: the answer is then reported as broken off, not as complete either."""
     server = navi(make_server, llama, NAVI_OPENAI_MAX_TOKENS=LONG)
     c = client(server)
     sid, ws = await c.open_session()
@@ -218,8 +220,12 @@ async def test_a_second_request_cuts_the_running_answer_off(make_server, client,
     assert other["choices"][0]["finish_reason"] == "length"
     rest = await receive_until(ws, lambda e: e["type"] in FINAL, timeout=30)
     end = rest[-1]
-    assert end["type"] == "stream_end" and end["finish_reason"] == "unknown", end
     detail = await c.session(sid)
+    if end["type"] == "error":  # the close overtook the [DONE]
+        assert end["code"] == "model_server_error" and "broke off mid-answer" in end["message"], end
+        assert detail["messages"][-1]["status"] == "failed"
+        return
+    assert end["type"] == "stream_end" and end["finish_reason"] == "unknown", end
     assert detail["messages"][-1]["stats"]["finish_reason"] == "unknown"
 
 
