@@ -260,9 +260,10 @@ OPTIONS: tuple[Option, ...] = (
         "cluster_secret_file",
         "",
         str,
-        "with a PostgreSQL store: file holding the secret the nodes share (mode 0600: a file its group or others "
-        "may open is refused; the same on every node; at least 16 bytes); it authenticates node-to-node WebSockets (the relay of a turn running on another "
-        "node). Required with a PostgreSQL store, unless NAVI_CLUSTER_SECRET holds the secret (not both)",
+        "with a PostgreSQL store: file holding the secret the nodes share (mode 0600: a file its group or "
+        "others may open is refused; the same on every node; at least 16 bytes); it authenticates "
+        "node-to-node WebSockets (the relay of a turn running on another node). Required with a PostgreSQL "
+        "store, unless NAVI_CLUSTER_SECRET holds the secret (not both)",
     ),
     Option(
         "log_format",

@@ -82,7 +82,7 @@ class Queueing:
         self.rt = runtime
         self.lengths: dict[str, int] = {}  #: session id → messages in its queue (the store has them)
         #: session id → the queued messages this node's viewers were told of (``queued``), so that a
-        #: change made on another node is told as the difference (announce_elsewhere).
+        #: change made on another node is told as the difference (_announce).
         self.told: dict[str, set[str]] = {}
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # session → its lock, and its users
         self._starting: set[str] = set()  # sessions whose next message is being started
@@ -260,14 +260,14 @@ class Queueing:
     def _announce(self, sid: str, queue: list[dict[str, Any]]) -> None:
         """Tell this node's viewers what another node changed in the session's queue: ``queued`` for
         each message they were not told of, ``queue_cancelled`` for each one told that is gone."""
-        told = self.told.get(sid, set())
+        told = self.told.pop(sid, set())
         now = {entry["message_id"] for entry in queue}
+        if now:
+            self.told[sid] = now
         for gone in sorted(told - now):
-            self._told(sid, gone, False)
             self._broadcast(sid, protocol.queue_cancelled(gone))
         for entry in queue:
             if entry["message_id"] not in told:
-                self._told(sid, entry["message_id"], True)
                 self._broadcast(sid, protocol.queued(entry["position"], entry["message_id"],
                                                      entry["client_message_id"], entry["content"]))
 

@@ -118,29 +118,33 @@ class PgNode:
         """Run a read-only ``query`` on a kept connection (a new one when none is idle); its row
         (``one``) or rows. A kept connection that fails (the server restarted, or dropped it) is
         closed and the read tried once on a new connection, whose failure is the caller's."""
-        for attempt in (0, 1):
-            with self._idle_lock:
-                conn = self._idle.pop() if self._idle and not attempt else None
-            kept = conn is not None
-            if conn is None:
-                conn = self._connect()
-                self.lookup_connects += 1
+        with self._idle_lock:
+            kept = self._idle.pop() if self._idle else None
+        if kept is not None:
             try:
-                cur = conn.execute(query, params)
-                out = cur.fetchone() if one else cur.fetchall()
+                return self._read_and_keep(kept, query, params, one)
             except psycopg.Error:
-                conn.close()
-                if kept:
-                    continue
-                raise
-            with self._idle_lock:
-                if not self._closing.is_set() and len(self._idle) < LOOKUP_IDLE:
-                    self._idle.append(conn)
-                    conn = None
-            if conn is not None:
-                conn.close()
-            return out
-        raise AssertionError("unreachable")  # pragma: no cover
+                pass  # closed by _read_and_keep; tried once on a new connection
+        with self._idle_lock:
+            self.lookup_connects += 1
+        return self._read_and_keep(self._connect(), query, params, one)
+
+    def _read_and_keep(self, conn: psycopg.Connection[dict[str, Any]], query: str, params: tuple[Any, ...],
+                       one: bool) -> Any:
+        """``query`` on ``conn``, then ``conn`` kept for the next lookup (closed if enough are, or on error)."""
+        try:
+            cur = conn.execute(query, params)
+            out = cur.fetchone() if one else cur.fetchall()
+        except BaseException:
+            conn.close()
+            raise
+        with self._idle_lock:
+            keep = not self._closing.is_set() and len(self._idle) < LOOKUP_IDLE
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            conn.close()
+        return out
 
     # -- heartbeat and sweeper ----------------------------------------------
 
